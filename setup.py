@@ -1,0 +1,62 @@
+"""Build of sparsekit and its extension sparsekit._C.
+
+The CPU ops are always built. CUDA sources join when torch has CUDA and a CUDA toolkit is
+found (SPARSEKIT_BUILD_CUDA=auto, the default), always (=1, failing if that is impossible) or
+never (=0). TORCH_CUDA_ARCH_LIST picks the GPU architectures, as for every torch extension.
+Sources are found by glob: a new file under csrc/ is built without editing this file.
+"""
+
+import glob
+import os
+
+import torch
+from setuptools import setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+
+def build_cuda() -> bool:
+    flag = os.environ.get("SPARSEKIT_BUILD_CUDA", "auto")
+    if flag not in ("auto", "0", "1"):
+        raise SystemExit(f"SPARSEKIT_BUILD_CUDA must be auto, 0 or 1, not {flag!r}")
+    possible = torch.version.cuda is not None and CUDA_HOME is not None
+    if flag == "1" and not possible:
+        raise SystemExit("SPARSEKIT_BUILD_CUDA=1 needs a CUDA build of torch and a CUDA toolkit")
+    return possible and flag != "0"
+
+
+def extension():
+    cpu_sources = sorted(
+        glob.glob("csrc/*.cpp") + glob.glob("csrc/common/*.cpp") + glob.glob("csrc/cpu/**/*.cpp", recursive=True)
+    )
+    # -fopenmp: at::parallel_for is an OpenMP pragma in torch's headers; without the flag it
+    # runs on one thread. The extension then shares torch's own libgomp.so.1.
+    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    link_flags = ["-fopenmp"]
+    if not build_cuda():
+        return CppExtension(
+            "sparsekit._C",
+            cpu_sources,
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=link_flags,
+        )
+    cuda_sources = sorted(glob.glob("csrc/cuda/**/*.cu", recursive=True))
+    return CUDAExtension(
+        "sparsekit._C",
+        cpu_sources + cuda_sources,
+        define_macros=[("SPARSEKIT_WITH_CUDA", "1")],
+        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17"]},
+        extra_link_args=link_flags,
+    )
+
+
+setup(
+    name="sparsekit",
+    version="0.1.0",
+    description="Compiled structured-sparse inference kernels for pruned PyTorch models",
+    python_requires=">=3.10",
+    packages=["sparsekit", "sparsekit.structure", "sparsekit.triton_kernels"],
+    package_dir={"sparsekit.triton_kernels": "triton_kernels"},
+    install_requires=["torch>=2.4", "numpy", "pymetis", "safetensors"],
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildExtension},
+)

@@ -1,0 +1,2 @@
+class SparsekitError(ValueError):
+    """The one exception sparsekit raises for bad input: it names the argument and the problem."""

@@ -1,0 +1,166 @@
+"""The one packed format: a layer's kept weights as a list of dense blocks.
+
+Block ``b`` owns output rows ``row_idx[row_ptr[b]:row_ptr[b+1]]`` and weight columns
+``col_idx[col_ptr[b]:col_ptr[b+1]]`` (``weight.reshape(out, -1)`` order, inside one group) and
+stores the dense tile ``W[rows][:, cols]`` row-major at ``values[val_ptr[b]:val_ptr[b+1]]``.
+``block_ptr`` stacks ``row_ptr``, ``col_ptr`` and ``val_ptr`` as one int64 ``[3, blocks + 1]``
+tensor, the layout the ops take. Indices are int32; values keep the weight's dtype.
+"""
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from . import masks
+from .errors import SparsekitError
+from .structure import BlockPlan
+from .structure import plan as plan_blocks
+
+INDEX_LIMIT = torch.iinfo(torch.int32).max
+
+
+@dataclass(frozen=True, eq=False)
+class PackedWeight:
+    """A Linear or Conv2d weight packed as dense blocks; the layer keeps its bias itself."""
+
+    weight_shape: tuple[int, ...]  # (out, in) or (out, in // groups, kh, kw)
+    groups: int
+    values: torch.Tensor
+    row_idx: torch.Tensor
+    col_idx: torch.Tensor
+    block_ptr: torch.Tensor
+    plan: BlockPlan
+
+    @property
+    def out_features(self) -> int:
+        return self.weight_shape[0]
+
+    @property
+    def in_features(self) -> int:
+        """Input channels (Conv2d) or features (Linear), all groups together."""
+        return self.weight_shape[1] * self.groups
+
+    @property
+    def kernel_size(self) -> tuple[int, ...]:
+        """``(kh, kw)`` for a Conv2d weight, ``()`` for a Linear one."""
+        return tuple(self.weight_shape[2:])
+
+    @property
+    def num_blocks(self) -> int:
+        return self.block_ptr.shape[1] - 1
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.values.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    def blocks(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``(rows, cols, tile)`` of every block, ``tile`` a ``[rows, cols]`` view of values."""
+        rp, cp, vp = self.block_ptr.tolist()
+        for b in range(self.num_blocks):
+            rows = self.row_idx[rp[b] : rp[b + 1]]
+            cols = self.col_idx[cp[b] : cp[b + 1]]
+            yield rows, cols, self.values[vp[b] : vp[b + 1]].view(rows.numel(), cols.numel())
+
+    def to(self, device) -> "PackedWeight":
+        move = lambda t: t.to(device)  # noqa: E731
+        return PackedWeight(
+            self.weight_shape,
+            self.groups,
+            move(self.values),
+            move(self.row_idx),
+            move(self.col_idx),
+            move(self.block_ptr),
+            self.plan,
+        )
+
+    def summary(self) -> dict:
+        """Plan statistics: structure, blocks, density inside blocks, FLOPs relative to dense."""
+        return {"weight_shape": list(self.weight_shape), "groups": self.groups} | self.plan.summary()
+
+    def __repr__(self) -> str:
+        s = self.plan
+        return (
+            f"PackedWeight(shape={self.weight_shape}, groups={self.groups}, "
+            f"structure={s.structure!r}, blocks={s.num_blocks}, density={s.density:.3f}, "
+            f"flops_ratio={s.flops_ratio:.3f}, dtype={self.dtype})"
+        )
+
+
+def pack(
+    weight: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    structure: str = "auto",
+    groups: int = 1,
+    name: str = "weight",
+) -> PackedWeight:
+    """Pack ``weight * mask`` into dense blocks chosen by the planner named by ``structure``.
+
+    ``weight`` is a Linear ``[out, in]`` or Conv2d ``[out, in/groups, kh, kw]`` weight; ``mask``
+    holds 0/1 of the same shape (bool, int or float), ``None`` meaning the weight's own zeros.
+    Every kept non-zero lands in exactly one block: ``unpack(pack(w, m))`` equals ``w * m``
+    (bit for bit, but for the sign of zeros). Inputs are never modified. ``name`` labels errors.
+    """
+    masks.check_weight(weight, name)
+    out, cols = weight.shape[0], weight[0].numel()
+    if not isinstance(groups, int) or groups < 1 or out % groups:
+        raise SparsekitError(f"groups: {groups!r} must be a positive divisor of {name}'s {out} rows")
+    if out > INDEX_LIMIT or cols > INDEX_LIMIT:
+        raise SparsekitError(
+            f"{name}: shape {tuple(weight.shape)} has more than 2**31 - 1 rows or columns, "
+            "beyond the int32 indices of the packed format"
+        )
+    pattern = masks.layer_pattern(weight, mask, name).reshape(out, cols)
+    kernel_area = weight[0, 0].numel()
+    block_plan = plan_blocks(pattern, structure, groups=groups, kernel_area=kernel_area)
+    dense = weight.detach().reshape(out, cols)
+    return _from_plan(dense, pattern, block_plan, tuple(weight.shape), groups, name)
+
+
+def _from_plan(dense, pattern, block_plan, shape, groups, name) -> PackedWeight:
+    device = dense.device
+    rows = [b.rows.to(device) for b in block_plan.blocks]
+    cols = [b.cols.to(device) for b in block_plan.blocks]
+    kept = torch.where(pattern, dense, torch.zeros((), dtype=dense.dtype, device=device))
+    tiles = [kept[r[:, None], c].flatten() for r, c in zip(rows, cols)]
+    covered = torch.zeros(pattern.shape, dtype=torch.int32, device=device)
+    for r, c in zip(rows, cols):
+        covered[r[:, None], c] += 1
+    if not torch.equal(covered[pattern], torch.ones_like(covered[pattern])):
+        raise SparsekitError(
+            f"{name}: planner {block_plan.structure!r} did not cover every kept weight exactly once"
+        )
+    sizes = torch.tensor([[r.numel(), c.numel(), r.numel() * c.numel()] for r, c in zip(rows, cols)])
+    block_ptr = torch.zeros(3, len(rows) + 1, dtype=torch.int64)
+    if rows:
+        block_ptr[:, 1:] = sizes.T.cumsum(1)
+    cat = lambda ts, dtype: (  # noqa: E731
+        torch.cat(ts).to(dtype) if ts else torch.zeros(0, dtype=dtype, device=device)
+    )
+    return PackedWeight(
+        weight_shape=shape,
+        groups=groups,
+        values=cat(tiles, dense.dtype),
+        row_idx=cat(rows, torch.int32),
+        col_idx=cat(cols, torch.int32),
+        block_ptr=block_ptr.to(device),
+        plan=block_plan,
+    )
+
+
+def unpack(packed: PackedWeight) -> torch.Tensor:
+    """The dense weight the blocks hold, of ``packed.weight_shape``; zeros outside the blocks.
+
+    Blocks that share a position add up there, as they do in the ops.
+    """
+    cols = math.prod(packed.weight_shape[1:])
+    dense = torch.zeros(packed.out_features, cols, dtype=packed.dtype, device=packed.device)
+    for rows, cols_b, tile in packed.blocks():
+        dense.index_put_((rows.long()[:, None], cols_b.long()), tile, accumulate=True)
+    return dense.reshape(packed.weight_shape)

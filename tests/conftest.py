@@ -1,0 +1,20 @@
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+# Every property test draws at least this many cases; SPARSEKIT_EXAMPLES raises it locally.
+settings.register_profile(
+    "sparsekit",
+    max_examples=int(os.environ.get("SPARSEKIT_EXAMPLES", "200")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.load_profile("sparsekit")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

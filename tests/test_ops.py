@@ -1,0 +1,289 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+from torch.utils.benchmark import Timer
+
+from sparsekit import SparsekitError, ops, pack, unpack
+
+from .helpers import TOLERANCES, assert_matches, random_pattern
+
+DTYPES = list(TOLERANCES)
+BACKENDS = ["cpu", "reference"]
+LAYOUTS = ["contiguous", "channels_last", "strided"]
+
+
+def conv_input(shape, dtype, layout, gen=None):
+    n, c, h, w = shape
+    if layout == "strided":  # every other column of a wider tensor
+        return torch.randn(n, c, h, 2 * w, generator=gen).to(dtype)[..., ::2]
+    x = torch.randn(shape, generator=gen).to(dtype)
+    return x.to(memory_format=torch.channels_last) if layout == "channels_last" else x
+
+
+def packed_conv(cout, cin, kernel, groups, dtype, structure="auto", density=0.4, kind="mixed", gen=None):
+    weight = torch.randn(cout, cin // groups, *kernel, generator=gen).to(dtype)
+    pattern = random_pattern(
+        cout, weight[0].numel(), kernel_area=kernel[0] * kernel[1], kind=kind, density=density, gen=gen
+    )
+    return pack(weight, pattern.view(weight.shape), structure=structure, groups=groups)
+
+
+def expected_conv(x, packed, bias, stride, padding, dilation, relu):
+    y = F.conv2d(
+        x.double(), unpack(packed).double(), None if bias is None else bias.double(),
+        stride, padding, dilation, packed.groups,
+    )
+    return y.relu() if relu else y
+
+
+def expected_linear(x, packed, bias, relu):
+    y = F.linear(x.double(), unpack(packed).double(), None if bias is None else bias.double())
+    return y.relu() if relu else y
+
+
+CONV_CASES = [
+    # (batch, cin, cout, hw, kernel, stride, padding, dilation, groups)
+    (1, 1, 1, (1, 1), (1, 1), 1, 0, 1, 1),
+    (2, 3, 7, (7, 7), (3, 3), 1, 1, 1, 1),
+    (1, 33, 33, (5, 9), (3, 3), 2, 1, 1, 1),
+    (3, 8, 6, (9, 7), (3, 3), 1, 2, 2, 2),
+    (2, 7, 7, (7, 7), (3, 3), 1, 1, 1, 7),  # depthwise
+    (1, 16, 100, (3, 3), (1, 1), 1, 0, 1, 1),
+    (2, 6, 9, (11, 10), (5, 2), 2, 2, 1, 3),
+    (1, 4, 8, (8, 8), (3, 3), 2, 0, 2, 1),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_block_conv2d_matches_conv2d(case, dtype, layout, backend):
+    n, cin, cout, hw, kernel, stride, padding, dilation, groups = case
+    packed = packed_conv(cout, cin, kernel, groups, dtype)
+    x = conv_input((n, cin, *hw), dtype, layout)
+    bias = torch.randn(cout).to(dtype)
+    x_before = x.clone()
+    for relu in (False, True):
+        y = ops.block_conv2d(x, packed, bias, stride, padding, dilation, relu=relu, backend=backend)
+        assert y.is_contiguous()
+        assert_matches(y, expected_conv(x, packed, bias, stride, padding, dilation, relu), dtype)
+    assert torch.equal(x, x_before)
+
+
+@pytest.mark.parametrize("shape", [(33,), (1, 33), (7, 33), (2, 3, 33)], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_block_linear_matches_linear(shape, dtype, backend):
+    weight = torch.randn(100, 33).to(dtype)
+    packed = pack(weight, torch.rand(100, 33) < 0.3, structure="group")
+    bias = torch.randn(100).to(dtype)
+    x = torch.randn(shape).to(dtype)
+    for relu in (False, True):
+        y = ops.block_linear(x, packed, bias, relu=relu, backend=backend)
+        assert y.shape == (*shape[:-1], 100)
+        assert_matches(y, expected_linear(x, packed, bias, relu), dtype)
+
+
+def test_block_linear_takes_non_contiguous_input():
+    packed = pack(torch.randn(20, 16), torch.rand(20, 16) < 0.5)
+    x = torch.randn(16, 9).T  # [9, 16] with a feature stride of 9
+    assert not x.is_contiguous()
+    assert_matches(ops.block_linear(x, packed), expected_linear(x, packed, None, False), torch.float32)
+
+
+@st.composite
+def conv_problems(draw):
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    cin = groups * draw(st.integers(1, 5))
+    cout = groups * draw(st.integers(1, 6))
+    if draw(st.booleans()) and cin == cout:
+        groups = cin  # depthwise
+    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    hw = [
+        draw(st.integers(max(1, dilation[i] * (kernel[i] - 1) + 1 - 2 * padding[i]), 12))
+        for i in range(2)
+    ]
+    return dict(
+        n=draw(st.integers(1, 3)), cin=cin, cout=cout, groups=groups, kernel=kernel, hw=hw,
+        stride=stride, padding=padding, dilation=dilation,
+        structure=draw(st.sampled_from(["dense", "channel", "kernel", "group", "auto"])),
+        kind=draw(st.sampled_from(["random", "channel", "kernel", "blocks", "mixed"])),
+        density=draw(st.sampled_from([0.0, 0.1, 0.5, 1.0])),
+        dtype=draw(st.sampled_from(DTYPES)),
+        layout=draw(st.sampled_from(LAYOUTS)),
+        bias=draw(st.booleans()),
+        relu=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**31)),
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(p=conv_problems())
+def test_block_conv2d_property(backend, p):
+    gen = torch.Generator().manual_seed(p["seed"])
+    packed = packed_conv(
+        p["cout"], p["cin"], p["kernel"], p["groups"], p["dtype"], p["structure"], p["density"],
+        p["kind"], gen,
+    )
+    x = conv_input((p["n"], p["cin"], *p["hw"]), p["dtype"], p["layout"], gen)
+    bias = torch.randn(p["cout"], generator=gen).to(p["dtype"]) if p["bias"] else None
+    args = (bias, p["stride"], p["padding"], p["dilation"], p["relu"])
+    y = ops.block_conv2d(x, packed, *args, backend=backend)
+    assert_matches(y, expected_conv(x, packed, *args), p["dtype"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(
+    lead=st.lists(st.integers(1, 5), min_size=0, max_size=2),
+    in_features=st.integers(1, 40),
+    out_features=st.integers(1, 40),
+    structure=st.sampled_from(["dense", "channel", "kernel", "group", "auto"]),
+    density=st.sampled_from([0.0, 0.1, 0.5, 1.0]),
+    dtype=st.sampled_from(DTYPES),
+    bias=st.booleans(),
+    relu=st.booleans(),
+    transposed=st.booleans(),
+    seed=st.integers(0, 2**31),
+)
+def test_block_linear_property(
+    backend, lead, in_features, out_features, structure, density, dtype, bias, relu, transposed, seed
+):
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(out_features, in_features, generator=gen).to(dtype)
+    packed = pack(weight, torch.rand(weight.shape, generator=gen) < density, structure=structure)
+    if transposed:  # non-contiguous: features are not the innermost stride
+        x = torch.randn(in_features, *lead, generator=gen).to(dtype).movedim(0, -1)
+    else:
+        x = torch.randn(*lead, in_features, generator=gen).to(dtype)
+    b = torch.randn(out_features, generator=gen).to(dtype) if bias else None
+    y = ops.block_linear(x, packed, b, relu=relu, backend=backend)
+    assert_matches(y, expected_linear(x, packed, b, relu), dtype)
+
+
+def test_all_zero_weight_outputs_bias():
+    packed = pack(torch.randn(5, 3, 3, 3), torch.zeros(5, 3, 3, 3))
+    bias = torch.randn(5)
+    y = ops.block_conv2d(torch.randn(2, 3, 6, 6), packed, bias, padding=1)
+    assert torch.equal(y, bias.view(1, 5, 1, 1).expand(2, 5, 6, 6))
+    assert torch.equal(ops.block_conv2d(torch.randn(1, 3, 4, 4), packed), torch.zeros(1, 5, 2, 2))
+
+
+def test_empty_batch():
+    packed = packed_conv(4, 2, (3, 3), 1, torch.float32)
+    assert ops.block_conv2d(torch.randn(0, 2, 5, 5), packed).shape == (0, 4, 3, 3)
+    lin = pack(torch.randn(4, 3))
+    assert ops.block_linear(torch.randn(0, 3), lin).shape == (0, 4)
+
+
+def test_cpu_kernel_is_deterministic_across_thread_counts():
+    packed = packed_conv(64, 32, (3, 3), 1, torch.float32, structure="group", density=0.3, kind="random")
+    x = torch.randn(4, 32, 15, 15)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ops.block_conv2d(x, packed, padding=1)
+        torch.set_num_threads(max(2, threads))
+        many = ops.block_conv2d(x, packed, padding=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, many)
+
+
+SAMPLES = [
+    ((2, 6, 7, 7), (8, 6, 3, 3), 1, torch.float32, True),
+    ((1, 4, 5, 5), (4, 2, 3, 3), 2, torch.bfloat16, False),
+    ((3, 3, 4, 4), (5, 3, 1, 1), 1, torch.float16, True),
+]
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=str)
+def test_opcheck_block_conv2d(sample):
+    x_shape, w_shape, groups, dtype, with_bias = sample
+    weight = torch.randn(w_shape).to(dtype)
+    p = pack(weight, torch.rand(w_shape) < 0.5, structure="group", groups=groups)
+    bias = torch.randn(w_shape[0]).to(dtype) if with_bias else None
+    args = (torch.randn(x_shape).to(dtype), p.values, p.row_idx, p.col_idx, p.block_ptr,
+            w_shape[0], list(w_shape[2:]), [1, 1], [1, 1], [1, 1], groups, bias, True)
+    torch.library.opcheck(torch.ops.sparsekit.block_conv2d.default, args)
+
+
+@pytest.mark.parametrize("x_shape", [(5, 12), (2, 3, 12), (12,)], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_opcheck_block_linear(x_shape, dtype):
+    p = pack(torch.randn(9, 12).to(dtype), torch.rand(9, 12) < 0.5, structure="kernel")
+    args = (torch.randn(x_shape).to(dtype), p.values, p.row_idx, p.col_idx, p.block_ptr, 9,
+            torch.randn(9).to(dtype), False)
+    torch.library.opcheck(torch.ops.sparsekit.block_linear.default, args)
+
+
+def test_ops_trace_under_torch_compile():
+    conv = packed_conv(8, 4, (3, 3), 1, torch.float32)
+    lin = pack(torch.randn(6, 8 * 3 * 3), torch.rand(6, 72) < 0.5)
+
+    def f(x):
+        y = ops.block_conv2d(x, conv, stride=2, padding=1, relu=True)
+        return ops.block_linear(y.flatten(1), lin)
+
+    x = torch.randn(2, 4, 6, 6)
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    assert torch.equal(compiled(x), f(x))
+
+
+def test_dense_plan_is_within_10x_of_dense_conv():
+    """The slowest plan (every weight kept) on a mid-size layer stays within 10x of oneDNN."""
+    weight = torch.randn(128, 128, 3, 3)
+    packed = pack(weight, structure="dense")
+    x = torch.randn(8, 128, 16, 16)
+    threads = torch.get_num_threads()
+    dense = Timer("F.conv2d(x, w, None, 1, 1)", globals=dict(F=F, x=x, w=weight), num_threads=threads)
+    sparse = Timer(
+        "ops.block_conv2d(x, p, None, 1, 1)", globals=dict(ops=ops, x=x, p=packed), num_threads=threads
+    )
+    ratio = sparse.blocked_autorange(min_run_time=0.5).median / dense.blocked_autorange(
+        min_run_time=0.5
+    ).median
+    assert ratio < 10, f"dense-plan block_conv2d is {ratio:.1f}x slower than F.conv2d"
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda p, x: ops.block_conv2d(x.double(), p), "dtype"),
+        (lambda p, x: ops.block_conv2d(x[:, :2], p), "input shape"),
+        (lambda p, x: ops.block_conv2d(x[..., :1, :1], p), "smaller than the dilated kernel"),
+        (lambda p, x: ops.block_conv2d(x, p, stride=0), "stride"),
+        (lambda p, x: ops.block_conv2d(x, p, padding=(1, 2, 3)), "padding"),
+        (lambda p, x: ops.block_conv2d(x, p, torch.randn(3)), "bias"),
+        (lambda p, x: ops.block_conv2d(x, p, backend="fpga"), "backend"),
+        (lambda p, x: ops.block_conv2d(x, "weight"), "PackedWeight"),
+        (lambda p, x: ops.block_linear(x, p), "block_conv2d"),
+        (lambda p, x: ops.block_linear(torch.randn(2, 5), pack(torch.randn(3, 4))), "features"),
+        (lambda p, x: ops.block_conv2d(x, pack(torch.randn(3, 4))), "block_linear"),
+    ],
+)
+def test_bad_op_arguments_are_sparsekit_errors(call, message):
+    packed = packed_conv(4, 3, (3, 3), 1, torch.float32)
+    with pytest.raises(SparsekitError, match=message):
+        call(packed, torch.randn(2, 3, 5, 5))
+
+
+def test_raw_op_rejects_malformed_blocks():
+    p = packed_conv(4, 3, (3, 3), 1, torch.float32, density=1.0, kind="random")
+    x = torch.randn(1, 3, 5, 5)
+    rows = p.row_idx.clone()
+    rows[0] = 4  # out of range
+    with pytest.raises(ValueError, match="row index out of range"):
+        torch.ops.sparsekit.block_conv2d(
+            x, p.values, rows, p.col_idx, p.block_ptr, 4, [3, 3], [1, 1], [0, 0], [1, 1], 1, None, False
+        )
+    with pytest.raises(ValueError, match="offsets"):
+        torch.ops.sparsekit.block_conv2d(
+            x, p.values[:-1], p.row_idx, p.col_idx, p.block_ptr, 4, [3, 3], [1, 1], [0, 0], [1, 1], 1,
+            None, False,
+        )

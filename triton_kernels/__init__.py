@@ -1,0 +1,1 @@
+"""Triton kernels of sparsekit, installed as ``sparsekit.triton_kernels``."""
