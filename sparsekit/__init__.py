@@ -1,8 +1,15 @@
 """sparsekit: run pruned PyTorch models as structured-sparse packed layers, exactly."""
 
-from . import ops, structure
+from . import ops, structure, zoo
+from .compile import compile
 from .errors import SparsekitError
 from .formats import PackedWeight, pack, unpack
+from .nn import SparseConv2d, SparseLinear
+from .saving import load, save
+from .verify import Report, verify
 
-__all__ = ["PackedWeight", "SparsekitError", "ops", "pack", "structure", "unpack"]
+__all__ = [
+    "PackedWeight", "Report", "SparseConv2d", "SparseLinear", "SparsekitError", "compile", "load",
+    "ops", "pack", "save", "structure", "unpack", "verify", "zoo",
+]
 __version__ = "0.1.0"

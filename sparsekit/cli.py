@@ -55,10 +55,10 @@ def demo(args) -> int:
         error = (ops.block_conv2d(x, packed, None, 1, 1) - reference).abs().max().item()
         ok &= error <= bound
         seconds = median_seconds("ops.block_conv2d(x, p, None, 1, 1)", ops=ops, x=x, p=packed)
-        p = packed.plan
-        label = f"auto:{p.structure}" if structure == "auto" else structure
+        p = packed.summary()
+        label = f"auto:{p['structure']}" if structure == "auto" else structure
         print(
-            f"{label:<10}{p.num_blocks:>7}{p.density:>9.3f}{p.flops_ratio:>7.3f}{p.cost:>9.3f}"
+            f"{label:<10}{p['blocks']:>7}{p['density']:>9.3f}{p['flops_ratio']:>7.3f}{p['cost']:>9.3f}"
             f"{error:>10.1e}{seconds * 1e3:>8.2f}{dense_s / seconds:>8.2f}x"
         )
     print(

@@ -7,6 +7,7 @@ stores the dense tile ``W[rows][:, cols]`` row-major at ``values[val_ptr[b]:val_
 tensor, the layout the ops take. Indices are int32; values keep the weight's dtype.
 """
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import torch
 
 from . import masks
 from .errors import SparsekitError
-from .structure import BlockPlan
+from .structure import Block, cost
 from .structure import plan as plan_blocks
 
 INDEX_LIMIT = torch.iinfo(torch.int32).max
@@ -31,7 +32,7 @@ class PackedWeight:
     row_idx: torch.Tensor
     col_idx: torch.Tensor
     block_ptr: torch.Tensor
-    plan: BlockPlan
+    structure: str = "custom"  # the planner that chose the blocks
 
     @property
     def out_features(self) -> int:
@@ -68,27 +69,39 @@ class PackedWeight:
             yield rows, cols, self.values[vp[b] : vp[b + 1]].view(rows.numel(), cols.numel())
 
     def to(self, device) -> "PackedWeight":
-        move = lambda t: t.to(device)  # noqa: E731
-        return PackedWeight(
-            self.weight_shape,
-            self.groups,
-            move(self.values),
-            move(self.row_idx),
-            move(self.col_idx),
-            move(self.block_ptr),
-            self.plan,
+        return dataclasses.replace(
+            self,
+            values=self.values.to(device),
+            row_idx=self.row_idx.to(device),
+            col_idx=self.col_idx.to(device),
+            block_ptr=self.block_ptr.to(device),
         )
 
     def summary(self) -> dict:
-        """Plan statistics: structure, blocks, density inside blocks, FLOPs relative to dense."""
-        return {"weight_shape": list(self.weight_shape), "groups": self.groups} | self.plan.summary()
+        """Structure, blocks, kept weights (nnz), stored values, density inside blocks, FLOPs
+        and estimated cost relative to the dense layer."""
+        cols = math.prod(self.weight_shape[1:])
+        stored, nnz = self.values.numel(), int(torch.count_nonzero(self.values))
+        blocks = [Block(r.cpu(), c.cpu()) for r, c, _ in self.blocks()]
+        rows_per_group = self.out_features // self.groups
+        return {
+            "weight_shape": list(self.weight_shape),
+            "groups": self.groups,
+            "structure": self.structure,
+            "blocks": self.num_blocks,
+            "nnz": nnz,
+            "stored": stored,
+            "density": nnz / stored if stored else 1.0,
+            "flops_ratio": stored / (self.out_features * cols),
+            "cost": cost.plan_cost(blocks, rows_per_group) / cost.dense_cost(self.out_features, cols),
+        }
 
     def __repr__(self) -> str:
-        s = self.plan
+        s = self.summary()
         return (
             f"PackedWeight(shape={self.weight_shape}, groups={self.groups}, "
-            f"structure={s.structure!r}, blocks={s.num_blocks}, density={s.density:.3f}, "
-            f"flops_ratio={s.flops_ratio:.3f}, dtype={self.dtype})"
+            f"structure={self.structure!r}, blocks={s['blocks']}, density={s['density']:.3f}, "
+            f"flops_ratio={s['flops_ratio']:.3f}, dtype={self.dtype})"
         )
 
 
@@ -150,7 +163,7 @@ def _from_plan(dense, pattern, block_plan, shape, groups, name) -> PackedWeight:
         row_idx=cat(rows, torch.int32),
         col_idx=cat(cols, torch.int32),
         block_ptr=block_ptr.to(device),
-        plan=block_plan,
+        structure=block_plan.structure,
     )
 
 

@@ -28,7 +28,7 @@ BACKENDS = ("auto", "cpu", "reference")
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def _pair(value, name: str, minimum: int) -> tuple[int, int]:
+def pair(value, name: str, minimum: int = 0) -> tuple[int, int]:
     pair = (value, value) if isinstance(value, int) else tuple(value)
     if len(pair) != 2 or not all(isinstance(v, int) and v >= minimum for v in pair):
         raise SparsekitError(f"{name}: expected an int or two ints >= {minimum}, got {value!r}")
@@ -83,9 +83,9 @@ def _check_args(input, weight, bias, backend: str, op: str) -> str:
 
 def _conv_geometry(input, weight: PackedWeight, stride, padding, dilation):
     """Checked (stride, padding, dilation) pairs and the output's (OH, OW)."""
-    stride = _pair(stride, "block_conv2d: stride", 1)
-    padding = _pair(padding, "block_conv2d: padding", 0)
-    dilation = _pair(dilation, "block_conv2d: dilation", 1)
+    stride = pair(stride, "block_conv2d: stride", 1)
+    padding = pair(padding, "block_conv2d: padding", 0)
+    dilation = pair(dilation, "block_conv2d: dilation", 1)
     if input.dim() != 4 or input.shape[1] != weight.in_features:
         raise SparsekitError(
             f"block_conv2d: input shape {tuple(input.shape)} is not [N, {weight.in_features}, H, W]"

@@ -60,7 +60,7 @@ def test_mask_none_uses_the_weights_zeros():
     weight[weight.abs() < 0.8] = 0
     packed = pack(weight, None, structure="group")
     assert torch.equal(unpack(packed), weight)
-    assert packed.plan.nnz == int((weight != 0).sum())
+    assert packed.summary()["nnz"] == int((weight != 0).sum())
 
 
 def test_packed_weight_describes_its_layer():
@@ -80,7 +80,7 @@ def test_packed_weight_describes_its_layer():
 def test_all_zero_mask_gives_no_blocks():
     weight = torch.randn(4, 3, 3, 3)
     packed = pack(weight, torch.zeros_like(weight), structure="auto")
-    assert packed.num_blocks == 0 and packed.plan.flops_ratio == 0
+    assert packed.num_blocks == 0 and packed.summary()["flops_ratio"] == 0
     assert torch.equal(unpack(packed), torch.zeros_like(weight))
 
 

@@ -1,0 +1,274 @@
+"""compile(model, mask): a new model whose masked Conv2d / Linear layers run packed blocks.
+
+Steps: collect the masks (``masks``), build the dense masked model (hooks and parametrizations
+made permanent, masks applied, eval mode), fold each BatchNorm into the conv that feeds it, then
+replace every masked layer by ``SparseConv2d`` / ``SparseLinear`` with the fastest plan: measured
+on the example inputs' shapes when given, else ranked by the planners' cost model.
+"""
+
+import copy
+import warnings
+from collections import Counter
+
+import torch
+import torch.nn.utils.prune as prune
+from torch import nn
+from torch.nn.utils import parametrize
+
+from . import masks as masks_lib
+from . import timing
+from .errors import SparsekitError
+from .nn import SparseConv2d, SparseLinear
+from .structure import PLANNERS
+
+PACKED_STRUCTURES = tuple(s for s in PLANNERS if s != "dense")
+
+
+def compile(  # noqa: A001 - the package's verb, as in torch.compile
+    model: nn.Module,
+    mask=None,
+    example_inputs=None,
+    *,
+    structure: str = "auto",
+    backend: str = "auto",
+    inplace: bool = False,
+    verify: bool = True,
+    fold_bn: bool = True,
+    measure: bool = True,
+) -> nn.Module:
+    """A new module computing the dense masked model's eval forward with sparse layers.
+
+    ``mask``: see ``masks.collect_masks`` (``None``: the model's live prune masks, else the zeros
+    in its weights). ``example_inputs``: a tensor or tuple of positional inputs; with them the
+    plan of every layer (dense, or a packed ``structure`` on a ``backend``) is chosen by measured
+    latency (``measure=True``) and ``verify=True`` checks the result and attaches the report as
+    ``compiled.sparsekit_report``, raising ``SparsekitError`` on a mismatch. Without them plans
+    follow the cost model and nothing is verified (a warning says so). ``inplace=True`` modifies
+    ``model`` itself instead of a copy.
+    """
+    if not isinstance(model, nn.Module):
+        raise SparsekitError(f"model: expected an nn.Module, got {type(model).__name__}")
+    if model.training:
+        raise SparsekitError(
+            "model is in training mode: compile builds an inference model with eval semantics "
+            "(BatchNorm folded with its running statistics); call model.eval() first"
+        )
+    if structure not in (*PLANNERS, "auto"):
+        raise SparsekitError(f"structure: {structure!r} is not one of {', '.join((*PLANNERS, 'auto'))}")
+    inputs = _as_tuple(example_inputs)
+    layer_masks = masks_lib.collect_masks(model, mask)
+    targets = _targets(model, layer_masks, all_layers=not layer_masks)
+
+    reference = dense_masked_copy(model, layer_masks)
+    compiled = reference if not (verify and inputs) else copy.deepcopy(reference)
+    if inplace:
+        make_dense_masked(model, layer_masks)
+        compiled = model
+    layer_inputs = record_inputs(reference, targets, inputs) if inputs and measure else {}
+    pairs = dict(conv_bn_pairs(reference)) if fold_bn else {}
+
+    device = next(iter(reference.parameters()), torch.empty(0)).device
+    backends = _backends(backend, device)
+    for name in targets:
+        module = compiled.get_submodule(name)
+        bn_name = pairs.get(name)
+        weight, bias = _effective(module, compiled.get_submodule(bn_name) if bn_name else None)
+        layer = choose_layer(module, weight, bias, structure, backends, layer_inputs.get(name), name)
+        layer.config["source"] = {"layer": name, "batchnorm": bn_name}
+        compiled.set_submodule(name, layer)
+        if bn_name:
+            compiled.set_submodule(bn_name, nn.Identity())
+    compiled.eval()
+
+    if verify and inputs:
+        from .verify import verify as run_verify  # verify sits above compile
+
+        report = run_verify(compiled, reference, inputs, measure=measure)
+        compiled.sparsekit_report = report
+        report.raise_on_mismatch()
+    elif verify:
+        warnings.warn(
+            "sparsekit.compile: no example_inputs, so plans follow the cost model and the "
+            "compiled model was not verified",
+            stacklevel=2,
+        )
+    return compiled
+
+
+def _as_tuple(example_inputs) -> tuple:
+    if example_inputs is None:
+        return ()
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs)
+    raise SparsekitError(
+        f"example_inputs: expected a tensor or a tuple of them, got {type(example_inputs).__name__}"
+    )
+
+
+def _targets(model: nn.Module, layer_masks: dict, all_layers: bool) -> list[str]:
+    """Layers to make sparse: the masked ones, or every Conv2d / Linear when no mask is given."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, masks_lib.SPARSE_MODULES) and (all_layers or name in layer_masks)
+    ]
+
+
+# ---- the dense masked model ----
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    """deepcopy that also works on a freshly pruned model, whose ``weight`` is a non-leaf tensor
+    attribute (recomputed by the prune hook) that deepcopy refuses."""
+    memo = {}
+    for module in model.modules():
+        for value in vars(module).values():
+            if isinstance(value, torch.Tensor) and not value.is_leaf:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
+def make_dense_masked(model: nn.Module, layer_masks: dict) -> None:
+    """In place: prune hooks and parametrizations made permanent, then every mask applied."""
+    for name, module in list(model.named_modules()):
+        for param in masks_lib.PARAMS:
+            if prune.is_pruned(module) and hasattr(module, f"{param}_orig"):
+                prune.remove(module, param)
+            if parametrize.is_parametrized(module, param):
+                parametrize.remove_parametrizations(module, param, leave_parametrized=True)
+    for name, param_masks in layer_masks.items():
+        module = model.get_submodule(name)
+        for param, mask in param_masks.items():
+            value = getattr(module, param)
+            with torch.no_grad():
+                value.mul_(mask.to(device=value.device, dtype=value.dtype))
+
+
+def dense_masked_copy(model: nn.Module, layer_masks: dict) -> nn.Module:
+    """The reference: a copy of ``model`` in eval mode with its masks applied, hooks removed."""
+    reference = _copy(model)
+    make_dense_masked(reference, layer_masks)
+    return reference.eval()
+
+
+# ---- BatchNorm folding ----
+
+
+def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(conv, bn) module names where the BatchNorm2d is applied to that conv's output only.
+
+    Found on the torch.fx graph; a model fx cannot trace keeps its BatchNorms (still exact)."""
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # noqa: BLE001 - any tracing failure just means no folding
+        return []
+    modules = dict(model.named_modules())
+    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+    pairs = []
+    for node in graph.nodes:
+        bn = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(bn, nn.BatchNorm2d) or bn.running_mean is None or calls[node.target] != 1:
+            continue
+        source = node.args[0] if node.args else None
+        if (
+            isinstance(source, torch.fx.Node)
+            and source.op == "call_module"
+            and isinstance(modules.get(source.target), nn.Conv2d)
+            and len(source.users) == 1
+            and calls[source.target] == 1
+        ):
+            pairs.append((source.target, node.target))
+    return pairs
+
+
+def _effective(module: nn.Module, bn: nn.BatchNorm2d | None):
+    """The layer's weight and bias, with the BatchNorm that follows it folded in (in fp64)."""
+    weight = module.weight.detach()
+    bias = None if module.bias is None else module.bias.detach()
+    if bn is None:
+        return weight, bias
+    scale = torch.rsqrt(bn.running_var.double() + bn.eps)
+    shift = -bn.running_mean.double() * scale
+    if bn.weight is not None:
+        scale, shift = scale * bn.weight.double(), shift * bn.weight.double() + bn.bias.double()
+    folded_bias = shift if bias is None else bias.double() * scale + shift
+    folded = weight.double() * scale.view(-1, *([1] * (weight.dim() - 1)))
+    return folded.to(weight.dtype), folded_bias.to(weight.dtype)
+
+
+# ---- per-layer plan choice ----
+
+
+def _backends(backend: str, device: torch.device) -> list[str]:
+    if backend == "auto":  # no compiled GPU kernel yet: GPU layers stay dense
+        return ["cpu"] if device.type == "cpu" else []
+    if backend not in ("cpu", "reference", "dense"):
+        raise SparsekitError(f"backend: {backend!r} is not one of auto, cpu, reference, dense")
+    return [] if backend == "dense" else [backend]
+
+
+def record_inputs(model: nn.Module, names: list[str], inputs: tuple) -> dict[str, torch.Tensor]:
+    """The first input each named layer receives when ``model`` runs on ``inputs``."""
+    return run_recording(model, inputs, names, outputs=False)[0]
+
+
+def run_recording(model, inputs, names, outputs: bool):
+    """Runs ``model(*inputs)``, recording the named layers' first inputs (and outputs); an error
+    names the layer it happened in."""
+    seen_in, seen_out, current = {}, {}, [None]
+    handles = []
+    for name in names:
+        module = model.get_submodule(name)
+
+        def pre(mod, args, name=name):
+            current[0] = name
+            if args and isinstance(args[0], torch.Tensor):
+                seen_in.setdefault(name, args[0].detach())
+
+        def post(mod, args, result, name=name):
+            if isinstance(result, torch.Tensor):
+                seen_out.setdefault(name, result.detach().clone())
+
+        handles.append(module.register_forward_pre_hook(pre))
+        if outputs:
+            handles.append(module.register_forward_hook(post))
+    try:
+        with torch.inference_mode():
+            result = model(*inputs)
+    except Exception as error:  # noqa: BLE001 - reported with the layer it happened in
+        where = f" in layer {current[0]!r}" if current[0] else ""
+        raise SparsekitError(f"example_inputs: the model failed{where}: {error}") from error
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen_in, seen_out, result
+
+
+def _build(module, weight, bias, structure, backend, name):
+    if isinstance(module, nn.Conv2d):
+        return SparseConv2d.from_weight(
+            weight, bias, stride=module.stride, padding=module.padding, dilation=module.dilation,
+            groups=module.groups, padding_mode=module.padding_mode, structure=structure,
+            backend=backend, name=name,
+        )
+    return SparseLinear.from_weight(weight, bias, structure=structure, backend=backend, name=name)
+
+
+def choose_layer(module, weight, bias, structure, backends, layer_input, name):
+    """The fastest of dense and the packed plans on ``backends``: measured on ``layer_input``
+    when given, else the packed plan of lowest estimated cost if it beats dense (cost < 1)."""
+    dense = _build(module, weight, bias, "dense", "dense", name)
+    if structure == "dense" or not backends:
+        return dense
+    structures = PACKED_STRUCTURES if structure == "auto" else (structure,)
+    candidates = [_build(module, weight, bias, s, b, name) for b in backends for s in structures]
+    if layer_input is None:
+        best = min(candidates, key=lambda layer: layer.summary()["cost"])
+        return best if best.summary()["cost"] < 1 else dense
+    timed = [
+        (timing.median_seconds(layer, layer_input), i, layer)
+        for i, layer in enumerate([dense, *candidates])
+    ]
+    return min(timed)[2]  # ties go to dense, then to the earlier candidate

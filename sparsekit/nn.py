@@ -1,0 +1,201 @@
+"""SparseConv2d / SparseLinear: inference layers that run a packed weight (or a dense one).
+
+A layer is built from its effective weight (masked, BatchNorm folded) with ``from_weight`` and
+is described by a JSON-able ``config`` from which an empty twin is made (``from_config``) for
+loading a state_dict. ``backend="dense"`` keeps the weight dense and calls ``F.conv2d`` /
+``F.linear``; any other backend packs it and calls the sparsekit ops.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import ops
+from .errors import SparsekitError
+from .formats import PackedWeight, pack
+
+PACKED_BUFFERS = ("values", "row_idx", "col_idx", "block_ptr")
+DTYPES = {str(d): d for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16)}
+
+
+class _SparseLayer(nn.Module):
+    """Buffers and bookkeeping shared by both layers: a dense ``weight`` or the packed tensors."""
+
+    def __init__(self, config: dict, weight_shape: tuple[int, ...]):
+        super().__init__()
+        self.config = dict(config)
+        self.weight_shape = weight_shape
+        dtype = DTYPES[config["dtype"]]
+        if self.is_dense:
+            self.register_buffer("weight", torch.empty(weight_shape, dtype=dtype))
+        else:
+            sizes = config["sizes"]
+            self.register_buffer("values", torch.empty(sizes["values"], dtype=dtype))
+            self.register_buffer("row_idx", torch.empty(sizes["row_idx"], dtype=torch.int32))
+            self.register_buffer("col_idx", torch.empty(sizes["col_idx"], dtype=torch.int32))
+            self.register_buffer("block_ptr", torch.empty(3, sizes["blocks"] + 1, dtype=torch.int64))
+        bias_shape = (weight_shape[0],) if config["bias"] else None
+        self.register_buffer("bias", None if bias_shape is None else torch.empty(bias_shape, dtype=dtype))
+
+    @property
+    def is_dense(self) -> bool:
+        return self.config["backend"] == "dense"
+
+    @property
+    def backend(self) -> str:
+        return self.config["backend"]
+
+    def packed(self) -> PackedWeight:
+        return PackedWeight(
+            self.weight_shape, self.config.get("groups", 1), self.values, self.row_idx,
+            self.col_idx, self.block_ptr, self.config["structure"],
+        )
+
+    def _fill(self, weight: torch.Tensor, bias: torch.Tensor | None, packed: PackedWeight | None):
+        with torch.no_grad():
+            if packed is None:
+                self.weight.copy_(weight)
+            else:
+                for name in PACKED_BUFFERS:
+                    getattr(self, name).copy_(getattr(packed, name))
+            if bias is not None:
+                self.bias.copy_(bias)
+        return self
+
+    def summary(self) -> dict:
+        """Structure, blocks, density inside blocks, FLOPs relative to dense, kept weights."""
+        if not self.is_dense:
+            return self.packed().summary()
+        nnz = int(torch.count_nonzero(self.weight))
+        return {
+            "weight_shape": list(self.weight_shape), "groups": self.config.get("groups", 1),
+            "structure": "dense", "blocks": 0, "nnz": nnz, "stored": self.weight.numel(),
+            "density": nnz / self.weight.numel(), "flops_ratio": 1.0, "cost": 1.0,
+        }
+
+    def extra_repr(self) -> str:
+        s = self.summary()
+        return (
+            f"{tuple(self.weight_shape)}, backend={self.backend!r}, structure={s['structure']!r}, "
+            f"blocks={s['blocks']}, density={s['density']:.3f}, flops_ratio={s['flops_ratio']:.3f}"
+        )
+
+
+def _packed_config(weight, bias, structure, backend, groups, name):
+    """(config entries, PackedWeight or None) for a weight under ``backend``."""
+    config = {"dtype": str(weight.dtype), "bias": bias is not None, "backend": backend}
+    if backend == "dense":
+        return config | {"structure": "dense"}, None
+    if backend not in ops.BACKENDS or backend == "auto":
+        raise SparsekitError(f"backend: {backend!r} is not dense or one of {', '.join(ops.BACKENDS[1:])}")
+    packed = pack(weight, None, structure=structure, groups=groups, name=name)
+    sizes = {
+        "values": packed.values.numel(), "row_idx": packed.row_idx.numel(),
+        "col_idx": packed.col_idx.numel(), "blocks": packed.num_blocks,
+    }
+    return config | {"structure": packed.structure, "sizes": sizes}, packed
+
+
+def _pad_amounts(padding, kernel_size, dilation) -> tuple[int, int, int, int]:
+    """F.pad amounts (left, right, top, bottom) of a Conv2d's padding (ints, 'same' or 'valid')."""
+    if padding == "valid":
+        return (0, 0, 0, 0)
+    if padding == "same":
+        total = [d * (k - 1) for k, d in zip(kernel_size, dilation)]
+        h, w = ((t // 2, t - t // 2) for t in total)
+        return (*w, *h)
+    return (padding[1], padding[1], padding[0], padding[0])
+
+
+class SparseConv2d(_SparseLayer):
+    """Drop-in inference replacement of ``nn.Conv2d`` with a packed (or dense) weight."""
+
+    def __init__(self, config: dict):
+        kh, kw = config["kernel_size"]
+        shape = (config["out_channels"], config["in_channels"] // config["groups"], kh, kw)
+        super().__init__(config, shape)
+        left, right, top, bottom = config["pad"]
+        symmetric = left == right and top == bottom and config["padding_mode"] == "zeros"
+        self._padding = (top, left) if symmetric else (0, 0)
+        self._pre_pad = None if symmetric else (config["pad"], config["padding_mode"])
+
+    @classmethod
+    def from_weight(
+        cls, weight, bias=None, *, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
+        padding_mode="zeros", structure="auto", backend="cpu", relu=False, name="weight",
+    ) -> "SparseConv2d":
+        """A layer computing ``conv2d(x, weight, bias, ...)`` (then ReLU if ``relu``), the zeros
+        of ``weight`` being its mask. ``padding`` takes ints, ``"same"`` or ``"valid"``."""
+        kernel_size = tuple(weight.shape[2:])
+        entries, packed = _packed_config(weight, bias, structure, backend, groups, name)
+        config = entries | {
+            "type": "SparseConv2d", "in_channels": weight.shape[1] * groups,
+            "out_channels": weight.shape[0], "kernel_size": list(kernel_size),
+            "stride": list(ops.pair(stride, "stride", 1)), "dilation": list(ops.pair(dilation, "dilation", 1)),
+            "groups": groups, "padding_mode": padding_mode, "relu": relu,
+        }
+        if not isinstance(padding, str):
+            padding = ops.pair(padding, "padding", 0)
+        config["pad"] = list(_pad_amounts(padding, kernel_size, config["dilation"]))
+        return cls(config)._fill(weight, bias, packed)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, **kwargs) -> "SparseConv2d":
+        return cls.from_weight(
+            conv.weight.detach(), None if conv.bias is None else conv.bias.detach(),
+            stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+            padding_mode=conv.padding_mode, **kwargs,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        if self._pre_pad is not None:
+            amounts, mode = self._pre_pad
+            x = F.pad(x, amounts, mode="constant" if mode == "zeros" else mode)
+        if self.is_dense:
+            y = F.conv2d(x, self.weight, self.bias, c["stride"], self._padding, c["dilation"], c["groups"])
+            return F.relu(y) if c["relu"] else y
+        return ops.block_conv2d(
+            x, self.packed(), self.bias, c["stride"], self._padding, c["dilation"], c["relu"], self.backend
+        )
+
+
+class SparseLinear(_SparseLayer):
+    """Drop-in inference replacement of ``nn.Linear`` with a packed (or dense) weight."""
+
+    def __init__(self, config: dict):
+        super().__init__(config, (config["out_features"], config["in_features"]))
+
+    @classmethod
+    def from_weight(
+        cls, weight, bias=None, *, structure="auto", backend="cpu", relu=False, name="weight"
+    ) -> "SparseLinear":
+        entries, packed = _packed_config(weight, bias, structure, backend, 1, name)
+        config = entries | {
+            "type": "SparseLinear", "in_features": weight.shape[1],
+            "out_features": weight.shape[0], "relu": relu,
+        }
+        return cls(config)._fill(weight, bias, packed)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, **kwargs) -> "SparseLinear":
+        bias = None if linear.bias is None else linear.bias.detach()
+        return cls.from_weight(linear.weight.detach(), bias, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.is_dense:
+            y = F.linear(x, self.weight, self.bias)
+            return F.relu(y) if self.config["relu"] else y
+        return ops.block_linear(x, self.packed(), self.bias, self.config["relu"], self.backend)
+
+
+LAYERS = {"SparseConv2d": SparseConv2d, "SparseLinear": SparseLinear}
+
+
+def from_config(config: dict) -> _SparseLayer:
+    """An empty layer (buffers uninitialised) described by ``config``, ready for a state_dict."""
+    try:
+        return LAYERS[config["type"]](config)
+    except (KeyError, TypeError, ValueError) as error:
+        raise SparsekitError(f"layer config {config!r} is malformed: {error!r}") from error
+

@@ -1,0 +1,210 @@
+"""verify(compiled, reference, example_inputs): numerical and latency check against dense.
+
+Per sparse layer: the reference's input to that layer is fed to the compiled layer and its
+output compared with the reference's (the BatchNorm's output where one was folded in); dense
+latency is the reference's conv (+ BatchNorm) on that input, sparse latency the compiled layer's.
+End to end: both models on the example inputs. Errors are held to ``atol + rtol * max|ref|``
+with (atol, rtol) from ``TOLERANCES`` by dtype.
+"""
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from . import timing
+from .compile import run_recording
+from .errors import SparsekitError
+from .nn import SparseConv2d, SparseLinear
+
+TOLERANCES = {  # (atol, rtol) of max |compiled - reference|, relative to max |reference|
+    torch.float32: (1e-5, 1e-4),
+    torch.float64: (1e-10, 1e-9),
+    torch.bfloat16: (1e-2, 3e-2),
+    torch.float16: (1e-3, 5e-3),
+}
+
+
+@dataclass
+class LayerReport:
+    name: str
+    kind: str
+    structure: str
+    backend: str
+    blocks: int
+    density: float
+    flops_ratio: float
+    macs: int  # of the dense layer on the example input
+    max_error: float
+    bound: float
+    dense_ms: float | None = None
+    sparse_ms: float | None = None
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.max_error <= self.bound
+
+    @property
+    def speedup(self) -> float | None:
+        return self.dense_ms / self.sparse_ms if self.dense_ms and self.sparse_ms else None
+
+
+@dataclass
+class Report:
+    layers: list[LayerReport]
+    max_error: float
+    bound: float
+    dense_ms: float | None
+    sparse_ms: float | None
+    device: str
+    dtype: str
+    threads: int
+    input_shapes: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.max_error <= self.bound and all(layer.ok for layer in self.layers)
+
+    @property
+    def speedup(self) -> float | None:
+        return self.dense_ms / self.sparse_ms if self.dense_ms and self.sparse_ms else None
+
+    def raise_on_mismatch(self) -> None:
+        for layer in self.layers:
+            if not layer.ok:
+                raise SparsekitError(
+                    f"verify: layer {layer.name!r} differs from the dense masked model: max error "
+                    f"{layer.max_error:.3e} > {layer.bound:.3e}"
+                )
+        if not self.ok:
+            raise SparsekitError(
+                f"verify: model output differs from the dense masked model: max error "
+                f"{self.max_error:.3e} > {self.bound:.3e}"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"ok": self.ok, "speedup": self.speedup} | {
+            "layers": [asdict(layer) | {"ok": layer.ok, "speedup": layer.speedup} for layer in self.layers]
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def __str__(self) -> str:
+        columns = ("layer", "kind", "structure", "backend", "blocks", "density", "flops",
+                   "MMACs", "dense ms", "sparse ms", "speedup", "max err", "note")
+        rows = [
+            (l.name, l.kind, l.structure, l.backend, str(l.blocks), f"{l.density:.3f}",
+             f"{l.flops_ratio:.3f}", f"{l.macs / 1e6:.1f}", _ms(l.dense_ms), _ms(l.sparse_ms),
+             _x(l.speedup), f"{l.max_error:.1e}" + ("" if l.ok else " !"), l.note)
+            for l in self.layers
+        ]
+        total_macs = sum(l.macs for l in self.layers)
+        kept = sum(l.macs * l.flops_ratio for l in self.layers)
+        rows.append(("end to end", "", "", "", "", "", f"{kept / total_macs:.3f}" if total_macs else "",
+                     f"{total_macs / 1e6:.1f}", _ms(self.dense_ms), _ms(self.sparse_ms),
+                     _x(self.speedup), f"{self.max_error:.1e}" + ("" if self.ok else " !"), ""))
+        widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+        line = lambda cells: "  ".join(  # noqa: E731
+            c.ljust(w) if i in (0, 1, 2, 3, 12) else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
+        head = (f"sparsekit report: {self.device}, {self.dtype}, {self.threads} threads, inputs "
+                f"{self.input_shapes}; {'ok' if self.ok else 'MISMATCH'} (bound {self.bound:.1e})")
+        return "\n".join([head, line(columns), *map(line, rows[:-1]), line(rows[-1])])
+
+
+def _ms(seconds_ms):
+    return "" if seconds_ms is None else f"{seconds_ms:.3f}"
+
+
+def _x(ratio):
+    return "" if ratio is None else f"{ratio:.2f}x"
+
+
+def _bound(reference: torch.Tensor) -> float:
+    atol, rtol = TOLERANCES.get(reference.dtype, TOLERANCES[torch.float32])
+    return atol + rtol * reference.abs().max().item() if reference.numel() else atol
+
+
+def _max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    if actual.shape != expected.shape:
+        return math.inf
+    return (actual.double() - expected.double()).abs().max().item() if actual.numel() else 0.0
+
+
+def verify(compiled, reference, example_inputs, *, measure: bool = True) -> Report:
+    """Compare ``compiled`` with the dense ``reference`` on ``example_inputs`` (see module doc)."""
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    sparse_layers = {
+        name: m for name, m in compiled.named_modules() if isinstance(m, (SparseConv2d, SparseLinear))
+    }
+    sources = {name: m.config.get("source", {"layer": name}) for name, m in sparse_layers.items()}
+    watched = sorted({s["layer"] for s in sources.values()} | {
+        s["batchnorm"] for s in sources.values() if s.get("batchnorm")
+    })
+    for name in watched:
+        try:
+            reference.get_submodule(name)
+        except AttributeError as error:
+            raise SparsekitError(f"verify: the reference model has no layer {name!r}") from error
+    layer_in, layer_out, ref_out = run_recording(reference, inputs, watched, outputs=True)
+    with torch.inference_mode():
+        out = compiled(*inputs)
+    if not isinstance(out, torch.Tensor) or not isinstance(ref_out, torch.Tensor):
+        raise SparsekitError("verify: the models must return a tensor")
+
+    layers = []
+    for name, layer in sparse_layers.items():
+        source = sources[name]
+        x = layer_in.get(source["layer"])
+        if x is None:
+            continue  # not reached on these inputs
+        expected = layer_out[source.get("batchnorm") or source["layer"]]
+        with torch.inference_mode():
+            actual = layer(x)
+        s = layer.summary()
+        positions = expected[0, 0].numel() * expected.shape[0] if expected.dim() == 4 else (
+            expected.numel() // expected.shape[-1]
+        )
+        report = LayerReport(
+            name=name, kind=type(layer).__name__.removeprefix("Sparse"), structure=s["structure"],
+            backend=layer.backend, blocks=s["blocks"], density=s["density"],
+            flops_ratio=s["flops_ratio"], macs=math.prod(layer.weight_shape) * positions,
+            max_error=_max_error(actual, expected), bound=_bound(expected),
+            note="all weights pruned: outputs its bias" if s["nnz"] == 0 else "",
+        )
+        if measure:
+            dense = [reference.get_submodule(source["layer"])]
+            if source.get("batchnorm"):
+                dense.append(reference.get_submodule(source["batchnorm"]))
+            report.dense_ms = 1e3 * timing.median_seconds(_chain(dense), x)
+            report.sparse_ms = 1e3 * timing.median_seconds(layer, x)
+        layers.append(report)
+
+    first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else out
+    result = Report(
+        layers=layers, max_error=_max_error(out, ref_out), bound=_bound(ref_out),
+        dense_ms=1e3 * timing.median_seconds(reference, *inputs) if measure else None,
+        sparse_ms=1e3 * timing.median_seconds(compiled, *inputs) if measure else None,
+        device=_device_name(first.device), dtype=str(out.dtype).removeprefix("torch."),
+        threads=torch.get_num_threads(),
+        input_shapes=[list(x.shape) for x in inputs if isinstance(x, torch.Tensor)],
+    )
+    return result
+
+
+def _chain(modules):
+    def run(x):
+        for module in modules:
+            x = module(x)
+        return x
+
+    return run
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.backends.cpu.get_cpu_capability()})"
