@@ -56,7 +56,7 @@ setup(
     python_requires=">=3.10",
     packages=["sparsekit", "sparsekit.structure", "sparsekit.triton_kernels"],
     package_dir={"sparsekit.triton_kernels": "triton_kernels"},
-    install_requires=["torch>=2.4", "numpy", "pymetis", "safetensors"],
+    install_requires=["torch>=2.4", "numpy", "pymetis", "safetensors", "tqdm"],
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension},
 )

@@ -1,85 +1,118 @@
-"""Command line: ``python -m sparsekit demo``."""
+"""Command line: ``python -m sparsekit compile | inspect | demo``."""
 
 import argparse
+import copy
 import sys
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch.utils.benchmark import Timer
+import torch.nn.utils.prune as prune
+from torch import nn
 
-from . import ops, pack, unpack
-from .structure import STRUCTURES
-
-FP32_TOLERANCE = (1e-5, 1e-4)  # max error <= atol + rtol * max |reference|
-
-
-def regrouped_mask(out: int, cols: int, parts: int, density: float, gen) -> torch.Tensor:
-    """A Structure-LTH-like mask: ``parts`` row groups, each keeping its own column subset,
-    plus a few scattered weights outside the blocks."""
-    mask = torch.rand(out, cols, generator=gen) < density / 20
-    rows = torch.randperm(out, generator=gen).view(parts, -1)
-    for part in rows:
-        mask[part[:, None], (torch.rand(cols, generator=gen) < density).nonzero().flatten()] = True
-    return mask
+from . import masks, saving, zoo
+from .compile import compile
+from .errors import SparsekitError
+from .structure import STRUCTURES, refill
 
 
-def median_seconds(stmt: str, **names) -> float:
-    """Median wall time of ``stmt`` on all of torch's threads (warm-up and repeats included)."""
-    timer = Timer(stmt, globals=names, num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=0.5).median
+def prune_like_structure_lth(model: nn.Module, sparsity: float) -> dict[str, torch.Tensor]:
+    """Global L1 unstructured pruning (``torch.nn.utils.prune``) over every Conv2d but the first,
+    as Structure-LTH's IMP does; returns the masks and leaves ``model`` unchanged."""
+    pruned = copy.deepcopy(model)
+    convs = [(name, m) for name, m in pruned.named_modules() if isinstance(m, nn.Conv2d)][1:]
+    prune.global_unstructured(
+        [(m, "weight") for _, m in convs], pruning_method=prune.L1Unstructured, amount=sparsity
+    )
+    return {f"{name}.weight": m.weight_mask.clone() for name, m in convs}
 
 
 def demo(args) -> int:
-    gen = torch.Generator().manual_seed(args.seed)
-    cin, cout, k = args.channels, args.channels, 3
-    weight = torch.randn(cout, cin, k, k, generator=gen)
-    mask = regrouped_mask(cout, cin * k * k, 8, args.density, gen).view(weight.shape)
-    x = torch.randn(args.batch, cin, args.size, args.size, generator=gen)
-    reference = F.conv2d(x, weight * mask, None, 1, 1)
-    bound = FP32_TOLERANCE[0] + FP32_TOLERANCE[1] * reference.abs().max().item()
-    dense_s = median_seconds("F.conv2d(x, w, None, 1, 1)", F=F, x=x, w=weight * mask)
+    torch.manual_seed(args.seed)
+    model = zoo.create(args.model).eval()
+    x = torch.randn(args.batch, *zoo.INPUT_SHAPES[args.model])
+    unstructured = prune_like_structure_lth(model, args.sparsity)
+    weights = dict(model.named_parameters())
+    if args.transform == "refill":
+        layer_masks = {k: refill(weights[k], m) for k, m in unstructured.items()}
+    else:
+        layer_masks = unstructured
+    kept = lambda ms: sum(int(m.sum()) for m in ms.values()) / sum(m.numel() for m in ms.values())  # noqa: E731
     print(
-        f"layer: Conv2d {cin}->{cout} {k}x{k}, padding 1, input {tuple(x.shape)} fp32; the mask "
-        f"keeps {mask.float().mean():.1%} of the weights, mostly in 8 row groups\n"
-        f"dense F.conv2d: {dense_s * 1e3:.2f} ms (median, {torch.get_num_threads()} threads); "
-        f"error bound {bound:.1e}\n"
+        f"{args.model}: global L1 pruning of all convs but the first to {1 - kept(unstructured):.1%} "
+        f"sparsity; after {args.transform}: {1 - kept(layer_masks):.1%} sparsity"
+        + (", whole output channels" if args.transform == "refill" else "")
     )
-    print(
-        f"{'structure':<10}{'blocks':>7}{'density':>9}{'flops':>7}{'est.cost':>9}"
-        f"{'max err':>10}{'ms':>8}{'speedup':>9}"
-    )
-    ok = True
-    for structure in STRUCTURES:
-        packed = pack(weight, mask, structure=structure)
-        ok &= torch.equal(unpack(packed), weight * mask)
-        error = (ops.block_conv2d(x, packed, None, 1, 1) - reference).abs().max().item()
-        ok &= error <= bound
-        seconds = median_seconds("ops.block_conv2d(x, p, None, 1, 1)", ops=ops, x=x, p=packed)
-        p = packed.summary()
-        label = f"auto:{p['structure']}" if structure == "auto" else structure
-        print(
-            f"{label:<10}{p['blocks']:>7}{p['density']:>9.3f}{p['flops_ratio']:>7.3f}{p['cost']:>9.3f}"
-            f"{error:>10.1e}{seconds * 1e3:>8.2f}{dense_s / seconds:>8.2f}x"
-        )
-    print(
-        "\nest.cost: the planner's cost model, relative to dense; speedup: measured against dense "
-        "F.conv2d in this run.\n" + ("all plans exact: round trip bit for bit, outputs within bound"
-                                     if ok else "MISMATCH: a plan failed its check")
-    )
-    return 0 if ok else 1
+    compiled = compile(model, layer_masks, x, structure=args.structure, progress=True)
+    print(compiled.sparsekit_report)
+    if args.out:
+        saving.save(compiled, args.out)
+        print(f"saved to {args.out}")
+    return 0
+
+
+def compile_command(args) -> int:
+    model = zoo.create(args.model).eval()
+    if args.weights:
+        model.load_state_dict(masks._load_file(args.weights))
+    x = torch.randn(args.batch, *zoo.INPUT_SHAPES[args.model])
+    compiled = compile(model, args.mask, x, structure=args.structure, progress=True)
+    print(compiled.sparsekit_report)
+    saving.save(compiled, args.out)
+    print(f"saved to {args.out}")
+    return 0
+
+
+def inspect_command(args) -> int:
+    meta = saving.read_meta(args.dir)
+    print(f"{args.dir}: {len(meta['layers'])} sparse layers, folded BatchNorms: "
+          f"{len(meta['folded_batchnorms'])}")
+    print(f"{'layer':<28}{'type':<14}{'backend':<10}{'structure':<10}{'blocks':>7}{'stored':>10}")
+    for name, c in meta["layers"].items():
+        sizes = c.get("sizes", {})
+        print(f"{name:<28}{c['type']:<14}{c['backend']:<10}{c['structure']:<10}"
+              f"{sizes.get('blocks', 0):>7}{sizes.get('values', 0):>10}")
+    report = meta.get("report")
+    if report:
+        speedup = f"{report['speedup']:.2f}x" if report.get("speedup") else "not measured"
+        print(f"verified on {report['device']} ({report['dtype']}, inputs {report['input_shapes']}): "
+              f"max error {report['max_error']:.2e}, {'ok' if report['ok'] else 'MISMATCH'}; "
+              f"end-to-end speedup {speedup}")
+    return 0
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sparsekit")
     commands = parser.add_subparsers(dest="command", required=True)
-    d = commands.add_parser("demo", help="pack a masked conv, check it, print the plans and timing")
-    d.add_argument("--channels", type=int, default=256)
-    d.add_argument("--size", type=int, default=8, help="input height and width")
-    d.add_argument("--batch", type=int, default=32)
-    d.add_argument("--density", type=float, default=0.2, help="kept fraction inside row groups")
+
+    d = commands.add_parser("demo", help="prune a zoo model, make it structural, compile, verify, report")
+    d.add_argument("--model", default="resnet18", choices=list(zoo.MODELS))
+    d.add_argument("--sparsity", type=float, default=0.8)
+    d.add_argument("--transform", default="refill", choices=["refill", "none"])
+    d.add_argument("--structure", default="auto", choices=STRUCTURES)
+    d.add_argument("--batch", type=int, default=16)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--out", type=Path, help="also save the compiled model here")
+    d.set_defaults(run=demo)
+
+    c = commands.add_parser("compile", help="compile a zoo model with a mask file and save it")
+    c.add_argument("model", choices=list(zoo.MODELS))
+    c.add_argument("--mask", required=True, type=Path, help=".pt or .safetensors file of masks")
+    c.add_argument("--weights", type=Path, help=".pt or .safetensors state_dict of the model")
+    c.add_argument("--structure", default="auto", choices=STRUCTURES)
+    c.add_argument("--batch", type=int, default=16, help="batch of the example input")
+    c.add_argument("--out", required=True, type=Path)
+    c.set_defaults(run=compile_command)
+
+    i = commands.add_parser("inspect", help="describe a saved compiled model")
+    i.add_argument("dir", type=Path)
+    i.set_defaults(run=inspect_command)
+
     args = parser.parse_args(argv)
-    return demo(args)
+    try:
+        return args.run(args)
+    except SparsekitError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import torch
 import torch.nn.utils.prune as prune
 from torch import nn
 from torch.nn.utils import parametrize
+from tqdm import tqdm
 
 from . import masks as masks_lib
 from . import timing
@@ -22,6 +23,8 @@ from .nn import SparseConv2d, SparseLinear
 from .structure import PLANNERS
 
 PACKED_STRUCTURES = tuple(s for s in PLANNERS if s != "dense")
+MIN_RUN_TIME = 0.1  # seconds of timing per candidate plan of a layer
+KEEP_MARGIN = 0.97  # a packed layer must beat dense by 3%, so timing noise cannot make it slower
 
 
 def compile(  # noqa: A001 - the package's verb, as in torch.compile
@@ -35,6 +38,7 @@ def compile(  # noqa: A001 - the package's verb, as in torch.compile
     verify: bool = True,
     fold_bn: bool = True,
     measure: bool = True,
+    progress: bool = False,
 ) -> nn.Module:
     """A new module computing the dense masked model's eval forward with sparse layers.
 
@@ -69,7 +73,7 @@ def compile(  # noqa: A001 - the package's verb, as in torch.compile
 
     device = next(iter(reference.parameters()), torch.empty(0)).device
     backends = _backends(backend, device)
-    for name in targets:
+    for name in tqdm(targets, desc="sparsekit.compile", unit="layer", disable=not progress):
         module = compiled.get_submodule(name)
         bn_name = pairs.get(name)
         weight, bias = _effective(module, compiled.get_submodule(bn_name) if bn_name else None)
@@ -78,7 +82,7 @@ def compile(  # noqa: A001 - the package's verb, as in torch.compile
         compiled.set_submodule(name, layer)
         if bn_name:
             compiled.set_submodule(bn_name, nn.Identity())
-    compiled.eval()
+    compiled.eval().requires_grad_(False)  # an inference model: the sparse ops have no gradient
 
     if verify and inputs:
         from .verify import verify as run_verify  # verify sits above compile
@@ -219,11 +223,17 @@ def run_recording(model, inputs, names, outputs: bool):
     names the layer it happened in."""
     seen_in, seen_out, current = {}, {}, [None]
     handles = []
+    for name, module in model.named_modules():
+        if name and not any(module.children()):
+
+            def enter(mod, args, name=name):
+                current[0] = name
+
+            handles.append(module.register_forward_pre_hook(enter))
     for name in names:
         module = model.get_submodule(name)
 
         def pre(mod, args, name=name):
-            current[0] = name
             if args and isinstance(args[0], torch.Tensor):
                 seen_in.setdefault(name, args[0].detach())
 
@@ -258,7 +268,8 @@ def _build(module, weight, bias, structure, backend, name):
 
 def choose_layer(module, weight, bias, structure, backends, layer_input, name):
     """The fastest of dense and the packed plans on ``backends``: measured on ``layer_input``
-    when given, else the packed plan of lowest estimated cost if it beats dense (cost < 1)."""
+    when given (a packed plan must beat dense by ``KEEP_MARGIN``), else the packed plan of
+    lowest estimated cost if it beats dense (cost < 1)."""
     dense = _build(module, weight, bias, "dense", "dense", name)
     if structure == "dense" or not backends:
         return dense
@@ -267,8 +278,10 @@ def choose_layer(module, weight, bias, structure, backends, layer_input, name):
     if layer_input is None:
         best = min(candidates, key=lambda layer: layer.summary()["cost"])
         return best if best.summary()["cost"] < 1 else dense
+    dense_time = timing.median_seconds(dense, layer_input, min_run_time=MIN_RUN_TIME)
     timed = [
-        (timing.median_seconds(layer, layer_input), i, layer)
-        for i, layer in enumerate([dense, *candidates])
+        (timing.median_seconds(layer, layer_input, min_run_time=MIN_RUN_TIME), i, layer)
+        for i, layer in enumerate(candidates)
     ]
-    return min(timed)[2]  # ties go to dense, then to the earlier candidate
+    best_time, _, best = min(timed)  # ties go to the earlier candidate
+    return best if best_time < KEEP_MARGIN * dense_time else dense

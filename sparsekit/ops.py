@@ -206,3 +206,9 @@ if EXTENSION_ERROR is None:
     @torch.library.register_fake("sparsekit::block_linear")
     def _block_linear_fake(input, values, row_idx, col_idx, block_ptr, out_features, bias, relu):
         return input.new_empty(*input.shape[:-1], out_features)
+
+    def _no_gradient(ctx, grad):
+        raise SparsekitError("sparsekit ops are for inference and have no gradient")
+
+    for _op in ("sparsekit::block_conv2d", "sparsekit::block_linear"):
+        torch.library.register_autograd(_op, _no_gradient, setup_context=lambda ctx, inputs, output: None)

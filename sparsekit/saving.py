@@ -93,4 +93,10 @@ def _replace(model: nn.Module, name: str, expected: type, replacement: nn.Module
             f"load: layer {name!r} is a {type(current).__name__}, expected {expected.__name__}; "
             "is it the same architecture?"
         )
+    shape = getattr(replacement, "weight_shape", None)
+    if shape is not None and tuple(current.weight.shape) != tuple(shape):
+        raise SparsekitError(
+            f"load: the saved tensors do not fit the model: layer {name!r} has weight shape "
+            f"{tuple(current.weight.shape)}, the saved one {tuple(shape)}"
+        )
     model.set_submodule(name, replacement)

@@ -14,6 +14,11 @@ settings.register_profile(
 )
 settings.load_profile("sparsekit")
 
+# Under pytest-xdist every worker is one process: one torch thread each keeps the cores from
+# being oversubscribed (spinning OpenMP threads of two processes on two cores starve each other).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed():

@@ -287,3 +287,11 @@ def test_raw_op_rejects_malformed_blocks():
             x, p.values[:-1], p.row_idx, p.col_idx, p.block_ptr, 4, [3, 3], [1, 1], [0, 0], [1, 1], 1,
             None, False,
         )
+
+
+def test_ops_have_no_gradient():
+    packed = packed_conv(4, 3, (3, 3), 1, torch.float32)
+    x = torch.randn(1, 3, 5, 5, requires_grad=True)
+    y = ops.block_conv2d(x, packed)
+    with pytest.raises(SparsekitError, match="no gradient"):
+        y.sum().backward()

@@ -1,6 +1,7 @@
-"""Structure: block planners that turn a layer's kept weights into dense blocks, exactly."""
+"""Structure: mask transforms (training time) and the block planners that pack masks exactly."""
 
 from .blocks import Block, BlockPlan
 from .planners import PLANNERS, STRUCTURES, plan
+from .refill import refill
 
-__all__ = ["Block", "BlockPlan", "PLANNERS", "STRUCTURES", "plan"]
+__all__ = ["Block", "BlockPlan", "PLANNERS", "STRUCTURES", "plan", "refill"]

@@ -1,0 +1,36 @@
+import torch
+from safetensors.torch import save_file
+
+from sparsekit import zoo
+from sparsekit.cli import main, prune_like_structure_lth
+
+from .helpers import structured_masks
+
+
+def test_structure_lth_pruning_reaches_the_sparsity_and_spares_the_first_conv():
+    model = zoo.create("resnet18").eval()
+    masks = prune_like_structure_lth(model, 0.8)
+    assert "conv1.weight" not in masks and "layer1.0.conv1.weight" in masks
+    kept = sum(m.sum() for m in masks.values()) / sum(m.numel() for m in masks.values())
+    assert abs(kept.item() - 0.2) < 1e-3
+    assert not any(hasattr(m, "weight_mask") for m in model.modules())
+
+
+def test_demo_compiles_verifies_and_saves(capsys, tmp_path):
+    assert main(["demo", "--model", "wrn32_2", "--batch", "2", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "after refill" in out and "end to end" in out and "; ok (bound" in out
+    assert main(["inspect", str(tmp_path / "out")]) == 0
+    assert "verified on cpu" in capsys.readouterr().out
+
+
+def test_compile_command_and_errors(capsys, tmp_path):
+    masks = {k: m.float() for k, m in structured_masks(zoo.create("resnet18")).items()}
+    save_file(masks, str(tmp_path / "masks.safetensors"))
+    args = ["compile", "resnet18", "--mask", str(tmp_path / "masks.safetensors"), "--batch", "2"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "model.safetensors").exists()
+    assert main(["inspect", str(tmp_path / "nowhere")]) == 2
+    assert "error: load: cannot read" in capsys.readouterr().err
+    torch.save({"fc.weight": torch.ones(3)}, tmp_path / "bad.pt")
+    assert main(["compile", "resnet18", "--mask", str(tmp_path / "bad.pt"), "--out", str(tmp_path / "x")]) == 2

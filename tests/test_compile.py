@@ -1,0 +1,224 @@
+import copy
+import importlib
+
+import pytest
+import torch
+import torch.nn.utils.prune as prune
+from safetensors.torch import save_file
+from torch import nn
+from torch.ao.pruning.sparsifier.utils import FakeSparsity
+from torch.nn.utils import parametrize
+
+import sparsekit
+from sparsekit import SparseConv2d, SparseLinear, SparsekitError, zoo
+
+compile_module = importlib.import_module("sparsekit.compile")  # the attribute is the function
+
+from .helpers import assert_model_close, dense_masked, structured_masks
+
+SOURCES = ["param_dict", "module_dict", "nested_dict", "prune_hooks", "prune_state_dict",
+           "ao_parametrizations", "zeros", "safetensors_file", "pt_file"]
+STRUCTURES = ["channel", "kernel", "group", "auto"]
+
+
+def model_and_mask(name: str, source: str, tmp_path):
+    """(model to compile, mask argument, reference model) for one mask source."""
+    torch.manual_seed(0)
+    model = zoo.create(name).eval()
+    masks = structured_masks(model)
+    reference = dense_masked(model, masks)
+    modules = {key.rpartition(".")[0]: m for key, m in masks.items()}
+    if source == "param_dict":
+        return model, masks, reference
+    if source == "module_dict":
+        return model, modules, reference
+    if source == "nested_dict":
+        return model, {k: {"weight": m} for k, m in modules.items()}, reference
+    if source in ("prune_hooks", "prune_state_dict", "ao_parametrizations", "zeros"):
+        pruned = copy.deepcopy(model)
+        for key, mask in modules.items():
+            module = pruned.get_submodule(key)
+            if source == "ao_parametrizations":
+                parametrize.register_parametrization(module, "weight", FakeSparsity(mask.float()))
+            elif source == "zeros":
+                with torch.no_grad():
+                    module.weight.mul_(mask)
+            else:
+                prune.custom_from_mask(module, "weight", mask)
+        if source == "prune_state_dict":
+            return model, pruned.state_dict(), reference
+        return pruned, None, reference
+    path = tmp_path / ("masks.safetensors" if source == "safetensors_file" else "masks.pt")
+    tensors = {k: m.float().contiguous() for k, m in masks.items()}
+    save_file(tensors, str(path)) if source == "safetensors_file" else torch.save(tensors, path)
+    return model, path, reference
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+@pytest.mark.parametrize("source", SOURCES)
+@pytest.mark.parametrize("name", list(zoo.MODELS))
+def test_zoo_models_compile_exactly(name, source, structure, tmp_path):
+    model, mask, reference = model_and_mask(name, source, tmp_path)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(1 if name == "resnet50" else 2, *zoo.INPUT_SHAPES[name])
+    compiled = sparsekit.compile(model, mask, x, structure=structure, measure=False)
+
+    assert_model_close(compiled(x), reference(x))
+    report = compiled.sparsekit_report
+    assert report.ok and report.layers
+    if (name, structure) != ("wrn32_2", "channel"):  # 32-128 channels: the gather outweighs 50% rows
+        assert any(layer.backend == "cpu" for layer in report.layers), "nothing was packed"
+    assert all(l.structure in (structure, "dense") for l in report.layers if structure != "auto")
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(isinstance(m, (SparseConv2d, SparseLinear)) for m in model.modules())
+
+
+def test_batchnorm_is_folded_and_identity_left():
+    model = zoo.create("resnet18").eval()
+    for m in model.modules():  # non-trivial statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 32, 32)
+    compiled = sparsekit.compile(model, structured_masks(model), x, measure=False)
+    assert isinstance(compiled.layer1[0].bn1, nn.Identity)
+    assert compiled.layer1[0].conv1.config["source"] == {"layer": "layer1.0.conv1", "batchnorm": "layer1.0.bn1"}
+    assert_model_close(compiled(x), dense_masked(model, structured_masks(model))(x))
+    unfolded = sparsekit.compile(model, structured_masks(model), x, measure=False, fold_bn=False)
+    assert isinstance(unfolded.layer1[0].bn1, nn.BatchNorm2d)
+
+
+def test_freshly_pruned_model_is_left_working():
+    """deepcopy must work although the prune hook's weight is a non-leaf tensor."""
+    model = zoo.create("wrn32_2").eval()
+    prune.global_unstructured(
+        [(m, "weight") for m in model.modules() if isinstance(m, nn.Conv2d)],
+        pruning_method=prune.L1Unstructured, amount=0.7,
+    )
+    assert not model.layer1[0].conv1.weight.is_leaf
+    x = torch.randn(2, 3, 32, 32)
+    expected = model(x)
+    compiled = sparsekit.compile(model, None, x, measure=False)
+    assert_model_close(compiled(x), expected)
+    assert prune.is_pruned(model) and torch.equal(model(x), expected)
+
+
+def test_bias_masks_are_honoured():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, bias=True), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 5)).eval()
+    bias_mask = torch.tensor([1, 0, 1, 0, 1, 1, 0, 1.0])
+    masks = {"0.weight": (torch.rand(8, 3, 3, 3) < 0.5).float(), "0.bias": bias_mask}
+    x = torch.randn(2, 3, 6, 6)
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        reference[0].weight.mul_(masks["0.weight"]), reference[0].bias.mul_(bias_mask)
+    compiled = sparsekit.compile(model, masks, x, measure=False)
+    assert isinstance(compiled[0], SparseConv2d) and isinstance(compiled[3], nn.Linear)
+    assert_model_close(compiled(x), reference(x))
+
+
+def test_all_pruned_layer_is_valid_and_flagged():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3)).eval()
+    x = torch.randn(1, 3, 5, 5)
+    compiled = sparsekit.compile(model, {"1.weight": torch.zeros(4, 4, 3, 3)}, x, measure=False)
+    (layer,) = compiled.sparsekit_report.layers
+    assert "all weights pruned" in layer.note
+    assert torch.allclose(compiled(x), model[1].bias.view(1, 4, 1, 1).expand(1, 4, 3, 3))
+
+
+def test_plan_choice_follows_measured_time(monkeypatch):
+    """A packed plan is kept only when measured faster than dense (by the margin)."""
+    conv = nn.Conv2d(16, 32, 3)
+    mask = torch.zeros_like(conv.weight)
+    mask[:4] = 1
+    weight = conv.weight.detach() * mask
+    x = torch.randn(1, 16, 8, 8)
+
+    def with_times(dense_time, packed_time):
+        fake = lambda layer, *a, **k: dense_time if layer.is_dense else packed_time  # noqa: E731
+        monkeypatch.setattr(compile_module.timing, "median_seconds", fake)
+        return compile_module.choose_layer(conv, weight, None, "channel", ["cpu"], x, "conv")
+
+    assert with_times(1.0, 0.5).backend == "cpu"
+    assert with_times(1.0, 0.99).is_dense  # within the margin: not kept
+    assert with_times(1.0, 2.0).is_dense
+
+
+def test_measured_compile_is_never_slower_than_its_dense_plan_by_construction():
+    model = zoo.create("vgg16_bn").eval()
+    x = torch.randn(4, 3, 32, 32)
+    compiled = sparsekit.compile(model, structured_masks(model), x)
+    report = compiled.sparsekit_report
+    assert report.ok and report.dense_ms > 0 and report.sparse_ms > 0
+    assert all(l.dense_ms > 0 and l.sparse_ms > 0 for l in report.layers)
+    text = str(report)
+    assert "end to end" in text and "features.3" in text
+    assert report.to_dict()["layers"][0]["name"] == report.layers[0].name
+
+
+def test_inplace_replaces_layers_in_the_given_model():
+    model = zoo.create("wrn32_2").eval()
+    masks = structured_masks(model)
+    reference = dense_masked(model, masks)
+    x = torch.randn(2, 3, 32, 32)
+    compiled = sparsekit.compile(model, masks, x, inplace=True, measure=False)
+    assert compiled is model and isinstance(model.layer1[0].conv2, SparseConv2d)
+    assert_model_close(model(x), reference(x))
+
+
+def test_without_example_inputs_the_cost_model_decides_and_it_warns():
+    model = zoo.create("resnet18").eval()
+    with pytest.warns(UserWarning, match="not verified"):
+        compiled = sparsekit.compile(model, structured_masks(model))
+    assert any(isinstance(m, SparseConv2d) and not m.is_dense for m in compiled.modules())
+    x = torch.randn(2, 3, 32, 32)
+    assert_model_close(compiled(x), dense_masked(model, structured_masks(model))(x))
+
+
+def test_torch_compile_traces_a_compiled_model():
+    model = zoo.create("resnet18").eval()
+    x = torch.randn(2, 3, 32, 32)
+    compiled = sparsekit.compile(model, structured_masks(model), x, measure=False)
+    traced = torch.compile(compiled, backend="aot_eager", fullgraph=True)
+    assert torch.equal(traced(x), compiled(x))
+
+
+@pytest.mark.parametrize(
+    ("mask", "message"),
+    [
+        ({"layer1.0.conv9.weight": torch.ones(1)}, "names no parameter"),
+        ({"bn1.weight": torch.ones(64)}, "only Conv2d and Linear"),
+        ({"layer1.0.conv1.weight": torch.ones(3, 3)}, "layer1.0.conv1.weight: shape"),
+        ({"layer1.0.conv1.weight": torch.full((64, 64, 3, 3), 0.5)}, "0 or 1"),
+        ({"layer1.0.conv1.weight": [1, 0]}, "expected a tensor"),
+        ({3: torch.ones(1)}, "keys must be strings"),
+        (42, "expected None, a dict"),
+        ("no/such/masks.pt", "no file"),
+    ],
+)
+def test_bad_masks_name_the_layer_and_leave_the_model(mask, message):
+    model = zoo.create("resnet18").eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(SparsekitError, match=message):
+        sparsekit.compile(model, mask, torch.randn(1, 3, 32, 32))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_training_mode_and_bad_inputs_are_errors():
+    model = zoo.create("resnet18")
+    with pytest.raises(SparsekitError, match="training mode"):
+        sparsekit.compile(model)
+    assert model.training
+    model.eval()
+    with pytest.raises(SparsekitError, match="layer 'conv1'"):
+        sparsekit.compile(model, structured_masks(model), torch.randn(1, 4, 32, 32))
+    with pytest.raises(SparsekitError, match="example_inputs"):
+        sparsekit.compile(model, None, "image")
+    with pytest.raises(SparsekitError, match="structure"):
+        sparsekit.compile(model, None, structure="blocks")
+
+
+def test_corrupt_mask_file_is_an_error(tmp_path):
+    path = tmp_path / "masks.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(SparsekitError, match="cannot read"):
+        sparsekit.compile(zoo.create("resnet18").eval(), path)

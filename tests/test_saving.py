@@ -1,0 +1,57 @@
+import json
+
+import pytest
+import torch
+
+import sparsekit
+from sparsekit import SparsekitError, zoo
+
+from .helpers import structured_masks
+
+
+@pytest.fixture(scope="module")
+def compiled_resnet():
+    torch.manual_seed(0)
+    model = zoo.create("resnet18").eval()
+    x = torch.randn(2, 3, 32, 32)
+    return sparsekit.compile(model, structured_masks(model), x, measure=False), x
+
+
+def test_round_trip_is_bit_identical(compiled_resnet, tmp_path):
+    compiled, x = compiled_resnet
+    sparsekit.save(compiled, tmp_path / "model")
+    fresh = zoo.create("resnet18").eval()
+    loaded = sparsekit.load(tmp_path / "model", fresh)
+    assert torch.equal(loaded(x), compiled(x))
+    assert not any(isinstance(m, sparsekit.SparseConv2d) for m in fresh.modules())
+    meta = json.loads((tmp_path / "model" / "sparsekit.json").read_text())
+    assert meta["report"]["ok"] and "layer1.0.bn1" in meta["folded_batchnorms"]
+
+
+def test_loading_into_another_architecture_fails(compiled_resnet, tmp_path):
+    sparsekit.save(compiled_resnet[0], tmp_path)
+    with pytest.raises(SparsekitError, match="same architecture"):
+        sparsekit.load(tmp_path, zoo.create("vgg16_bn").eval())
+    with pytest.raises(SparsekitError, match="do not fit"):
+        sparsekit.load(tmp_path, zoo.create("resnet18", num_classes=7).eval())
+
+
+@pytest.mark.parametrize("damage", ["tensors", "json", "format", "missing"])
+def test_corrupt_files_are_errors(compiled_resnet, tmp_path, damage):
+    sparsekit.save(compiled_resnet[0], tmp_path)
+    tensors, meta = tmp_path / "model.safetensors", tmp_path / "sparsekit.json"
+    if damage == "tensors":
+        tensors.write_bytes(tensors.read_bytes()[:1000])
+    elif damage == "json":
+        meta.write_text("{not json")
+    elif damage == "format":
+        meta.write_text(json.dumps({"format": "pickle", "version": 1}))
+    else:
+        tensors.unlink()
+    with pytest.raises(SparsekitError, match="load"):
+        sparsekit.load(tmp_path, zoo.create("resnet18").eval())
+
+
+def test_saving_an_uncompiled_model_is_an_error(tmp_path):
+    with pytest.raises(SparsekitError, match="compile it first"):
+        sparsekit.save(zoo.create("resnet18"), tmp_path)
