@@ -174,12 +174,16 @@ def test_without_example_inputs_the_cost_model_decides_and_it_warns():
     assert_model_close(compiled(x), dense_masked(model, structured_masks(model))(x))
 
 
-def test_torch_compile_traces_a_compiled_model():
+def test_torch_compile_and_export_trace_a_compiled_model():
     model = zoo.create("resnet18").eval()
     x = torch.randn(2, 3, 32, 32)
     compiled = sparsekit.compile(model, structured_masks(model), x, measure=False)
     traced = torch.compile(compiled, backend="aot_eager", fullgraph=True)
     assert torch.equal(traced(x), compiled(x))
+    exported = torch.export.export(compiled, (x,))
+    ops = {str(n.target) for n in exported.graph.nodes}
+    assert "sparsekit.block_conv2d.default" in ops
+    assert torch.equal(exported.module()(x), compiled(x))
 
 
 @pytest.mark.parametrize(
