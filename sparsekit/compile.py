@@ -64,10 +64,13 @@ def compile(  # noqa: A001 - the package's verb, as in torch.compile
     targets = _targets(model, layer_masks, all_layers=not layer_masks)
 
     reference = dense_masked_copy(model, layer_masks)
-    compiled = reference if not (verify and inputs) else copy.deepcopy(reference)
     if inplace:
         make_dense_masked(model, layer_masks)
         compiled = model
+    elif verify and inputs:
+        compiled = copy.deepcopy(reference)
+    else:  # the reference is not needed once the layers are chosen: build on it
+        compiled = reference
     layer_inputs = record_inputs(reference, targets, inputs) if inputs and measure else {}
     pairs = dict(conv_bn_pairs(reference)) if fold_bn else {}
 
