@@ -8,8 +8,6 @@ on the example inputs' shapes when given, else ranked by the planners' cost mode
 
 import copy
 import warnings
-from collections import Counter
-
 import torch
 import torch.nn.utils.prune as prune
 from torch import nn
@@ -19,6 +17,7 @@ from tqdm import tqdm
 from . import masks as masks_lib
 from . import timing
 from .errors import SparsekitError
+from .graph import batchnorm_affine, conv_bn_pairs
 from .nn import SparseConv2d, SparseLinear
 from .structure import PLANNERS
 
@@ -163,43 +162,15 @@ def dense_masked_copy(model: nn.Module, layer_masks: dict) -> nn.Module:
 # ---- BatchNorm folding ----
 
 
-def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """(conv, bn) module names where the BatchNorm2d is applied to that conv's output only.
-
-    Found on the torch.fx graph; a model fx cannot trace keeps its BatchNorms (still exact)."""
-    try:
-        graph = torch.fx.symbolic_trace(model).graph
-    except Exception:  # noqa: BLE001 - any tracing failure just means no folding
-        return []
-    modules = dict(model.named_modules())
-    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
-    pairs = []
-    for node in graph.nodes:
-        bn = modules.get(node.target) if node.op == "call_module" else None
-        if not isinstance(bn, nn.BatchNorm2d) or bn.running_mean is None or calls[node.target] != 1:
-            continue
-        source = node.args[0] if node.args else None
-        if (
-            isinstance(source, torch.fx.Node)
-            and source.op == "call_module"
-            and isinstance(modules.get(source.target), nn.Conv2d)
-            and len(source.users) == 1
-            and calls[source.target] == 1
-        ):
-            pairs.append((source.target, node.target))
-    return pairs
-
-
 def _effective(module: nn.Module, bn: nn.BatchNorm2d | None):
     """The layer's weight and bias, with the BatchNorm that follows it folded in (in fp64)."""
     weight = module.weight.detach()
     bias = None if module.bias is None else module.bias.detach()
     if bn is None:
         return weight, bias
-    scale = torch.rsqrt(bn.running_var.double() + bn.eps)
-    shift = -bn.running_mean.double() * scale
-    if bn.weight is not None:
-        scale, shift = scale * bn.weight.double(), shift * bn.weight.double() + bn.bias.double()
+    gamma, beta = batchnorm_affine(bn)
+    scale = gamma * torch.rsqrt(bn.running_var.double() + bn.eps)
+    shift = beta - bn.running_mean.double() * scale
     folded_bias = shift if bias is None else bias.double() * scale + shift
     folded = weight.double() * scale.view(-1, *([1] * (weight.dim() - 1)))
     return folded.to(weight.dtype), folded_bias.to(weight.dtype)

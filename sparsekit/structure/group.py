@@ -21,7 +21,7 @@ NEIGHBOURS = 32
 SPLIT_FILL = 0.5  # columns used by fewer than this fraction of a part's rows may split off
 
 
-def _similarity_graph(pattern: torch.Tensor) -> tuple[pymetis.CSRAdjacency, list[int]]:
+def similarity_graph(pattern: torch.Tensor) -> tuple[pymetis.CSRAdjacency, list[int]]:
     """kNN graph of rows and its edge weights (shared columns), symmetric, no self loops."""
     rows = pattern.shape[0]
     p = pattern.to(torch.float32)
@@ -72,7 +72,7 @@ def plan_row_groups(pattern: torch.Tensor, part_rows=PART_ROWS, seed: int = 0) -
     vertices = distinct.shape[0]
     if vertices < 2:
         return best
-    graph, edge_weights = _similarity_graph(distinct)
+    graph, edge_weights = similarity_graph(distinct)
     options = pymetis.Options(seed=seed)
     part_counts = {min(vertices, -(-active.numel() // size)) for size in part_rows} | {vertices}
     for parts in sorted(part_counts - {1}):

@@ -41,3 +41,17 @@ def refill(weight: torch.Tensor, mask: torch.Tensor, *, criterion: str = "remain
     rows = torch.zeros(out, dtype=torch.bool)
     rows[order[:count]] = True
     return rows.view(-1, *([1] * (mask.dim() - 1))).expand_as(mask).to(mask.dtype).clone()
+
+
+def refill_masks(model: torch.nn.Module, masks: dict, **kwargs) -> dict:
+    """``refill`` over many layers: ``{param name: mask}`` -> the same keys, channel masks,
+    ranked on the model's current (effective, also under prune hooks) weights."""
+    result = {}
+    for key, mask in masks.items():
+        module_name, _, param = key.rpartition(".")
+        try:
+            weight = getattr(model.get_submodule(module_name), param)
+        except AttributeError as error:
+            raise SparsekitError(f"refill_masks: {key!r} names no parameter of the model") from error
+        result[key] = refill(weight, mask, **kwargs)
+    return result

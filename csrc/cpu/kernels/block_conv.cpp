@@ -9,6 +9,7 @@ namespace sparsekit::cpu {
 namespace {
 
 constexpr int64_t TP = kTilePositions;
+static_assert(TP % 16 == 0, "tiles are whole 16-lane chunks");
 constexpr int kRowsPerMicro = 4;  // 4 rows x 64 positions = 16 AVX-512 accumulators
 
 // ---- element conversions (activations may be bf16 / fp16; all arithmetic is fp32) ----
@@ -74,81 +75,79 @@ void tile_gemm(int64_t rows, int64_t kc, const float* w, int64_t ldw,
   for (; m < rows; ++m) micro<1>(kc, w + m * ldw, ldw, x_rows, acc + m);
 }
 
-// Output positions of one tile, decoded once into runs of consecutive positions along one
-// output row: run r covers tile slots [start[r], start[r + 1]) with ow = ow0[r], ow0[r] + 1, ...
+// Output positions of one tile, decoded once: where each output element goes, and for each
+// kernel offset (kh, kw) the input element each position reads (relative to its channel's
+// base), or -1 where it falls in the padding.
+constexpr int64_t kLanes = 16;  // positions per gather chunk (one AVX-512 register)
+
 struct TilePositions {
-  int64_t count = 0, runs = 0;
-  int64_t start[TP + 1];
-  int64_t in_base[TP];   // n * in_stride[0]
-  int64_t ih0[TP];       // oh * stride_h - pad_h
-  int64_t iw0[TP];       // ow0 * stride_w - pad_w
-  int64_t out_base[TP];  // per slot: n * out_stride[0] + oh * out_stride[2] + ow * out_stride[3]
+  int64_t count = 0;
+  int64_t out_base[TP];          // n * out_stride[0] + oh * out_stride[2] + ow * out_stride[3]
+  std::vector<int64_t> source;   // [KH * KW][TP]
+  std::vector<uint8_t> contiguous;  // [KH * KW][TP / kLanes]: the chunk reads consecutive inputs
 };
 
 void decode_tile(const BlockConvParams& p, int64_t tile, TilePositions& t) {
   const ConvShape& s = p.shape;
-  const int64_t plane = s.OH * s.OW, total = s.N * plane;
+  const int64_t plane = s.OH * s.OW, total = s.N * plane, kernel_area = s.KH * s.KW;
   const int64_t q0 = tile * TP;
   t.count = std::min(TP, total - q0);
-  t.runs = 0;
-  for (int64_t i = 0; i < t.count;) {
+  t.source.assign(kernel_area * TP, -1);
+  for (int64_t i = 0; i < t.count; ++i) {
     const int64_t q = q0 + i, n = q / plane, oh = (q % plane) / s.OW, ow = q % s.OW;
-    const int64_t length = std::min(s.OW - ow, t.count - i);
-    t.start[t.runs] = i;
-    t.in_base[t.runs] = n * p.in_stride[0];
-    t.ih0[t.runs] = oh * s.stride_h - s.pad_h;
-    t.iw0[t.runs] = ow * s.stride_w - s.pad_w;
-    ++t.runs;
-    for (int64_t j = 0; j < length; ++j)
-      t.out_base[i + j] = n * p.out_stride[0] + oh * p.out_stride[2] + (ow + j) * p.out_stride[3];
-    i += length;
+    t.out_base[i] = n * p.out_stride[0] + oh * p.out_stride[2] + ow * p.out_stride[3];
+    for (int64_t kh = 0; kh < s.KH; ++kh) {
+      const int64_t ih = oh * s.stride_h - s.pad_h + kh * s.dil_h;
+      if (ih < 0 || ih >= s.H) continue;
+      for (int64_t kw = 0; kw < s.KW; ++kw) {
+        const int64_t iw = ow * s.stride_w - s.pad_w + kw * s.dil_w;
+        if (iw >= 0 && iw < s.W)
+          t.source[(kh * s.KW + kw) * TP + i] =
+              n * p.in_stride[0] + ih * p.in_stride[2] + iw * p.in_stride[3];
+      }
+    }
   }
-  t.start[t.runs] = t.count;
+  t.contiguous.assign(kernel_area * (TP / kLanes), 0);
+  for (int64_t r = 0; r < kernel_area; ++r)
+    for (int64_t c = 0; c < TP / kLanes; ++c) {
+      const int64_t* chunk = t.source.data() + r * TP + c * kLanes;
+      bool consecutive = chunk[0] >= 0;
+      for (int64_t j = 1; j < kLanes && consecutive; ++j) consecutive = chunk[j] == chunk[0] + j;
+      t.contiguous[r * (TP / kLanes) + c] = consecutive;
+    }
 }
 
-// Implicit im2col of the columns cols[0:kc] (in channel_base's group) for the tile, zero padded
-// past the tile's last position: per run, one input row read at a fixed stride. Only this
+// One panel row: dst[i] = src[source[i]], 0 where source[i] < 0 (padding and past the tile's
+// last position); chunks that read consecutive inputs are plain vector loads, the others
+// masked vector gathers. Cloned per ISA.
+template <typename T>
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void gather_row(const T* src, const int64_t* source, const uint8_t* contiguous, float* dst) {
+  for (int64_t c = 0; c < TP / kLanes; ++c) {
+    const int64_t* at = source + c * kLanes;
+    float* out = dst + c * kLanes;
+    if (contiguous[c]) {
+      const T* first = src + at[0];
+      for (int64_t j = 0; j < kLanes; ++j) out[j] = to_float(first[j]);
+    } else {
+      for (int64_t j = 0; j < kLanes; ++j) out[j] = at[j] >= 0 ? to_float(src[at[j]]) : 0.f;
+    }
+  }
+}
+
+// Implicit im2col of the columns cols[0:kc] (in channel_base's group) for the tile. Only this
 // tile x the used columns is ever materialised, never the full column matrix.
 template <typename T>
 void gather_panel(const BlockConvParams& p, const TilePositions& t, int64_t channel_base,
                   const int32_t* cols, int64_t kc, float* panel) {
-  const ConvShape& s = p.shape;
   const T* x = static_cast<const T*>(p.input);
-  const int64_t kernel_area = s.KH * s.KW, sx = s.stride_w * p.in_stride[3];
+  const int64_t kernel_area = p.shape.KH * p.shape.KW;
   for (int64_t k = 0; k < kc; ++k) {
-    const int64_t col = cols[k], rem = col % kernel_area;
-    const int64_t channel_off = (channel_base + col / kernel_area) * p.in_stride[1];
-    const int64_t dy = (rem / s.KW) * s.dil_h, dx = (rem % s.KW) * s.dil_w;
-    float* dst = panel + k * TP;
-    for (int64_t r = 0; r < t.runs; ++r) {
-      const int64_t first = t.start[r], length = t.start[r + 1] - first;
-      const int64_t ih = t.ih0[r] + dy, iw = t.iw0[r] + dx;
-      // slots j with 0 <= iw + j * stride_w < W read the input; the others are padding
-      int64_t lo = 0, hi = 0;
-      if (ih >= 0 && ih < s.H && iw < s.W) {
-        if (s.stride_w == 1) {  // no division on the common path
-          lo = std::max<int64_t>(0, -iw);
-          hi = std::min(length, s.W - iw);
-        } else {
-          lo = iw >= 0 ? 0 : (-iw + s.stride_w - 1) / s.stride_w;
-          hi = std::min(length, (s.W - 1 - iw) / s.stride_w + 1);
-        }
-        lo = std::min(lo, hi);
-      }
-      float* out = dst + first;
-      std::fill(out, out + lo, 0.f);
-      if (hi > lo) {
-        const T* src = x + t.in_base[r] + channel_off + ih * p.in_stride[2] +
-                       (iw + lo * s.stride_w) * p.in_stride[3];
-        if (sx == 1) {  // the common case, a contiguous input row: vectorised copy
-          for (int64_t j = 0; j < hi - lo; ++j) out[lo + j] = to_float(src[j]);
-        } else {
-          for (int64_t j = 0; j < hi - lo; ++j) out[lo + j] = to_float(src[j * sx]);
-        }
-      }
-      std::fill(out + hi, out + length, 0.f);
-    }
-    std::fill(dst + t.count, dst + TP, 0.f);
+    const int64_t col = cols[k];
+    const T* channel = x + (channel_base + col / kernel_area) * p.in_stride[1];
+    const int64_t offset = col % kernel_area;
+    gather_row(channel, t.source.data() + offset * TP,
+               t.contiguous.data() + offset * (TP / kLanes), panel + k * TP);
   }
 }
 
