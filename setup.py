@@ -57,6 +57,7 @@ setup(
     packages=["sparsekit", "sparsekit.structure", "sparsekit.triton_kernels"],
     package_dir={"sparsekit.triton_kernels": "triton_kernels"},
     install_requires=["torch>=2.4", "numpy", "pymetis", "safetensors", "tqdm"],
+    extras_require={"examples": ["scikit-learn"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension},
 )

@@ -1,41 +1,23 @@
 """Command line: ``python -m sparsekit compile | inspect | demo``."""
 
 import argparse
-import copy
 import sys
 from pathlib import Path
 
 import torch
-import torch.nn.utils.prune as prune
-from torch import nn
 
 from . import masks, saving, zoo
 from .compile import compile
 from .errors import SparsekitError
-from .structure import STRUCTURES, refill
-
-
-def prune_like_structure_lth(model: nn.Module, sparsity: float) -> dict[str, torch.Tensor]:
-    """Global L1 unstructured pruning (``torch.nn.utils.prune``) over every Conv2d but the first,
-    as Structure-LTH's IMP does; returns the masks and leaves ``model`` unchanged."""
-    pruned = copy.deepcopy(model)
-    convs = [(name, m) for name, m in pruned.named_modules() if isinstance(m, nn.Conv2d)][1:]
-    prune.global_unstructured(
-        [(m, "weight") for _, m in convs], pruning_method=prune.L1Unstructured, amount=sparsity
-    )
-    return {f"{name}.weight": m.weight_mask.clone() for name, m in convs}
+from .structure import STRUCTURES, global_magnitude_masks, refill_masks
 
 
 def demo(args) -> int:
     torch.manual_seed(args.seed)
     model = zoo.create(args.model).eval()
     x = torch.randn(args.batch, *zoo.INPUT_SHAPES[args.model])
-    unstructured = prune_like_structure_lth(model, args.sparsity)
-    weights = dict(model.named_parameters())
-    if args.transform == "refill":
-        layer_masks = {k: refill(weights[k], m) for k, m in unstructured.items()}
-    else:
-        layer_masks = unstructured
+    unstructured = global_magnitude_masks(model, args.sparsity)  # Structure-LTH's IMP step
+    layer_masks = refill_masks(model, unstructured) if args.transform == "refill" else unstructured
     kept = lambda ms: sum(int(m.sum()) for m in ms.values()) / sum(m.numel() for m in ms.values())  # noqa: E731
     print(
         f"{args.model}: global L1 pruning of all convs but the first to {1 - kept(unstructured):.1%} "

@@ -2,14 +2,15 @@ import torch
 from safetensors.torch import save_file
 
 from sparsekit import zoo
-from sparsekit.cli import main, prune_like_structure_lth
+from sparsekit.cli import main
+from sparsekit.structure import global_magnitude_masks
 
 from .helpers import structured_masks
 
 
 def test_structure_lth_pruning_reaches_the_sparsity_and_spares_the_first_conv():
     model = zoo.create("resnet18").eval()
-    masks = prune_like_structure_lth(model, 0.8)
+    masks = global_magnitude_masks(model, 0.8)
     assert "conv1.weight" not in masks and "layer1.0.conv1.weight" in masks
     kept = sum(m.sum() for m in masks.values()) / sum(m.numel() for m in masks.values())
     assert abs(kept.item() - 0.2) < 1e-3

@@ -6,9 +6,9 @@ it) and every weight outside the blocks is pruned; compile() then packs the bloc
 Rows are partitioned by their column patterns (pymetis on the row-similarity graph, as the
 group planner does). Per part, columns are taken in decreasing order of their non-zero count
 in the part until every row has more chosen columns than ``col_threshold`` times its non-zeros
-left outside them; the block keeps the part's rows that fill it best, cut to a multiple of
-``row_multiple`` where the part has that many, and is dropped if it has fewer than
-``min_rows`` rows or ``min_cols`` columns. Rows without a block are partitioned again while a
+left outside them (and at least every column all the part's rows keep); the block keeps the
+part's rows that fill it best, cut to a multiple of ``row_multiple`` where that leaves at least
+``min_rows``, and is dropped if it has fewer than ``min_rows`` rows or ``min_cols`` columns. Rows without a block are partitioned again while a
 new block can be found (``max_rounds=1``: one pass, one block per part at most). The number of
 parts shrinks on small layers so that a part can reach ``min_rows``; a mask in which no block
 can be found is returned unchanged, as the reference code does.
@@ -50,9 +50,10 @@ def _block_of(part: torch.Tensor, col_threshold: float):
     width = torch.arange(1, order.numel() + 1)
     fits = (width > col_threshold * outside).all(0)
     chosen = int(fits.nonzero()[0]) + 1 if fits.any() else order.numel()
-    cols = order[:chosen]
+    full = int((counts[order] == part.shape[0]).sum())  # columns every row keeps: no refill
+    chosen = max(chosen, full)
     coverage = inside[:, chosen - 1]
-    return torch.sort(cols).values, torch.sort(coverage, descending=True, stable=True).indices
+    return torch.sort(order[:chosen]).values, torch.sort(coverage, descending=True, stable=True).indices
 
 
 def regroup(
@@ -84,8 +85,9 @@ def regroup(
             if rows.numel() < min_rows:
                 continue
             cols, best_first = _block_of(pattern[rows], col_threshold)
-            if rows.numel() >= row_multiple:
-                best_first = best_first[: rows.numel() // row_multiple * row_multiple]
+            cut = rows.numel() // row_multiple * row_multiple
+            if cut >= min_rows:
+                best_first = best_first[:cut]
             if cols.numel() >= min_cols:
                 found.append(Block(torch.sort(rows[best_first]).values, cols))
         if not found:
