@@ -18,6 +18,7 @@ from .compile import run_recording
 from .errors import SparsekitError
 from .nn import SparseConv2d, SparseLinear
 
+MIN_RUN_TIME = 0.2  # seconds of timing per layer and side (the model: four times that)
 TOLERANCES = {  # (atol, rtol) of max |compiled - reference|, relative to max |reference|
     torch.float32: (1e-5, 1e-4),
     torch.float64: (1e-10, 1e-9),
@@ -179,20 +180,24 @@ def verify(compiled, reference, example_inputs, *, measure: bool = True) -> Repo
             dense = [reference.get_submodule(source["layer"])]
             if source.get("batchnorm"):
                 dense.append(reference.get_submodule(source["batchnorm"]))
-            report.dense_ms = 1e3 * timing.median_seconds(_chain(dense), x)
-            report.sparse_ms = 1e3 * timing.median_seconds(layer, x)
+            report.dense_ms = 1e3 * timing.median_seconds(_chain(dense), x, min_run_time=MIN_RUN_TIME)
+            report.sparse_ms = 1e3 * timing.median_seconds(layer, x, min_run_time=MIN_RUN_TIME)
         layers.append(report)
 
     first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else out
     result = Report(
         layers=layers, max_error=_max_error(out, ref_out), bound=_bound(ref_out),
-        dense_ms=1e3 * timing.median_seconds(reference, *inputs) if measure else None,
-        sparse_ms=1e3 * timing.median_seconds(compiled, *inputs) if measure else None,
+        dense_ms=_model_ms(reference, inputs) if measure else None,
+        sparse_ms=_model_ms(compiled, inputs) if measure else None,
         device=_device_name(first.device), dtype=str(out.dtype).removeprefix("torch."),
         threads=torch.get_num_threads(),
         input_shapes=[list(x.shape) for x in inputs if isinstance(x, torch.Tensor)],
     )
     return result
+
+
+def _model_ms(model, inputs) -> float:
+    return 1e3 * timing.median_seconds(model, *inputs, min_run_time=4 * MIN_RUN_TIME)
 
 
 def _chain(modules):

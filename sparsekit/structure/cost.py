@@ -10,16 +10,17 @@ layer, run by the vendor library, costs ``out * cols``. A packed plan costs
                                                                      column once per tile
 
 so a packed layer must skip enough work to pay for its gather, and many thin blocks lose to a few
-tall ones of the same FLOPs. The constants are fits of the CPU kernel on 2 cores (fp32, 3x3 convs
-with 64-512 channels: a gathered element costs 50-150 dense MACs, a block MAC 1.3-2.4); compile()
-replaces the estimate by measured latency whenever it has example inputs.
+tall ones of the same FLOPs. The constants are fits of the CPU kernel on 2 cores against oneDNN
+(fp32, 3x3 convs with 64-512 channels on 4x4 to 32x32 maps: a gathered element costs 43-51 dense
+MACs, a block MAC 1.1-1.4); compile() replaces the estimate by measured latency whenever it has
+example inputs.
 """
 
 import torch
 
 ROW_TILE = 4
-MAC_COST = 1.5
-GATHER_COST = 100
+MAC_COST = 1.3
+GATHER_COST = 50
 
 
 def plan_cost(blocks, rows_per_group: int | None = None) -> float:
