@@ -13,10 +13,11 @@ new block can be found (``max_rounds=1``: one pass, one block per part at most).
 parts shrinks on small layers so that a part can reach ``min_rows``; a mask in which no block
 can be found is returned unchanged, as the reference code does.
 
-Parameters of the public Structure-LTH code and their arguments here: ``t1`` (1.5) is
-``col_threshold``; ``cn`` (8 hMETIS parts) is ``parts``; ``nn`` (32) is ``row_multiple``;
-``B2`` (parts of 16 rows or fewer are dropped) is ``min_rows=17``; the minimum block width
-(the paper's b2) is ``min_cols``.
+Hyperparameters: the paper's b1 and b2 (the least rows and columns of a block) are
+``min_rows`` and ``min_cols``; its t1 (1.5 in the public code) is ``col_threshold``. The public
+code's regroup(t1=1.5, nn=32, B2=16, cn=8) has no separate t2; its ``nn`` is ``row_multiple``,
+its ``cn`` (hMETIS parts) is ``parts`` and its ``B2`` (parts of 16 rows or fewer are dropped)
+gives the default ``min_rows=17``.
 """
 
 import pymetis
