@@ -1,7 +1,7 @@
 """sparsekit: run pruned PyTorch models as structured-sparse packed layers, exactly."""
 
 from . import ops, structure, zoo
-from .compile import compile
+from .api import compile
 from .errors import SparsekitError
 from .formats import PackedWeight, pack, unpack
 from .nn import SparseConv2d, SparseLinear

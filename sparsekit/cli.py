@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from . import masks, saving, zoo
-from .compile import compile
+from .api import compile
 from .errors import SparsekitError
 from .structure import STRUCTURES, global_magnitude_masks, refill_masks
 

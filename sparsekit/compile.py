@@ -1,4 +1,4 @@
-"""compile(model, mask): a new model whose masked Conv2d / Linear layers run packed blocks.
+"""Building the compiled model (``sparsekit.compile`` runs this, then ``verify``).
 
 Steps: collect the masks (``masks``), build the dense masked model (hooks and parametrizations
 made permanent, masks applied, eval mode), fold each BatchNorm into the conv that feeds it, then
@@ -7,7 +7,6 @@ on the example inputs' shapes when given, else ranked by the planners' cost mode
 """
 
 import copy
-import warnings
 import torch
 import torch.nn.utils.prune as prune
 from torch import nn
@@ -26,29 +25,23 @@ MIN_RUN_TIME = 0.1  # seconds of timing per candidate plan of a layer
 KEEP_MARGIN = 0.97  # a packed layer must beat dense by 3%, so timing noise cannot make it slower
 
 
-def compile(  # noqa: A001 - the package's verb, as in torch.compile
+def build(
     model: nn.Module,
-    mask=None,
-    example_inputs=None,
+    mask,
+    inputs: tuple,
     *,
     structure: str = "auto",
     backend: str = "auto",
     inplace: bool = False,
-    verify: bool = True,
     fold_bn: bool = True,
     measure: bool = True,
     progress: bool = False,
-) -> nn.Module:
-    """A new module computing the dense masked model's eval forward with sparse layers.
-
-    ``mask``: see ``masks.collect_masks`` (``None``: the model's live prune masks, else the zeros
-    in its weights). ``example_inputs``: a tensor or tuple of positional inputs; with them the
-    plan of every layer (dense, or a packed ``structure`` on a ``backend``) is chosen by measured
-    latency (``measure=True``) and ``verify=True`` checks the result and attaches the report as
-    ``compiled.sparsekit_report``, raising ``SparsekitError`` on a mismatch. Without them plans
-    follow the cost model and nothing is verified (a warning says so). ``inplace=True`` modifies
-    ``model`` itself instead of a copy.
-    """
+    keep_reference: bool = True,
+) -> tuple[nn.Module, nn.Module]:
+    """(compiled model, dense masked reference) for ``sparsekit.compile``, which documents the
+    arguments; ``inputs`` is the tuple of example inputs (may be empty). Without
+    ``keep_reference`` the compiled model is built on the reference itself, which is then
+    returned as it is (compiled), saving a copy."""
     if not isinstance(model, nn.Module):
         raise SparsekitError(f"model: expected an nn.Module, got {type(model).__name__}")
     if model.training:
@@ -58,7 +51,6 @@ def compile(  # noqa: A001 - the package's verb, as in torch.compile
         )
     if structure not in (*PLANNERS, "auto"):
         raise SparsekitError(f"structure: {structure!r} is not one of {', '.join((*PLANNERS, 'auto'))}")
-    inputs = _as_tuple(example_inputs)
     layer_masks = masks_lib.collect_masks(model, mask)
     targets = _targets(model, layer_masks, all_layers=not layer_masks)
 
@@ -66,9 +58,9 @@ def compile(  # noqa: A001 - the package's verb, as in torch.compile
     if inplace:
         make_dense_masked(model, layer_masks)
         compiled = model
-    elif verify and inputs:
+    elif keep_reference:
         compiled = copy.deepcopy(reference)
-    else:  # the reference is not needed once the layers are chosen: build on it
+    else:
         compiled = reference
     layer_inputs = record_inputs(reference, targets, inputs) if inputs and measure else {}
     pairs = dict(conv_bn_pairs(reference)) if fold_bn else {}
@@ -85,23 +77,10 @@ def compile(  # noqa: A001 - the package's verb, as in torch.compile
         if bn_name:
             compiled.set_submodule(bn_name, nn.Identity())
     compiled.eval().requires_grad_(False)  # an inference model: the sparse ops have no gradient
-
-    if verify and inputs:
-        from .verify import verify as run_verify  # verify sits above compile
-
-        report = run_verify(compiled, reference, inputs, measure=measure)
-        compiled.sparsekit_report = report
-        report.raise_on_mismatch()
-    elif verify:
-        warnings.warn(
-            "sparsekit.compile: no example_inputs, so plans follow the cost model and the "
-            "compiled model was not verified",
-            stacklevel=2,
-        )
-    return compiled
+    return compiled, reference
 
 
-def _as_tuple(example_inputs) -> tuple:
+def as_input_tuple(example_inputs) -> tuple:
     if example_inputs is None:
         return ()
     if isinstance(example_inputs, torch.Tensor):
@@ -125,7 +104,7 @@ def _targets(model: nn.Module, layer_masks: dict, all_layers: bool) -> list[str]
 # ---- the dense masked model ----
 
 
-def _copy(model: nn.Module) -> nn.Module:
+def copy_model(model: nn.Module) -> nn.Module:
     """deepcopy that also works on a freshly pruned model, whose ``weight`` is a non-leaf tensor
     attribute (recomputed by the prune hook) that deepcopy refuses."""
     memo = {}
@@ -154,7 +133,7 @@ def make_dense_masked(model: nn.Module, layer_masks: dict) -> None:
 
 def dense_masked_copy(model: nn.Module, layer_masks: dict) -> nn.Module:
     """The reference: a copy of ``model`` in eval mode with its masks applied, hooks removed."""
-    reference = _copy(model)
+    reference = copy_model(model)
     make_dense_masked(reference, layer_masks)
     return reference.eval()
 

@@ -14,7 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .compile import _copy
+from .compile import copy_model
 from .errors import SparsekitError
 from .nn import SparseConv2d, SparseLinear, from_config
 
@@ -68,7 +68,7 @@ def load(path, model: nn.Module) -> nn.Module:
         state = load_file(str(Path(path) / TENSORS))
     except (OSError, SafetensorError) as error:
         raise SparsekitError(f"load: cannot read {Path(path) / TENSORS}: {error}") from error
-    rebuilt = _copy(model)
+    rebuilt = copy_model(model)
     for name in meta["folded_batchnorms"]:
         _replace(rebuilt, name, nn.BatchNorm2d, nn.Identity())
     for name, config in meta["layers"].items():
