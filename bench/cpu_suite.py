@@ -1,0 +1,183 @@
+"""CPU benchmark suite: sparsekit against torch dense (oneDNN) and torch BSR, in one run.
+
+Per layer: 3x3 convs (256/512 channels) with group-wise, channel-wise and kernel-wise masks at
+several sparsities, and a 4096x4096 linear at 80% 32x32-block sparsity (also against
+``to_sparse_bsr``); end to end: VGG-16 (BN) and ResNet-18 at 32x32 compiled from refilled
+(channel) masks of 80% global L1 pruning. Every figure is a median of many runs on all of
+torch's threads, and every ratio is against dense measured in the same run.
+
+    python bench/cpu_suite.py            # full: writes bench/results/cpu-<date>.{json,md,png}
+    python bench/cpu_suite.py --quick    # seconds: tiny shapes, for CI
+"""
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import sparsekit
+from sparsekit import timing, zoo
+from sparsekit.structure import global_magnitude_masks, refill_masks
+
+FULL_CONVS = [(256, 8, 64), (512, 4, 64), (256, 16, 16), (512, 16, 16)]  # (channels, size, batch)
+QUICK_CONVS = [(32, 4, 2)]
+SPARSITIES = {"group": (0.5, 0.8, 0.9), "channel": (0.5, 0.8), "kernel": (0.9,)}
+
+
+def conv_mask(structure: str, channels: int, sparsity: float, gen) -> torch.Tensor:
+    """A [C, C, 3, 3] mask: row groups of 32 with their own columns (group), whole output
+    channels (channel) or row groups of 32 sharing whole kernels (kernel)."""
+    keep = 1 - sparsity
+    if structure == "channel":
+        rows = torch.rand(channels, generator=gen).argsort()[: round(keep * channels)]
+        mask = torch.zeros(channels, channels, 3, 3)
+        mask[rows] = 1
+        return mask
+    mask = torch.zeros(channels, channels * 9)
+    for part in torch.randperm(channels, generator=gen).split(32):
+        if structure == "group":
+            cols = torch.rand(channels * 9, generator=gen) < keep
+        else:
+            cols = (torch.rand(channels, 1, generator=gen) < keep).expand(channels, 9).flatten()
+        mask[part[:, None], cols.nonzero().flatten()] = 1
+    return mask.view(channels, channels, 3, 3)
+
+
+def conv_cases(shapes, quick: bool, gen):
+    for channels, size, batch in shapes:
+        x = torch.randn(batch, channels, size, size, generator=gen)
+        for structure, sparsities in SPARSITIES.items():
+            for sparsity in sparsities[:1] if quick else sparsities:
+                weight = torch.randn(channels, channels, 3, 3, generator=gen)
+                weight *= conv_mask(structure, channels, sparsity, gen)
+                layer = sparsekit.SparseConv2d.from_weight(weight, padding=1, structure=structure)
+                yield {
+                    "kind": "conv3x3", "shape": [channels, channels, 3, 3], "input": list(x.shape),
+                    "structure": structure, "sparsity": round(1 - weight.ne(0).float().mean().item(), 4),
+                    "plan": layer.summary()["structure"], "blocks": layer.summary()["blocks"],
+                }, (lambda x=x, w=weight: F.conv2d(x, w, None, 1, 1)), (lambda x=x, l=layer: l(x)), None
+
+
+def linear_cases(quick: bool, gen):
+    features, batch, block = (128, 8, 16) if quick else (4096, 64, 32)
+    tiles = features // block
+    keep = torch.rand(tiles, tiles, generator=gen) < 0.2
+    mask = keep.repeat_interleave(block, 0).repeat_interleave(block, 1)
+    weight = torch.randn(features, features, generator=gen) * mask
+    x = torch.randn(batch, features, generator=gen)
+    layer = sparsekit.SparseLinear.from_weight(weight, structure="group")
+    bsr = weight.to_sparse_bsr((block, block))
+    yield {
+        "kind": "linear", "shape": [features, features], "input": list(x.shape), "structure": "group",
+        "sparsity": round(1 - mask.float().mean().item(), 4), "plan": layer.summary()["structure"],
+        "blocks": layer.summary()["blocks"], "bsr_block": block,
+    }, (lambda: F.linear(x, weight)), (lambda: layer(x)), (lambda: F.linear(x, bsr))
+
+
+def model_cases(quick: bool, gen):
+    """End to end: the dense model (its cost is the dense masked model's) against the compiled
+    one; plans are chosen by measurement except in quick mode (cost model)."""
+    for name, batch in ([("wrn32_2", 2)] if quick else [("vgg16_bn", 16), ("resnet18", 16)]):
+        model = zoo.create(name).eval()
+        x = torch.randn(batch, *zoo.INPUT_SHAPES[name], generator=gen)
+        masks = refill_masks(model, global_magnitude_masks(model, 0.8))
+        compiled = sparsekit.compile(model, masks, x, measure=not quick)
+        layers = compiled.sparsekit_report.layers
+        kept = sum(m.sum().item() for m in masks.values()) / sum(m.numel() for m in masks.values())
+        yield {
+            "kind": "model", "shape": name, "input": list(x.shape), "structure": "refill (channels)",
+            "sparsity": round(1 - kept, 4), "plan": "per layer", "blocks": sum(l.blocks for l in layers),
+            "slower_layers": [l.name for l in layers if l.speedup and l.speedup < 1],
+        }, (lambda m=model, x=x: m(x)), (lambda c=compiled, x=x: c(x)), None
+
+
+def run(quick: bool, seed: int = 0) -> list[dict]:
+    gen = torch.Generator().manual_seed(seed)
+    min_run_time = 0.02 if quick else 0.5
+    records = []
+    cases = (conv_cases(QUICK_CONVS if quick else FULL_CONVS, quick, gen), linear_cases(quick, gen),
+             model_cases(quick, gen))
+    for record, dense, sparse, bsr in (case for group in cases for case in group):
+        record["dense_ms"] = 1e3 * timing.median_seconds(dense, min_run_time=min_run_time)
+        record["sparse_ms"] = 1e3 * timing.median_seconds(sparse, min_run_time=min_run_time)
+        record["speedup"] = record["dense_ms"] / record["sparse_ms"]
+        if bsr is not None:
+            record["bsr_ms"] = 1e3 * timing.median_seconds(bsr, min_run_time=min_run_time)
+            record["speedup_vs_bsr"] = record["bsr_ms"] / record["sparse_ms"]
+        records.append(record)
+        print(_row(record), flush=True)
+    return records
+
+
+def _row(r: dict) -> str:
+    bsr = f"{r['bsr_ms']:.2f}" if "bsr_ms" in r else ""
+    return (f"| {r['kind']} | {r['shape']} | {r['input']} | {r['structure']} | {r['sparsity']:.2f} | "
+            f"{r['plan']} | {r['dense_ms']:.2f} | {r['sparse_ms']:.2f} | {bsr} | {r['speedup']:.2f}x |")
+
+
+HEADER = ("| kind | shape | input | mask | sparsity | plan | dense ms | sparsekit ms | torch BSR ms | speedup |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+
+
+def environment(command: str) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "device": f"{cpu} ({torch.backends.cpu.get_cpu_capability()})", "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "sparsekit": sparsekit.__version__, "dtype": "float32",
+        "date": datetime.date.today().isoformat(), "command": command,
+    }
+
+
+def plot(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    layers = [r for r in records if r["kind"] == "conv3x3"]
+    for structure, marker in (("group", "o"), ("channel", "s"), ("kernel", "^")):
+        points = [(r["sparsity"], r["speedup"]) for r in layers if r["structure"] == structure]
+        if points:
+            axes.scatter(*zip(*points), marker=marker, label=f"{structure}-wise plans")
+    s = torch.linspace(0, 0.92, 100)
+    axes.plot(s, 1 / (1 - s), "k--", linewidth=1, label="limit 1/(1-s)")
+    axes.axhline(1, color="grey", linewidth=0.8)
+    axes.set(xlabel="sparsity", ylabel="speedup over torch dense (oneDNN)", yscale="log",
+             title="sparsekit block_conv2d on CPU, 3x3 convs, fp32")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, seconds (for CI)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args(argv)
+    command = "python bench/cpu_suite.py" + (" --quick" if args.quick else "")
+    env = environment(command)
+    print(f"{env['device']}, {env['threads']} threads, torch {env['torch']}, fp32\n{HEADER}")
+    records = run(args.quick)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"cpu-{env['date']}{'-quick' if args.quick else ''}"
+    stem.with_suffix(".json").write_text(json.dumps({"environment": env, "results": records}, indent=1))
+    stem.with_suffix(".md").write_text(
+        f"{env['device']}, {env['threads']} threads, torch {env['torch']}, fp32; `{command}`\n\n"
+        + HEADER + "\n" + "\n".join(map(_row, records)) + "\n"
+    )
+    plot(records, stem.with_suffix(".png"))
+    return records
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
