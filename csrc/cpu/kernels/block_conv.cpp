@@ -10,7 +10,7 @@ namespace {
 
 constexpr int64_t TP = kTilePositions;
 static_assert(TP % 16 == 0, "tiles are whole 16-lane chunks");
-constexpr int kRowsPerMicro = 4;  // 4 rows x 64 positions = 16 AVX-512 accumulators
+constexpr int kRowsPerMicro = 6;  // 6 rows x 64 positions = 24 of the 32 AVX-512 registers
 
 // ---- element conversions (activations may be bf16 / fp16; all arithmetic is fp32) ----
 
@@ -72,7 +72,15 @@ void tile_gemm(int64_t rows, int64_t kc, const float* w, int64_t ldw,
   int64_t m = 0;
   for (; m + kRowsPerMicro <= rows; m += kRowsPerMicro)
     micro<kRowsPerMicro>(kc, w + m * ldw, ldw, x_rows, acc + m);
-  for (; m < rows; ++m) micro<1>(kc, w + m * ldw, ldw, x_rows, acc + m);
+  if (m + 4 <= rows) {
+    micro<4>(kc, w + m * ldw, ldw, x_rows, acc + m);
+    m += 4;
+  }
+  if (m + 2 <= rows) {
+    micro<2>(kc, w + m * ldw, ldw, x_rows, acc + m);
+    m += 2;
+  }
+  if (m < rows) micro<1>(kc, w + m * ldw, ldw, x_rows, acc + m);
 }
 
 // Output positions of one tile, decoded once: where each output element goes, and for each
