@@ -117,7 +117,7 @@ def copy_model(model: nn.Module) -> nn.Module:
 
 def make_dense_masked(model: nn.Module, layer_masks: dict) -> None:
     """In place: prune hooks and parametrizations made permanent, then every mask applied."""
-    for name, module in list(model.named_modules()):
+    for module in list(model.modules()):
         for param in masks_lib.PARAMS:
             if prune.is_pruned(module) and hasattr(module, f"{param}_orig"):
                 prune.remove(module, param)
@@ -229,8 +229,8 @@ def choose_layer(module, weight, bias, structure, backends, layer_input, name):
     structures = PACKED_STRUCTURES if structure == "auto" else (structure,)
     candidates = [_build(module, weight, bias, s, b, name) for b in backends for s in structures]
     if layer_input is None:
-        best = min(candidates, key=lambda layer: layer.summary()["cost"])
-        return best if best.summary()["cost"] < 1 else dense
+        cost, _, best = min((c.summary()["cost"], i, c) for i, c in enumerate(candidates))
+        return best if cost < 1 else dense
     dense_time = timing.median_seconds(dense, layer_input, min_run_time=MIN_RUN_TIME)
     timed = [
         (timing.median_seconds(layer, layer_input, min_run_time=MIN_RUN_TIME), i, layer)

@@ -29,10 +29,11 @@ KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def pair(value, name: str, minimum: int = 0) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and v >= minimum for v in pair):
+    """``value`` (an int or two ints, each >= ``minimum``) as a pair; ``name`` labels errors."""
+    values = (value, value) if isinstance(value, int) else tuple(value)
+    if len(values) != 2 or not all(isinstance(v, int) and v >= minimum for v in values):
         raise SparsekitError(f"{name}: expected an int or two ints >= {minimum}, got {value!r}")
-    return pair
+    return values
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
