@@ -9,7 +9,6 @@ of a fresh instance of the same architecture, then loads the tensors strictly.
 import json
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
