@@ -57,11 +57,14 @@ def conv_cases(shapes, quick: bool, gen):
                 weight = torch.randn(channels, channels, 3, 3, generator=gen)
                 weight *= conv_mask(structure, channels, sparsity, gen)
                 layer = sparsekit.SparseConv2d.from_weight(weight, padding=1, structure=structure)
-                yield {
-                    "kind": "conv3x3", "shape": [channels, channels, 3, 3], "input": list(x.shape),
-                    "structure": structure, "sparsity": round(1 - weight.ne(0).float().mean().item(), 4),
-                    "plan": layer.summary()["structure"], "blocks": layer.summary()["blocks"],
-                }, (lambda x=x, w=weight: F.conv2d(x, w, None, 1, 1)), (lambda x=x, l=layer: l(x)), None
+                twins = [layer, layer.with_backend("torch")] if layer.supports("torch") else [layer]
+                for twin in twins:
+                    yield {
+                        "kind": "conv3x3", "shape": [channels, channels, 3, 3], "input": list(x.shape),
+                        "structure": structure, "sparsity": round(1 - weight.ne(0).float().mean().item(), 4),
+                        "plan": layer.summary()["structure"], "backend": twin.backend,
+                        "blocks": layer.summary()["blocks"],
+                    }, (lambda x=x, w=weight: F.conv2d(x, w, None, 1, 1)), (lambda x=x, l=twin: l(x)), None
 
 
 def linear_cases(quick: bool, gen):
@@ -76,7 +79,7 @@ def linear_cases(quick: bool, gen):
     yield {
         "kind": "linear", "shape": [features, features], "input": list(x.shape), "structure": "group",
         "sparsity": round(1 - mask.float().mean().item(), 4), "plan": layer.summary()["structure"],
-        "blocks": layer.summary()["blocks"], "bsr_block": block,
+        "backend": layer.backend, "blocks": layer.summary()["blocks"], "bsr_block": block,
     }, (lambda: F.linear(x, weight)), (lambda: layer(x)), (lambda: F.linear(x, bsr))
 
 
@@ -92,7 +95,7 @@ def model_cases(quick: bool, gen):
         kept = sum(m.sum().item() for m in masks.values()) / sum(m.numel() for m in masks.values())
         yield {
             "kind": "model", "shape": name, "input": list(x.shape), "structure": "refill (channels)",
-            "sparsity": round(1 - kept, 4), "plan": "per layer", "blocks": sum(l.blocks for l in layers),
+            "sparsity": round(1 - kept, 4), "plan": "per layer", "backend": "per layer", "blocks": sum(l.blocks for l in layers),
             "slower_layers": [l.name for l in layers if l.speedup and l.speedup < 1],
         }, (lambda m=model, x=x: m(x)), (lambda c=compiled, x=x: c(x)), None
 
@@ -127,11 +130,11 @@ def paired_ms(sides: dict, min_run_time: float, rounds: int = 3) -> dict:
 def _row(r: dict) -> str:
     bsr = f"{r['bsr_ms']:.2f}" if "bsr_ms" in r else ""
     return (f"| {r['kind']} | {r['shape']} | {r['input']} | {r['structure']} | {r['sparsity']:.2f} | "
-            f"{r['plan']} | {r['dense_ms']:.2f} | {r['sparse_ms']:.2f} | {bsr} | {r['speedup']:.2f}x |")
+            f"{r['plan']} | {r['backend']} | {r['dense_ms']:.2f} | {r['sparse_ms']:.2f} | {bsr} | {r['speedup']:.2f}x |")
 
 
-HEADER = ("| kind | shape | input | mask | sparsity | plan | dense ms | sparsekit ms | torch BSR ms | speedup |\n"
-          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+HEADER = ("| kind | shape | input | mask | sparsity | plan | backend | dense ms | sparsekit ms | torch BSR ms "
+          "| speedup |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 
 
 def environment(command: str) -> dict:
@@ -155,10 +158,13 @@ def plot(records: list[dict], path: Path) -> None:
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
     layers = [r for r in records if r["kind"] == "conv3x3"]
-    for structure, marker in (("group", "o"), ("channel", "s"), ("kernel", "^")):
-        points = [(r["sparsity"], r["speedup"]) for r in layers if r["structure"] == structure]
-        if points:
-            axes.scatter(*zip(*points), marker=marker, label=f"{structure}-wise plans")
+    for color, (structure, marker) in enumerate((("group", "o"), ("channel", "s"), ("kernel", "^"))):
+        for backend, fill in (("cpu", f"C{color}"), ("torch", "none")):  # torch: hollow markers
+            points = [(r["sparsity"], r["speedup"]) for r in layers
+                      if r["structure"] == structure and r["backend"] == backend]
+            if points:
+                axes.scatter(*zip(*points), marker=marker, facecolors=fill, edgecolors=f"C{color}",
+                             label=f"{structure}-wise plans, backend {backend}")
     s = torch.linspace(0, 0.92, 100)
     axes.plot(s, 1 / (1 - s), "k--", linewidth=1, label="limit 1/(1-s)")
     axes.axhline(1, color="grey", linewidth=0.8)

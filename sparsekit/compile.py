@@ -158,11 +158,15 @@ def _effective(module: nn.Module, bn: nn.BatchNorm2d | None):
 # ---- per-layer plan choice ----
 
 
+CHOICES = ("auto", "cpu", "torch", "reference", "dense")
+
+
 def _backends(backend: str, device: torch.device) -> list[str]:
-    if backend == "auto":  # no compiled GPU kernel yet: GPU layers stay dense
-        return ["cpu"] if device.type == "cpu" else []
-    if backend not in ("cpu", "reference", "dense"):
-        raise SparsekitError(f"backend: {backend!r} is not one of auto, cpu, reference, dense")
+    """The backends whose packed plans compete with dense."""
+    if backend == "auto":
+        return ["cpu", "torch"] if device.type == "cpu" else ["torch"]
+    if backend not in CHOICES:
+        raise SparsekitError(f"backend: {backend!r} is not one of {', '.join(CHOICES)}")
     return [] if backend == "dense" else [backend]
 
 
@@ -220,14 +224,17 @@ def _build(module, weight, bias, structure, backend, name):
 
 
 def choose_layer(module, weight, bias, structure, backends, layer_input, name):
-    """The fastest of dense and the packed plans on ``backends``: measured on ``layer_input``
-    when given (a packed plan must beat dense by ``KEEP_MARGIN``), else the packed plan of
-    lowest estimated cost if it beats dense (cost < 1)."""
+    """The fastest of dense and the packed plans on ``backends`` (each plan on the backends that
+    support it): measured on ``layer_input`` when given (a packed plan must beat dense by
+    ``KEEP_MARGIN``), else the packed plan of lowest estimated cost if it beats dense (cost < 1)."""
     dense = _build(module, weight, bias, "dense", "dense", name)
     if structure == "dense" or not backends:
         return dense
     structures = PACKED_STRUCTURES if structure == "auto" else (structure,)
-    candidates = [_build(module, weight, bias, s, b, name) for b in backends for s in structures]
+    plans = [_build(module, weight, bias, s, "reference", name) for s in structures]
+    candidates = [p.with_backend(b) for b in backends for p in plans if p.supports(b)]
+    if not candidates:
+        return dense
     if layer_input is None:
         cost, _, best = min((c.summary()["cost"], i, c) for i, c in enumerate(candidates))
         return best if cost < 1 else dense

@@ -3,7 +3,7 @@
 A layer is built from its effective weight (masked, BatchNorm folded) with ``from_weight`` and
 is described by a JSON-able ``config`` from which an empty twin is made (``from_config``) for
 loading a state_dict. ``backend="dense"`` keeps the weight dense and calls ``F.conv2d`` /
-``F.linear``; any other backend packs it and calls the sparsekit ops.
+``F.linear``; any other backend (see ``ops``) packs it and calls the sparsekit ops.
 """
 
 import torch
@@ -51,6 +51,27 @@ class _SparseLayer(nn.Module):
             self.col_idx, self.block_ptr, self.config["structure"],
         )
 
+    def supports(self, backend: str) -> bool:
+        """Whether this layer's pack can run on ``backend`` (see ``ops.supports``)."""
+        return not self.is_dense and ops.supports(self.packed(), backend)
+
+    def with_backend(self, backend: str) -> "_SparseLayer":
+        """A twin of this packed layer (same plan, copied buffers) that runs on ``backend``."""
+        if self.is_dense or backend not in ops.BACKENDS or backend == "auto":
+            raise SparsekitError(f"backend: a {self.backend!r} layer cannot move to {backend!r}")
+        twin = from_config(self.config | {"backend": backend})
+        twin.load_state_dict(self.state_dict())
+        return twin.check_backend()
+
+    def check_backend(self):
+        """This layer, after checking that its backend can run its pack (SparsekitError if not)."""
+        if not self.is_dense and not self.supports(self.backend):
+            raise SparsekitError(
+                f"backend {self.backend!r} cannot run this {self.config['structure']!r} plan "
+                "(backend 'torch' takes blocks of whole kernels only: channel or kernel plans)"
+            )
+        return self
+
     def _fill(self, weight: torch.Tensor, bias: torch.Tensor | None, packed: PackedWeight | None):
         with torch.no_grad():
             if packed is None:
@@ -60,7 +81,7 @@ class _SparseLayer(nn.Module):
                     getattr(self, name).copy_(getattr(packed, name))
             if bias is not None:
                 self.bias.copy_(bias)
-        return self
+        return self.check_backend()
 
     def summary(self) -> dict:
         """Structure, blocks, density inside blocks, FLOPs relative to dense, kept weights."""

@@ -5,17 +5,22 @@
 the arguments (raising ``SparsekitError``) and pick a backend:
 
 - ``"cpu"``: the C++ kernels of ``sparsekit._C`` (fp32, bf16, fp16 on CPU tensors);
+- ``"torch"``: each block as torch's dense conv / linear on any device, for packs whose blocks
+  hold whole kernels (channel- and kernel-wise plans; see ``torch_blocks``);
 - ``"reference"``: pure torch, fp32 accumulation, the definition the kernels are tested against;
 - ``"auto"``: the compiled kernel for the input's device.
 """
 
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
 
+from . import torch_blocks
 from .errors import SparsekitError
 from .formats import PackedWeight
+from .geometry import block_conv2d_shape, block_linear_shape, conv_output_size
 
 try:
     from . import _C  # noqa: F401  (registers torch.ops.sparsekit.*)
@@ -24,7 +29,7 @@ try:
 except ImportError as error:  # a source checkout that was not built
     EXTENSION_ERROR = error
 
-BACKENDS = ("auto", "cpu", "reference")
+BACKENDS = ("auto", "cpu", "torch", "reference")
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -34,10 +39,6 @@ def pair(value, name: str, minimum: int = 0) -> tuple[int, int]:
     if len(values) != 2 or not all(isinstance(v, int) and v >= minimum for v in values):
         raise SparsekitError(f"{name}: expected an int or two ints >= {minimum}, got {value!r}")
     return values
-
-
-def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 def _check_args(input, weight, bias, backend: str, op: str) -> str:
@@ -67,6 +68,13 @@ def _check_args(input, weight, bias, backend: str, op: str) -> str:
         raise SparsekitError(f"{op}: backend {backend!r} is not one of {', '.join(BACKENDS)}")
     if backend == "reference":
         return backend
+    if backend == "torch":  # checked eagerly: the check reads the indices, which a trace cannot
+        if not torch.compiler.is_compiling() and not supports(weight, backend):
+            raise SparsekitError(
+                f"{op}: backend 'torch' runs blocks of whole kernels only, and this "
+                f"{weight.structure!r} pack has blocks with part of a kernel"
+            )
+        return backend
     if input.device.type != "cpu":
         raise SparsekitError(
             f"{op}: no compiled kernel for {input.device.type} tensors in this build; "
@@ -80,6 +88,27 @@ def _check_args(input, weight, bias, backend: str, op: str) -> str:
     if input.dtype not in KERNEL_DTYPES:
         raise SparsekitError(f"{op}: the CPU kernel takes {KERNEL_DTYPES}, not {input.dtype}")
     return "cpu"
+
+
+# id(col_idx) -> (col_idx, block_ptr as weak references, their versions, answer): a layer's pack
+# is checked once, not on every call, and again only if its index tensors change
+_WHOLE_KERNELS: dict[int, tuple] = {}
+
+
+def supports(weight: PackedWeight, backend: str) -> bool:
+    """Whether ``backend`` can run ``weight`` at all (devices and dtypes aside)."""
+    if backend != "torch":
+        return backend in BACKENDS
+    cols, ptr = weight.col_idx, weight.block_ptr
+    versions = (cols._version, ptr._version)
+    seen = _WHOLE_KERNELS.get(id(cols))
+    if seen is not None and seen[0]() is cols and seen[1]() is ptr and seen[2] == versions:
+        return seen[3]
+    answer = torch_blocks.whole_kernel_blocks(cols, ptr, math.prod(weight.kernel_size))
+    key = id(cols)
+    forget = weakref.ref(cols, lambda _: _WHOLE_KERNELS.pop(key, None))
+    _WHOLE_KERNELS[key] = (forget, weakref.ref(ptr), versions, answer)
+    return answer
 
 
 def _conv_geometry(input, weight: PackedWeight, stride, padding, dilation):
@@ -118,7 +147,8 @@ def block_conv2d(
     stride, padding, dilation, _ = _conv_geometry(input, weight, stride, padding, dilation)
     if backend == "reference":
         return reference_block_conv2d(input, weight, bias, stride, padding, dilation, relu)
-    return torch.ops.sparsekit.block_conv2d(
+    op = torch.ops.sparsekit.torch_block_conv2d if backend == "torch" else torch.ops.sparsekit.block_conv2d
+    return op(
         input, weight.values, weight.row_idx, weight.col_idx, weight.block_ptr,
         weight.out_features, list(weight.kernel_size), list(stride), list(padding),
         list(dilation), weight.groups, bias, relu,
@@ -142,7 +172,8 @@ def block_linear(
         )
     if backend == "reference":
         return reference_block_linear(input, weight, bias, relu)
-    return torch.ops.sparsekit.block_linear(
+    op = torch.ops.sparsekit.torch_block_linear if backend == "torch" else torch.ops.sparsekit.block_linear
+    return op(
         input, weight.values, weight.row_idx, weight.col_idx, weight.block_ptr,
         weight.out_features, bias, relu,
     )
@@ -198,18 +229,21 @@ if EXTENSION_ERROR is None:
         input, values, row_idx, col_idx, block_ptr, out_channels, kernel_size, stride, padding,
         dilation, groups, bias, relu,
     ):
-        sizes = [
-            conv_output_size(input.shape[2 + i], kernel_size[i], stride[i], padding[i], dilation[i])
-            for i in range(2)
-        ]
-        return input.new_empty(input.shape[0], out_channels, *sizes)
+        return input.new_empty(
+            block_conv2d_shape(input.shape, out_channels, kernel_size, stride, padding, dilation)
+        )
 
     @torch.library.register_fake("sparsekit::block_linear")
     def _block_linear_fake(input, values, row_idx, col_idx, block_ptr, out_features, bias, relu):
-        return input.new_empty(*input.shape[:-1], out_features)
+        return input.new_empty(block_linear_shape(input.shape, out_features))
 
-    def _no_gradient(ctx, grad):
-        raise SparsekitError("sparsekit ops are for inference and have no gradient")
 
-    for _op in ("sparsekit::block_conv2d", "sparsekit::block_linear"):
-        torch.library.register_autograd(_op, _no_gradient, setup_context=lambda ctx, inputs, output: None)
+def _no_gradient(ctx, grad):
+    raise SparsekitError("sparsekit ops are for inference and have no gradient")
+
+
+for _op in ("block_conv2d", "block_linear", "torch_block_conv2d", "torch_block_linear"):
+    if hasattr(torch.ops.sparsekit, _op):
+        torch.library.register_autograd(
+            f"sparsekit::{_op}", _no_gradient, setup_context=lambda ctx, inputs, output: None
+        )

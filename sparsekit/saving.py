@@ -79,6 +79,8 @@ def load(path, model: nn.Module) -> nn.Module:
         rebuilt.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise SparsekitError(f"load: the saved tensors do not fit the model: {error}") from error
+    for name in meta["layers"]:
+        rebuilt.get_submodule(name).check_backend()
     return rebuilt.eval()
 
 

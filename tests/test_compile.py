@@ -143,6 +143,23 @@ def test_plan_choice_follows_measured_time(monkeypatch):
     assert with_times(1.0, 2.0).is_dense
 
 
+def test_plan_choice_compares_backends(monkeypatch):
+    """Each plan runs on every backend that supports it; the fastest measured one is kept."""
+    conv = nn.Conv2d(16, 32, 3)
+    weight = conv.weight.detach() * (torch.arange(32) < 4).view(-1, 1, 1, 1)  # whole channels
+    x = torch.randn(1, 16, 8, 8)
+    times = {"dense": 1.0, "cpu": 0.6, "torch": 0.4}
+    monkeypatch.setattr(compile_module.timing, "median_seconds", lambda layer, *a, **k: times[layer.backend])
+    chosen = compile_module.choose_layer(conv, weight, None, "channel", ["cpu", "torch"], x, "conv")
+    assert chosen.backend == "torch"
+    times["torch"] = 0.7
+    chosen = compile_module.choose_layer(conv, weight, None, "channel", ["cpu", "torch"], x, "conv")
+    assert chosen.backend == "cpu"
+    partial = conv.weight.detach() * (torch.rand_like(conv.weight) < 0.2)  # no whole kernels
+    chosen = compile_module.choose_layer(conv, partial, None, "group", ["torch"], x, "conv")
+    assert chosen.is_dense  # no packed candidate: backend torch cannot run partial kernels
+
+
 def test_measured_compile_is_never_slower_than_its_dense_plan_by_construction():
     model = zoo.create("vgg16_bn").eval()
     x = torch.randn(4, 3, 32, 32)

@@ -22,17 +22,18 @@ from .helpers import assert_matches
     ],
     ids=repr,
 )
-@pytest.mark.parametrize("backend", ["dense", "cpu", "reference"])
+@pytest.mark.parametrize("backend", ["dense", "cpu", "torch", "reference"])
 def test_sparse_conv2d_equals_the_conv_it_replaces(conv, backend):
     with torch.no_grad():
         conv.weight.mul_(torch.rand_like(conv.weight) < 0.5)
-    layer = SparseConv2d.from_conv(conv, structure="group", backend=backend)
+    structure = "kernel" if backend == "torch" else "group"  # torch: whole kernels only
+    layer = SparseConv2d.from_conv(conv, structure=structure, backend=backend)
     x = torch.randn(2, 4, 9, 8)
     assert_matches(layer(x), conv(x).double(), torch.float32)
     assert layer.backend == backend and repr(layer).startswith("SparseConv2d(")
 
 
-@pytest.mark.parametrize("backend", ["dense", "cpu", "reference"])
+@pytest.mark.parametrize("backend", ["dense", "cpu", "torch", "reference"])
 def test_sparse_linear_equals_the_linear_it_replaces(backend):
     linear = nn.Linear(12, 7)
     with torch.no_grad():
@@ -57,6 +58,23 @@ def test_config_rebuilds_an_identical_layer():
     x = torch.randn(2, 6, 5, 5)
     assert torch.equal(twin(x), layer(x))
     assert twin.summary() == layer.summary()
+
+
+def test_with_backend_makes_a_twin_on_another_backend():
+    weight = torch.randn(8, 4, 3, 3) * (torch.rand(8, 1, 1, 1) < 0.5)  # whole output channels
+    layer = SparseConv2d.from_weight(weight, padding=1, structure="channel", backend="cpu")
+    twin = layer.with_backend("torch")
+    x = torch.randn(2, 4, 6, 6)
+    assert twin.backend == "torch" and layer.backend == "cpu"
+    assert twin.summary() == layer.summary()
+    assert_matches(twin(x), layer(x).double(), torch.float32)
+    partial = SparseConv2d.from_weight(torch.randn(8, 4, 3, 3) * (torch.rand(8, 4, 3, 3) < 0.3),
+                                       structure="group", backend="cpu")
+    assert not partial.supports("torch")
+    with pytest.raises(SparsekitError, match="whole kernels"):
+        partial.with_backend("torch")
+    with pytest.raises(SparsekitError, match="cannot move"):
+        SparseLinear.from_weight(torch.randn(3, 3), backend="dense").with_backend("cpu")
 
 
 def test_summary_of_a_dense_layer():

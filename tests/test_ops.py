@@ -10,7 +10,7 @@ from sparsekit import SparsekitError, ops, pack, unpack
 from .helpers import TOLERANCES, assert_matches, random_pattern
 
 DTYPES = list(TOLERANCES)
-BACKENDS = ["cpu", "reference"]
+BACKENDS = ["cpu", "torch", "reference"]
 LAYOUTS = ["contiguous", "channels_last", "strided"]
 
 
@@ -28,6 +28,11 @@ def packed_conv(cout, cin, kernel, groups, dtype, structure="auto", density=0.4,
         cout, weight[0].numel(), kernel_area=kernel[0] * kernel[1], kind=kind, density=density, gen=gen
     )
     return pack(weight, pattern.view(weight.shape), structure=structure, groups=groups)
+
+
+def structure_for(backend: str, structure: str = "auto") -> str:
+    """Backend 'torch' runs whole kernels only, which the kernel planner always gives."""
+    return "kernel" if backend == "torch" else structure
 
 
 def expected_conv(x, packed, bias, stride, padding, dilation, relu):
@@ -62,7 +67,7 @@ CONV_CASES = [
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_block_conv2d_matches_conv2d(case, dtype, layout, backend):
     n, cin, cout, hw, kernel, stride, padding, dilation, groups = case
-    packed = packed_conv(cout, cin, kernel, groups, dtype)
+    packed = packed_conv(cout, cin, kernel, groups, dtype, structure_for(backend))
     x = conv_input((n, cin, *hw), dtype, layout)
     bias = torch.randn(cout).to(dtype)
     x_before = x.clone()
@@ -128,8 +133,8 @@ def conv_problems(draw):
 def test_block_conv2d_property(backend, p):
     gen = torch.Generator().manual_seed(p["seed"])
     packed = packed_conv(
-        p["cout"], p["cin"], p["kernel"], p["groups"], p["dtype"], p["structure"], p["density"],
-        p["kind"], gen,
+        p["cout"], p["cin"], p["kernel"], p["groups"], p["dtype"], structure_for(backend, p["structure"]),
+        p["density"], p["kind"], gen,
     )
     x = conv_input((p["n"], p["cin"], *p["hw"]), p["dtype"], p["layout"], gen)
     bias = torch.randn(p["cout"], generator=gen).to(p["dtype"]) if p["bias"] else None
@@ -202,33 +207,50 @@ SAMPLES = [
 ]
 
 
+OP_PREFIXES = {"cpu": "", "torch": "torch_"}  # backend -> prefix of its op's name
+
+
 @pytest.mark.parametrize("sample", SAMPLES, ids=str)
-def test_opcheck_block_conv2d(sample):
+@pytest.mark.parametrize("backend", OP_PREFIXES)
+def test_opcheck_block_conv2d(sample, backend):
     x_shape, w_shape, groups, dtype, with_bias = sample
     weight = torch.randn(w_shape).to(dtype)
-    p = pack(weight, torch.rand(w_shape) < 0.5, structure="group", groups=groups)
+    p = pack(weight, torch.rand(w_shape) < 0.5, structure=structure_for(backend, "group"), groups=groups)
     bias = torch.randn(w_shape[0]).to(dtype) if with_bias else None
     args = (torch.randn(x_shape).to(dtype), p.values, p.row_idx, p.col_idx, p.block_ptr,
             w_shape[0], list(w_shape[2:]), [1, 1], [1, 1], [1, 1], groups, bias, True)
-    torch.library.opcheck(torch.ops.sparsekit.block_conv2d.default, args)
+    op = getattr(torch.ops.sparsekit, f"{OP_PREFIXES[backend]}block_conv2d")
+    torch.library.opcheck(op.default, args)
 
 
 @pytest.mark.parametrize("x_shape", [(5, 12), (2, 3, 12), (12,)], ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_opcheck_block_linear(x_shape, dtype):
+@pytest.mark.parametrize("backend", OP_PREFIXES)
+def test_opcheck_block_linear(x_shape, dtype, backend):
     p = pack(torch.randn(9, 12).to(dtype), torch.rand(9, 12) < 0.5, structure="kernel")
     args = (torch.randn(x_shape).to(dtype), p.values, p.row_idx, p.col_idx, p.block_ptr, 9,
             torch.randn(9).to(dtype), False)
-    torch.library.opcheck(torch.ops.sparsekit.block_linear.default, args)
+    op = getattr(torch.ops.sparsekit, f"{OP_PREFIXES[backend]}block_linear")
+    torch.library.opcheck(op.default, args)
 
 
-def test_ops_trace_under_torch_compile():
-    conv = packed_conv(8, 4, (3, 3), 1, torch.float32)
+def test_torch_backend_refuses_blocks_of_partial_kernels():
+    weight = torch.zeros(4, 3, 3, 3)
+    weight[:, 0, 1, 1] = 1.0  # the centre tap only: the group plan stores one column per row
+    packed = pack(weight, structure="group")
+    assert not ops.supports(packed, "torch") and ops.supports(pack(weight, structure="kernel"), "torch")
+    with pytest.raises(SparsekitError, match="whole kernels"):
+        ops.block_conv2d(torch.randn(1, 3, 5, 5), packed, backend="torch")
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_ops_trace_under_torch_compile(backend):
+    conv = packed_conv(8, 4, (3, 3), 1, torch.float32, structure_for(backend))
     lin = pack(torch.randn(6, 8 * 3 * 3), torch.rand(6, 72) < 0.5)
 
     def f(x):
-        y = ops.block_conv2d(x, conv, stride=2, padding=1, relu=True)
-        return ops.block_linear(y.flatten(1), lin)
+        y = ops.block_conv2d(x, conv, stride=2, padding=1, relu=True, backend=backend)
+        return ops.block_linear(y.flatten(1), lin, backend=backend)
 
     x = torch.randn(2, 4, 6, 6)
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
@@ -289,9 +311,10 @@ def test_raw_op_rejects_malformed_blocks():
         )
 
 
-def test_ops_have_no_gradient():
-    packed = packed_conv(4, 3, (3, 3), 1, torch.float32)
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_ops_have_no_gradient(backend):
+    packed = packed_conv(4, 3, (3, 3), 1, torch.float32, structure_for(backend))
     x = torch.randn(1, 3, 5, 5, requires_grad=True)
-    y = ops.block_conv2d(x, packed)
+    y = ops.block_conv2d(x, packed, backend=backend)
     with pytest.raises(SparsekitError, match="no gradient"):
         y.sum().backward()

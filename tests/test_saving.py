@@ -52,6 +52,24 @@ def test_corrupt_files_are_errors(compiled_resnet, tmp_path, damage):
         sparsekit.load(tmp_path, zoo.create("resnet18").eval())
 
 
+def test_loading_checks_that_each_backend_can_run_its_pack(tmp_path):
+    conv = torch.nn.Conv2d(64, 64, 3)
+    mask = torch.zeros_like(conv.weight)
+    mask[:32, :32] = 1
+    mask[:, :, 1, 1] = 0  # kernels without their centre tap: blocks of partial kernels
+    with torch.no_grad():
+        conv.weight.mul_(mask)
+    model = torch.nn.Sequential(conv).eval()
+    compiled = sparsekit.compile(model, None, structure="group", backend="cpu", measure=False, verify=False)
+    assert compiled[0].backend == "cpu" and not compiled[0].supports("torch")
+    sparsekit.save(compiled, tmp_path)
+    meta = json.loads((tmp_path / "sparsekit.json").read_text())
+    meta["layers"]["0"]["backend"] = "torch"
+    (tmp_path / "sparsekit.json").write_text(json.dumps(meta))
+    with pytest.raises(SparsekitError, match="whole kernels"):
+        sparsekit.load(tmp_path, torch.nn.Sequential(torch.nn.Conv2d(64, 64, 3)).eval())
+
+
 def test_saving_an_uncompiled_model_is_an_error(tmp_path):
     with pytest.raises(SparsekitError, match="compile it first"):
         sparsekit.save(zoo.create("resnet18"), tmp_path)
