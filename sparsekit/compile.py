@@ -158,13 +158,13 @@ def _effective(module: nn.Module, bn: nn.BatchNorm2d | None):
 # ---- per-layer plan choice ----
 
 
-CHOICES = ("auto", "cpu", "torch", "reference", "dense")
+CHOICES = ("auto", "cpu", "torch", "triton", "reference", "dense")
 
 
 def _backends(backend: str, device: torch.device) -> list[str]:
     """The backends whose packed plans compete with dense."""
     if backend == "auto":
-        return ["cpu", "torch"] if device.type == "cpu" else ["torch"]
+        return ["cpu", "torch"] if device.type == "cpu" else ["triton", "torch"]
     if backend not in CHOICES:
         raise SparsekitError(f"backend: {backend!r} is not one of {', '.join(CHOICES)}")
     return [] if backend == "dense" else [backend]

@@ -7,12 +7,13 @@ the arguments (raising ``SparsekitError``) and pick a backend:
 - ``"cpu"``: the C++ kernels of ``sparsekit._C`` (fp32, bf16, fp16 on CPU tensors);
 - ``"torch"``: each block as torch's dense conv / linear on any device, for packs whose blocks
   hold whole kernels (channel- and kernel-wise plans; see ``torch_blocks``);
+- ``"triton"``: the Triton kernels of ``sparsekit.triton_kernels`` (CUDA tensors; CPU tensors
+  only under ``TRITON_INTERPRET=1``, for tests);
 - ``"reference"``: pure torch, fp32 accumulation, the definition the kernels are tested against;
 - ``"auto"``: the compiled kernel for the input's device.
 """
 
 import math
-import weakref
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,7 @@ from . import torch_blocks
 from .errors import SparsekitError
 from .formats import PackedWeight
 from .geometry import block_conv2d_shape, block_linear_shape, conv_output_size
+from .tensor_memo import memoize
 
 try:
     from . import _C  # noqa: F401  (registers torch.ops.sparsekit.*)
@@ -29,7 +31,15 @@ try:
 except ImportError as error:  # a source checkout that was not built
     EXTENSION_ERROR = error
 
-BACKENDS = ("auto", "cpu", "torch", "reference")
+try:
+    from .triton_kernels import block_conv as _triton_ops  # noqa: F401  (registers triton_*)
+
+    TRITON_ERROR = None
+except ImportError as error:  # no triton installed
+    TRITON_ERROR = error
+
+BACKENDS = ("auto", "cpu", "torch", "triton", "reference")
+OP_PREFIX = {"cpu": "", "torch": "torch_", "triton": "triton_"}  # backend -> its ops' name prefix
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -75,40 +85,38 @@ def _check_args(input, weight, bias, backend: str, op: str) -> str:
                 f"{weight.structure!r} pack has blocks with part of a kernel"
             )
         return backend
+    if backend == "auto":
+        backend = "cpu" if input.device.type == "cpu" else "triton"
+    if input.dtype not in KERNEL_DTYPES:
+        raise SparsekitError(f"{op}: backend {backend!r} takes {KERNEL_DTYPES}, not {input.dtype}")
+    if backend == "triton":
+        if TRITON_ERROR is not None:
+            raise SparsekitError(f"{op}: backend 'triton' needs triton ({TRITON_ERROR})")
+        if input.device.type != "cuda" and not _triton_ops.INTERPRETED:
+            raise SparsekitError(
+                f"{op}: backend 'triton' runs on CUDA tensors (on CPU ones only under "
+                f"TRITON_INTERPRET=1), not on {input.device.type}"
+            )
+        return backend
     if input.device.type != "cpu":
         raise SparsekitError(
-            f"{op}: no compiled kernel for {input.device.type} tensors in this build; "
-            "use backend='reference'"
+            f"{op}: backend 'cpu' takes CPU tensors, not {input.device.type} ones; "
+            "use backend='triton', 'torch' or 'reference'"
         )
     if EXTENSION_ERROR is not None:
         raise SparsekitError(
             f"{op}: the C++ extension sparsekit._C is not built ({EXTENSION_ERROR}); "
             "install with `pip install --no-build-isolation -e .`"
         )
-    if input.dtype not in KERNEL_DTYPES:
-        raise SparsekitError(f"{op}: the CPU kernel takes {KERNEL_DTYPES}, not {input.dtype}")
-    return "cpu"
-
-
-# id(col_idx) -> (col_idx, block_ptr as weak references, their versions, answer): a layer's pack
-# is checked once, not on every call, and again only if its index tensors change
-_WHOLE_KERNELS: dict[int, tuple] = {}
+    return backend
 
 
 def supports(weight: PackedWeight, backend: str) -> bool:
     """Whether ``backend`` can run ``weight`` at all (devices and dtypes aside)."""
     if backend != "torch":
         return backend in BACKENDS
-    cols, ptr = weight.col_idx, weight.block_ptr
-    versions = (cols._version, ptr._version)
-    seen = _WHOLE_KERNELS.get(id(cols))
-    if seen is not None and seen[0]() is cols and seen[1]() is ptr and seen[2] == versions:
-        return seen[3]
-    answer = torch_blocks.whole_kernel_blocks(cols, ptr, math.prod(weight.kernel_size))
-    key = id(cols)
-    forget = weakref.ref(cols, lambda _: _WHOLE_KERNELS.pop(key, None))
-    _WHOLE_KERNELS[key] = (forget, weakref.ref(ptr), versions, answer)
-    return answer
+    cols, ptr, area = weight.col_idx, weight.block_ptr, math.prod(weight.kernel_size)
+    return memoize("whole kernels", (cols, ptr), lambda: torch_blocks.whole_kernel_blocks(cols, ptr, area))
 
 
 def _conv_geometry(input, weight: PackedWeight, stride, padding, dilation):
@@ -147,8 +155,7 @@ def block_conv2d(
     stride, padding, dilation, _ = _conv_geometry(input, weight, stride, padding, dilation)
     if backend == "reference":
         return reference_block_conv2d(input, weight, bias, stride, padding, dilation, relu)
-    op = torch.ops.sparsekit.torch_block_conv2d if backend == "torch" else torch.ops.sparsekit.block_conv2d
-    return op(
+    return getattr(torch.ops.sparsekit, f"{OP_PREFIX[backend]}block_conv2d")(
         input, weight.values, weight.row_idx, weight.col_idx, weight.block_ptr,
         weight.out_features, list(weight.kernel_size), list(stride), list(padding),
         list(dilation), weight.groups, bias, relu,
@@ -172,8 +179,7 @@ def block_linear(
         )
     if backend == "reference":
         return reference_block_linear(input, weight, bias, relu)
-    op = torch.ops.sparsekit.torch_block_linear if backend == "torch" else torch.ops.sparsekit.block_linear
-    return op(
+    return getattr(torch.ops.sparsekit, f"{OP_PREFIX[backend]}block_linear")(
         input, weight.values, weight.row_idx, weight.col_idx, weight.block_ptr,
         weight.out_features, bias, relu,
     )
@@ -242,8 +248,9 @@ def _no_gradient(ctx, grad):
     raise SparsekitError("sparsekit ops are for inference and have no gradient")
 
 
-for _op in ("block_conv2d", "block_linear", "torch_block_conv2d", "torch_block_linear"):
-    if hasattr(torch.ops.sparsekit, _op):
-        torch.library.register_autograd(
-            f"sparsekit::{_op}", _no_gradient, setup_context=lambda ctx, inputs, output: None
-        )
+for _prefix in OP_PREFIX.values():
+    for _op in (f"{_prefix}block_conv2d", f"{_prefix}block_linear"):
+        if hasattr(torch.ops.sparsekit, _op):  # not built or not installed: nothing to register
+            torch.library.register_autograd(
+                f"sparsekit::{_op}", _no_gradient, setup_context=lambda ctx, inputs, output: None
+            )

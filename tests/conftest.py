@@ -14,6 +14,10 @@ settings.register_profile(
 )
 settings.load_profile("sparsekit")
 
+# Without a GPU the Triton kernels run in Triton's interpreter (read when sparsekit imports them).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # Under pytest-xdist every worker is one process: one torch thread each keeps the cores from
 # being oversubscribed (spinning OpenMP threads of two processes on two cores starve each other).
 if os.environ.get("PYTEST_XDIST_WORKER"):

@@ -1,6 +1,9 @@
 """Random weights, masks and patterns for the tests."""
 
 import torch
+import torch.nn.functional as F
+
+from sparsekit import pack, unpack
 
 # (atol, rtol) per dtype against an fp64 reference computed from the same (rounded) inputs:
 # fp32 accumulation error plus one rounding of the output to the dtype.
@@ -75,3 +78,48 @@ def assert_model_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
     bound = 1e-4 * expected.abs().max().item() + 1e-5
     error = (actual - expected).abs().max().item()
     assert error <= bound, f"max error {error:.3e} > {bound:.3e}"
+
+
+LAYOUTS = ["contiguous", "channels_last", "strided"]
+
+
+def conv_input(shape, dtype, layout, gen=None):
+    n, c, h, w = shape
+    if layout == "strided":  # every other column of a wider tensor
+        return torch.randn(n, c, h, 2 * w, generator=gen).to(dtype)[..., ::2]
+    x = torch.randn(shape, generator=gen).to(dtype)
+    return x.to(memory_format=torch.channels_last) if layout == "channels_last" else x
+
+
+def packed_conv(cout, cin, kernel, groups, dtype, structure="auto", density=0.4, kind="mixed", gen=None):
+    weight = torch.randn(cout, cin // groups, *kernel, generator=gen).to(dtype)
+    pattern = random_pattern(
+        cout, weight[0].numel(), kernel_area=kernel[0] * kernel[1], kind=kind, density=density, gen=gen
+    )
+    return pack(weight, pattern.view(weight.shape), structure=structure, groups=groups)
+
+
+def expected_conv(x, packed, bias, stride, padding, dilation, relu):
+    y = F.conv2d(
+        x.double(), unpack(packed).double(), None if bias is None else bias.double(),
+        stride, padding, dilation, packed.groups,
+    )
+    return y.relu() if relu else y
+
+
+def expected_linear(x, packed, bias, relu):
+    y = F.linear(x.double(), unpack(packed).double(), None if bias is None else bias.double())
+    return y.relu() if relu else y
+
+
+CONV_CASES = [
+    # (batch, cin, cout, hw, kernel, stride, padding, dilation, groups)
+    (1, 1, 1, (1, 1), (1, 1), 1, 0, 1, 1),
+    (2, 3, 7, (7, 7), (3, 3), 1, 1, 1, 1),
+    (1, 33, 33, (5, 9), (3, 3), 2, 1, 1, 1),
+    (3, 8, 6, (9, 7), (3, 3), 1, 2, 2, 2),
+    (2, 7, 7, (7, 7), (3, 3), 1, 1, 1, 7),  # depthwise
+    (1, 16, 100, (3, 3), (1, 1), 1, 0, 1, 1),
+    (2, 6, 9, (11, 10), (5, 2), 2, 2, 1, 3),
+    (1, 4, 8, (8, 8), (3, 3), 2, 0, 2, 1),
+]

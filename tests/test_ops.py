@@ -5,60 +5,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.utils.benchmark import Timer
 
-from sparsekit import SparsekitError, ops, pack, unpack
+from sparsekit import SparsekitError, ops, pack
 
-from .helpers import TOLERANCES, assert_matches, random_pattern
+from .helpers import (
+    CONV_CASES, LAYOUTS, TOLERANCES, assert_matches, conv_input, expected_conv, expected_linear, packed_conv,
+)
 
 DTYPES = list(TOLERANCES)
 BACKENDS = ["cpu", "torch", "reference"]
-LAYOUTS = ["contiguous", "channels_last", "strided"]
-
-
-def conv_input(shape, dtype, layout, gen=None):
-    n, c, h, w = shape
-    if layout == "strided":  # every other column of a wider tensor
-        return torch.randn(n, c, h, 2 * w, generator=gen).to(dtype)[..., ::2]
-    x = torch.randn(shape, generator=gen).to(dtype)
-    return x.to(memory_format=torch.channels_last) if layout == "channels_last" else x
-
-
-def packed_conv(cout, cin, kernel, groups, dtype, structure="auto", density=0.4, kind="mixed", gen=None):
-    weight = torch.randn(cout, cin // groups, *kernel, generator=gen).to(dtype)
-    pattern = random_pattern(
-        cout, weight[0].numel(), kernel_area=kernel[0] * kernel[1], kind=kind, density=density, gen=gen
-    )
-    return pack(weight, pattern.view(weight.shape), structure=structure, groups=groups)
 
 
 def structure_for(backend: str, structure: str = "auto") -> str:
     """Backend 'torch' runs whole kernels only, which the kernel planner always gives."""
     return "kernel" if backend == "torch" else structure
-
-
-def expected_conv(x, packed, bias, stride, padding, dilation, relu):
-    y = F.conv2d(
-        x.double(), unpack(packed).double(), None if bias is None else bias.double(),
-        stride, padding, dilation, packed.groups,
-    )
-    return y.relu() if relu else y
-
-
-def expected_linear(x, packed, bias, relu):
-    y = F.linear(x.double(), unpack(packed).double(), None if bias is None else bias.double())
-    return y.relu() if relu else y
-
-
-CONV_CASES = [
-    # (batch, cin, cout, hw, kernel, stride, padding, dilation, groups)
-    (1, 1, 1, (1, 1), (1, 1), 1, 0, 1, 1),
-    (2, 3, 7, (7, 7), (3, 3), 1, 1, 1, 1),
-    (1, 33, 33, (5, 9), (3, 3), 2, 1, 1, 1),
-    (3, 8, 6, (9, 7), (3, 3), 1, 2, 2, 2),
-    (2, 7, 7, (7, 7), (3, 3), 1, 1, 1, 7),  # depthwise
-    (1, 16, 100, (3, 3), (1, 1), 1, 0, 1, 1),
-    (2, 6, 9, (11, 10), (5, 2), 2, 2, 1, 3),
-    (1, 4, 8, (8, 8), (3, 3), 2, 0, 2, 1),
-]
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "-".join(map(str, c)))

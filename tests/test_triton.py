@@ -1,0 +1,153 @@
+"""The Triton backend: on a GPU every dtype and shape; without one, Triton's interpreter on tiny
+shapes in fp32 and fp16 (conftest sets TRITON_INTERPRET=1)."""
+
+import pytest
+import torch
+from torch import nn
+
+import sparsekit
+from sparsekit import PackedWeight, SparsekitError, ops, pack
+
+from .helpers import (
+    CONV_CASES, LAYOUTS, assert_matches, conv_input, expected_conv, expected_linear, packed_conv,
+)
+
+pytestmark = pytest.mark.skipif(ops.TRITON_ERROR is not None, reason="triton is not installed")
+
+GPU = torch.cuda.is_available()
+DEVICE = "cuda" if GPU else "cpu"
+DTYPES = [torch.float32, torch.float16] + [torch.bfloat16] * GPU  # the interpreter has no bf16
+
+
+def on_device(packed: PackedWeight) -> PackedWeight:
+    return packed.to(DEVICE)
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_block_conv2d_matches_conv2d(case, dtype, layout):
+    n, cin, cout, hw, kernel, stride, padding, dilation, groups = case
+    packed = packed_conv(cout, cin, kernel, groups, dtype)
+    x = conv_input((n, cin, *hw), dtype, layout)
+    bias = torch.randn(cout).to(dtype)
+    for relu in (False, True):
+        y = ops.block_conv2d(x.to(DEVICE), on_device(packed), bias.to(DEVICE), stride, padding,
+                             dilation, relu=relu, backend="triton")
+        assert y.is_contiguous() and y.device.type == DEVICE
+        assert_matches(y.cpu(), expected_conv(x, packed, bias, stride, padding, dilation, relu), dtype)
+
+
+@pytest.mark.parametrize("shape", [(33,), (1, 33), (7, 33), (2, 3, 33)], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("structure", ["group", "channel", "dense"])
+def test_block_linear_matches_linear(shape, dtype, structure):
+    weight = torch.randn(100, 33).to(dtype)
+    packed = pack(weight, torch.rand(100, 33) < 0.3, structure=structure)
+    bias = torch.randn(100).to(dtype)
+    x = torch.randn(shape).to(dtype)
+    for relu in (False, True):
+        y = ops.block_linear(x.to(DEVICE), on_device(packed), bias.to(DEVICE), relu, backend="triton")
+        assert y.shape == (*shape[:-1], 100)
+        assert_matches(y.cpu(), expected_linear(x, packed, bias, relu), dtype)
+
+
+def overlapping_blocks(dtype) -> PackedWeight:
+    """Three blocks over 6 rows of a [6, 2, 3, 3] weight: rows 1 and 2 lie in two blocks, row 4
+    in three, row 5 in none."""
+    blocks = [([0, 1, 2, 4], [0, 4, 9]), ([1, 2, 4], [1, 17]), ([3, 4], [2, 3, 5, 8, 10])]
+    rows = [torch.tensor(r, dtype=torch.int32) for r, _ in blocks]
+    cols = [torch.tensor(c, dtype=torch.int32) for _, c in blocks]
+    sizes = torch.tensor([[len(r), len(c), len(r) * len(c)] for r, c in blocks])
+    block_ptr = torch.zeros(3, len(blocks) + 1, dtype=torch.int64)
+    block_ptr[:, 1:] = sizes.T.cumsum(1)
+    values = torch.randn(int(block_ptr[2, -1])).to(dtype)
+    return PackedWeight((6, 2, 3, 3), 1, values, torch.cat(rows), torch.cat(cols), block_ptr)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_rows_in_several_blocks_add_up_deterministically(dtype):
+    packed = overlapping_blocks(dtype)
+    x = torch.randn(2, 2, 5, 6).to(dtype)
+    bias = torch.randn(6).to(dtype)
+    run = lambda: ops.block_conv2d(x.to(DEVICE), on_device(packed), bias.to(DEVICE), 1, 1, relu=True,  # noqa: E731
+                                   backend="triton")
+    first = run()
+    assert_matches(first.cpu(), expected_conv(x, packed, bias, 1, 1, 1, True), dtype)
+    assert torch.equal(first, run())
+
+
+def test_all_zero_weight_outputs_bias():
+    packed = on_device(pack(torch.randn(5, 3, 3, 3), torch.zeros(5, 3, 3, 3)))
+    bias = torch.randn(5, device=DEVICE)
+    y = ops.block_conv2d(torch.randn(2, 3, 6, 6, device=DEVICE), packed, bias, padding=1, relu=True,
+                         backend="triton")
+    assert torch.equal(y, bias.relu().view(1, 5, 1, 1).expand(2, 5, 6, 6))
+
+
+def test_empty_batch():
+    packed = on_device(packed_conv(4, 2, (3, 3), 1, torch.float32))
+    assert ops.block_conv2d(torch.randn(0, 2, 5, 5, device=DEVICE), packed, backend="triton").shape == (0, 4, 3, 3)
+
+
+@pytest.mark.parametrize("op", ["conv", "linear"])
+def test_opcheck(op):
+    if op == "conv":
+        p = on_device(packed_conv(6, 4, (3, 3), 2, torch.float32))
+        args = (torch.randn(2, 4, 5, 5, device=DEVICE), p.values, p.row_idx, p.col_idx, p.block_ptr,
+                6, [3, 3], [1, 1], [1, 1], [1, 1], 2, torch.randn(6, device=DEVICE), True)
+        torch.library.opcheck(torch.ops.sparsekit.triton_block_conv2d.default, args)
+    else:
+        p = on_device(pack(torch.randn(9, 12), torch.rand(9, 12) < 0.5, structure="group"))
+        args = (torch.randn(2, 3, 12, device=DEVICE), p.values, p.row_idx, p.col_idx, p.block_ptr, 9,
+                None, False)
+        torch.library.opcheck(torch.ops.sparsekit.triton_block_linear.default, args)
+
+
+def test_traces_under_torch_compile():
+    conv = on_device(packed_conv(8, 4, (3, 3), 1, torch.float32))
+
+    def f(x):
+        return ops.block_conv2d(x, conv, stride=2, padding=1, relu=True, backend="triton")
+
+    x = torch.randn(2, 4, 6, 6, device=DEVICE)
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    assert torch.equal(compiled(x), f(x))
+
+
+def test_compile_with_the_triton_backend_is_verified():
+    model = nn.Sequential(
+        nn.Conv2d(3, 256, 3, padding=1), nn.BatchNorm2d(256), nn.ReLU(), nn.Conv2d(256, 256, 3),
+        nn.BatchNorm2d(256), nn.ReLU(), nn.Flatten(), nn.Linear(256 * 2 * 2, 10),
+    ).eval().to(DEVICE)
+    x = torch.randn(1, 3, 4, 4, device=DEVICE)
+    mask = torch.zeros(256, 256, 3, 3, device=DEVICE)
+    mask[::2] = 1  # half the output channels: packed by the cost model (no timing here)
+    compiled = sparsekit.compile(model, {"3.weight": mask}, x, backend="triton", measure=False)
+    report = compiled.sparsekit_report
+    assert report.ok and any(layer.backend == "triton" for layer in report.layers)
+
+
+@pytest.mark.skipif(GPU, reason="the device check is for machines without a GPU")
+def test_cpu_tensors_need_the_interpreter(monkeypatch):
+    from sparsekit.triton_kernels import block_conv
+
+    monkeypatch.setattr(block_conv, "INTERPRETED", False)
+    with pytest.raises(SparsekitError, match="CUDA tensors"):
+        ops.block_conv2d(torch.randn(1, 4, 5, 5), packed_conv(6, 4, (3, 3), 1, torch.float32), backend="triton")
+
+
+@pytest.mark.skipif(not GPU, reason="TF32 exists on GPUs only")
+def test_fp32_is_strict_unless_tf32_is_allowed():
+    packed = on_device(packed_conv(64, 64, (3, 3), 1, torch.float32, density=0.8, kind="random"))
+    x = torch.randn(8, 64, 16, 16, device=DEVICE)
+    exact = expected_conv(x.cpu(), packed.to("cpu"), None, 1, 1, 1, False)
+    previous = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        strict = (ops.block_conv2d(x, packed, padding=1, backend="triton").cpu().double() - exact).abs().max()
+        torch.set_float32_matmul_precision("high")
+        tf32 = (ops.block_conv2d(x, packed, padding=1, backend="triton").cpu().double() - exact).abs().max()
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert strict < 1e-3 < tf32
