@@ -7,8 +7,8 @@ several sparsities, and a 4096x4096 linear at 80% 32x32-block sparsity (also aga
 torch's threads (best of three medians taken in alternation with the other side), and every
 ratio is against dense measured in the same run.
 
-    python bench/cpu_suite.py            # full: writes bench/results/cpu-<date>.{json,md,png}
-    python bench/cpu_suite.py --quick    # seconds: tiny shapes, for CI
+    python -m bench.cpu_suite            # full: writes bench/results/cpu-<date>.{json,md,png}
+    python -m bench.cpu_suite --quick    # seconds: tiny shapes, for CI
 """
 
 import argparse
@@ -25,28 +25,11 @@ import sparsekit
 from sparsekit import timing, zoo
 from sparsekit.structure import global_magnitude_masks, refill_masks
 
+from .masks import conv_mask
+
 FULL_CONVS = [(256, 8, 64), (512, 4, 64), (256, 16, 16), (512, 16, 16)]  # (channels, size, batch)
 QUICK_CONVS = [(32, 4, 2)]
 SPARSITIES = {"group": (0.5, 0.8, 0.9), "channel": (0.5, 0.8), "kernel": (0.9,)}
-
-
-def conv_mask(structure: str, channels: int, sparsity: float, gen) -> torch.Tensor:
-    """A [C, C, 3, 3] mask: row groups of 32 with their own columns (group), whole output
-    channels (channel) or row groups of 32 sharing whole kernels (kernel)."""
-    keep = 1 - sparsity
-    if structure == "channel":
-        rows = torch.rand(channels, generator=gen).argsort()[: round(keep * channels)]
-        mask = torch.zeros(channels, channels, 3, 3)
-        mask[rows] = 1
-        return mask
-    mask = torch.zeros(channels, channels * 9)
-    for part in torch.randperm(channels, generator=gen).split(32):
-        if structure == "group":
-            cols = torch.rand(channels * 9, generator=gen) < keep
-        else:
-            cols = (torch.rand(channels, 1, generator=gen) < keep).expand(channels, 9).flatten()
-        mask[part[:, None], cols.nonzero().flatten()] = 1
-    return mask.view(channels, channels, 3, 3)
 
 
 def conv_cases(shapes, quick: bool, gen):
@@ -180,7 +163,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--quick", action="store_true", help="tiny shapes, seconds (for CI)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
-    command = "python bench/cpu_suite.py" + (" --quick" if args.quick else "")
+    command = "python -m bench.cpu_suite" + (" --quick" if args.quick else "")
     env = environment(command)
     print(f"{env['device']}, {env['threads']} threads, torch {env['torch']}, fp32\n{HEADER}")
     records = run(args.quick)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import sparsekit
 
-from .cpu_suite import conv_mask
+from .masks import conv_mask
 
 CASES = [(256, 8, 64, "group", 0.8), (512, 4, 64, "group", 0.8), (256, 16, 16, "channel", 0.8)]
 

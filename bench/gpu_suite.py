@@ -1,0 +1,192 @@
+"""GPU benchmark suite: the Triton kernels against cuDNN / cuBLAS and torch's BSR, in one run.
+
+Per layer: the 3x3 convs of ResNet-50 at 224 (batch 64) and VGG-16 at 32x32 (batch 256) with
+group-wise (row groups of 32), channel-wise and kernel-wise masks, in bf16 and strict fp32
+(cuDNN with TF32 off as well); block-sparse linears 4096x4096 and 11008x4096 at 80% sparsity
+in 32x32 blocks, batch 2048, bf16, also against ``torch.sparse._triton_ops.bsr_dense_mm`` on
+the same blocks. Each case checks the result against the dense layer before it is timed.
+Times are ``triton.testing.do_bench`` medians (CUDA events; warm-up and autotuning excluded).
+
+    python -m bench.gpu_suite            # on a GPU: writes bench/results/gpu-<device>-<date>.json
+    python -m bench.gpu_suite --quick    # tiny shapes; without a GPU it runs under
+                                         # TRITON_INTERPRET=1 and times on the CPU (a plumbing check)
+"""
+
+import argparse
+import datetime
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+GPU = torch.cuda.is_available()
+if not GPU:  # before triton is imported: the kernels can only run interpreted
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import triton  # noqa: E402
+
+import sparsekit  # noqa: E402
+from sparsekit import timing  # noqa: E402
+
+from .masks import conv_mask  # noqa: E402
+
+DEVICE = "cuda" if GPU else "cpu"
+# (channels, map size, batch, where the layer comes from)
+FULL_CONVS = [
+    (256, 14, 64, "resnet50 layer3 @224"), (512, 7, 64, "resnet50 layer4 @224"),
+    (256, 8, 256, "vgg16 @32"), (512, 4, 256, "vgg16 @32"), (512, 2, 256, "vgg16 @32"),
+]
+QUICK_CONVS = [(32, 4, 2, "tiny")]
+MASKS = [("group", 0.5), ("group", 0.8), ("channel", 0.8), ("kernel", 0.9)]
+# "float32" is strict (TF32 off for cuDNN and Triton alike); "tf32" is float32 with TF32 on for both
+FULL_DTYPES = ["bfloat16", "float32", "tf32"]
+QUICK_DTYPES = ["float32"]
+FULL_LINEARS = [(4096, 4096, 2048), (11008, 4096, 2048)]  # (out, in, batch)
+QUICK_LINEARS = [(64, 64, 16)]
+LINEAR_BLOCK = 32
+# max |sparse - dense| / max |dense| accepted before timing
+TOLERANCE = {"float32": 1e-4, "tf32": 5e-3, "bfloat16": 2e-2}
+
+
+def median_ms(fn) -> float:
+    if GPU:
+        return triton.testing.do_bench(fn, warmup=50, rep=200, return_mode="median")
+    return 1e3 * timing.median_seconds(fn, min_run_time=0.01)
+
+
+def use_tf32(allowed: bool) -> None:
+    """TF32 on or off for cuDNN, cuBLAS and the Triton kernels together."""
+    torch.backends.cudnn.allow_tf32 = allowed
+    torch.set_float32_matmul_precision("high" if allowed else "highest")
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    scale = expected.double().abs().max().clamp_min(1e-30)
+    return ((actual.double() - expected.double()).abs().max() / scale).item()
+
+
+def time_case(record: dict, dense, sides: dict, dtype: str) -> dict:
+    """Checks every side against dense, then times all of them; adds ms, ratios and errors."""
+    expected = dense()
+    for name, fn in sides.items():
+        error = relative_error(fn(), expected)
+        record[f"{name}_error"] = error
+        if not error <= TOLERANCE[dtype]:
+            raise AssertionError(f"{record['shape']} {name}: relative error {error:.2e} > {TOLERANCE[dtype]}")
+    record["dense_ms"] = median_ms(dense)
+    for name, fn in sides.items():
+        record[f"{name}_ms"] = median_ms(fn)
+        record[f"{name}_speedup"] = record["dense_ms"] / record[f"{name}_ms"]
+    return record
+
+
+def conv_cases(convs, dtypes, gen):
+    for channels, size, batch, origin in convs:
+        for dtype_name in dtypes:
+            dtype = torch.float32 if dtype_name == "tf32" else getattr(torch, dtype_name)
+            x = torch.randn(batch, channels, size, size, generator=gen).to(DEVICE, dtype)
+            for structure, sparsity in MASKS:
+                weight = torch.randn(channels, channels, 3, 3, generator=gen)
+                weight = (weight * conv_mask(structure, channels, sparsity, gen)).to(DEVICE, dtype)
+                layer = sparsekit.SparseConv2d.from_weight(weight, padding=1, structure=structure, backend="triton")
+                sides = {"triton": lambda l=layer, x=x: l(x)}
+                if layer.supports("torch"):
+                    sides["torch_backend"] = lambda l=layer.with_backend("torch"), x=x: l(x)
+                record = {
+                    "kind": "conv3x3", "origin": origin, "shape": [channels, channels, 3, 3],
+                    "input": list(x.shape), "dtype": dtype_name, "structure": structure,
+                    "sparsity": round(1 - weight.ne(0).float().mean().item(), 4),
+                    "blocks": layer.summary()["blocks"],
+                }
+                yield record, (lambda x=x, w=weight: F.conv2d(x, w, None, 1, 1)), sides, dtype_name
+
+
+def linear_cases(linears, gen):
+    from torch.sparse._triton_ops import bsr_dense_mm
+
+    dtype = torch.bfloat16 if GPU else torch.float32
+    for out_features, in_features, batch in linears:
+        tiles = torch.rand(out_features // LINEAR_BLOCK, in_features // LINEAR_BLOCK, generator=gen) < 0.2
+        mask = tiles.repeat_interleave(LINEAR_BLOCK, 0).repeat_interleave(LINEAR_BLOCK, 1)
+        weight = (torch.randn(out_features, in_features, generator=gen) * mask).to(DEVICE, dtype)
+        x = torch.randn(batch, in_features, generator=gen).to(DEVICE, dtype)
+        layer = sparsekit.SparseLinear.from_weight(weight, structure="group", backend="triton")
+        sides = {"triton": lambda l=layer, x=x: l(x)}
+        if GPU:  # torch's BSR kernel is Triton compiled for CUDA only
+            bsr, x_t = weight.to_sparse_bsr((LINEAR_BLOCK, LINEAR_BLOCK)), x.T.contiguous()
+            sides["bsr"] = lambda b=bsr, xt=x_t: bsr_dense_mm(b, xt).T
+        record = {
+            "kind": "linear", "origin": "block-sparse linear", "shape": [out_features, in_features],
+            "input": list(x.shape), "dtype": str(dtype).removeprefix("torch."), "structure": "group",
+            "sparsity": round(1 - mask.float().mean().item(), 4), "blocks": layer.summary()["blocks"],
+            "bsr_block": LINEAR_BLOCK,
+        }
+        yield record, (lambda x=x, w=weight: F.linear(x, w)), sides, record["dtype"]
+
+
+def environment(command: str) -> dict:
+    return {
+        "device": torch.cuda.get_device_name() if GPU else "cpu (TRITON_INTERPRET=1)",
+        "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if GPU else None, "sparsekit": sparsekit.__version__,
+        "date": datetime.date.today().isoformat(), "command": command,
+        "timing": "triton.testing.do_bench median, ms" if GPU else "torch.utils.benchmark median, ms",
+    }
+
+
+def _row(r: dict) -> str:
+    cells = [r["kind"], r["origin"], str(r["shape"]), str(r["input"]), r["dtype"], r["structure"],
+             f"{r['sparsity']:.2f}", f"{r['dense_ms']:.3f}", f"{r['triton_ms']:.3f}", f"{r['triton_speedup']:.2f}x"]
+    for side in ("torch_backend", "bsr"):
+        cells.append(f"{r[side + '_ms']:.3f} ({r[side + '_speedup']:.2f}x)" if side + "_ms" in r else "")
+    return "| " + " | ".join(cells) + " |"
+
+
+HEADER = ("| kind | layer | shape | input | dtype | mask | sparsity | dense ms | triton ms | triton speedup "
+          "| torch backend ms | torch BSR ms |\n" + "| --- " * 12 + "|")
+
+
+def run(quick: bool, seed: int = 0) -> list[dict]:
+    gen = torch.Generator().manual_seed(seed)
+    records = []
+    cases = [
+        conv_cases(QUICK_CONVS if quick else FULL_CONVS, QUICK_DTYPES if quick else FULL_DTYPES, gen),
+        linear_cases(QUICK_LINEARS if quick else FULL_LINEARS, gen),
+    ]
+    previous = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+    try:
+        for record, dense, sides, dtype in (case for group in cases for case in group):
+            use_tf32(dtype == "tf32")
+            records.append(time_case(record, dense, sides, dtype))
+            print(_row(record), flush=True)
+    finally:
+        torch.backends.cudnn.allow_tf32 = previous[0]
+        torch.set_float32_matmul_precision(previous[1])
+    return records
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny shapes (CI runs it without a GPU)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args(argv)
+    command = "python -m bench.gpu_suite" + (" --quick" if args.quick else "")
+    env = environment(command)
+    print(f"{env['device']}, torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}\n{HEADER}")
+    records = run(args.quick)
+    args.out.mkdir(parents=True, exist_ok=True)
+    device = env["device"].split(" (")[0].replace(" ", "-")
+    stem = args.out / f"gpu-{device}-{env['date']}{'-quick' if args.quick else ''}"
+    stem.with_suffix(".json").write_text(json.dumps({"environment": env, "results": records}, indent=1))
+    stem.with_suffix(".md").write_text(
+        f"{env['device']}, torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}; `{command}`\n\n"
+        + HEADER + "\n" + "\n".join(map(_row, records)) + "\n"
+    )
+    return records
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
