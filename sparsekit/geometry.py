@@ -16,3 +16,16 @@ def block_conv2d_shape(input_shape, out_channels, kernel_size, stride, padding, 
 
 def block_linear_shape(input_shape, out_features) -> list:
     return [*input_shape[:-1], out_features]
+
+
+def block_conv2d_fake(input, values, row_idx, col_idx, block_ptr, out_channels, kernel_size,
+                      stride, padding, dilation, groups, bias, relu):
+    """The fake (meta) implementation of every backend's ``block_conv2d`` op."""
+    return input.new_empty(
+        block_conv2d_shape(input.shape, out_channels, kernel_size, stride, padding, dilation)
+    )
+
+
+def block_linear_fake(input, values, row_idx, col_idx, block_ptr, out_features, bias, relu):
+    """The fake (meta) implementation of every backend's ``block_linear`` op."""
+    return input.new_empty(block_linear_shape(input.shape, out_features))

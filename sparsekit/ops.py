@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from . import torch_blocks
 from .errors import SparsekitError
 from .formats import PackedWeight
-from .geometry import block_conv2d_shape, block_linear_shape, conv_output_size
+from .geometry import block_conv2d_fake, block_linear_fake, conv_output_size
 from .tensor_memo import memoize
 
 try:
@@ -230,18 +230,8 @@ def _epilogue(acc: torch.Tensor, bias, relu: bool) -> torch.Tensor:
 
 if EXTENSION_ERROR is None:
 
-    @torch.library.register_fake("sparsekit::block_conv2d")
-    def _block_conv2d_fake(
-        input, values, row_idx, col_idx, block_ptr, out_channels, kernel_size, stride, padding,
-        dilation, groups, bias, relu,
-    ):
-        return input.new_empty(
-            block_conv2d_shape(input.shape, out_channels, kernel_size, stride, padding, dilation)
-        )
-
-    @torch.library.register_fake("sparsekit::block_linear")
-    def _block_linear_fake(input, values, row_idx, col_idx, block_ptr, out_features, bias, relu):
-        return input.new_empty(block_linear_shape(input.shape, out_features))
+    torch.library.register_fake("sparsekit::block_conv2d")(block_conv2d_fake)
+    torch.library.register_fake("sparsekit::block_linear")(block_linear_fake)
 
 
 def _no_gradient(ctx, grad):

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .geometry import block_conv2d_shape, block_linear_shape
+from .geometry import block_conv2d_fake, block_conv2d_shape, block_linear_fake, block_linear_shape
 
 
 def whole_kernel_blocks(col_idx: torch.Tensor, block_ptr: torch.Tensor, kernel_area: int) -> bool:
@@ -82,12 +82,7 @@ def block_conv2d(
     return _epilogue(acc, bias, relu, input.dtype).contiguous()
 
 
-@block_conv2d.register_fake
-def _(input, values, row_idx, col_idx, block_ptr, out_channels, kernel_size, stride, padding,
-      dilation, groups, bias, relu):
-    return input.new_empty(
-        block_conv2d_shape(input.shape, out_channels, kernel_size, stride, padding, dilation)
-    )
+block_conv2d.register_fake(block_conv2d_fake)
 
 
 @torch.library.custom_op("sparsekit::torch_block_linear", mutates_args=())
@@ -105,6 +100,4 @@ def block_linear(
     return out.reshape(block_linear_shape(input.shape, out_features))
 
 
-@block_linear.register_fake
-def _(input, values, row_idx, col_idx, block_ptr, out_features, bias, relu):
-    return input.new_empty(block_linear_shape(input.shape, out_features))
+block_linear.register_fake(block_linear_fake)

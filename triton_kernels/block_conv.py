@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sparsekit.geometry import block_conv2d_shape, block_linear_shape
+from sparsekit.geometry import block_conv2d_fake, block_conv2d_shape, block_linear_fake, block_linear_shape
 from sparsekit.tensor_memo import memoize
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -198,12 +198,7 @@ def block_conv2d(
                 groups, bias, relu)
 
 
-@block_conv2d.register_fake
-def _(input, values, row_idx, col_idx, block_ptr, out_channels, kernel_size, stride, padding,
-      dilation, groups, bias, relu):
-    return input.new_empty(
-        block_conv2d_shape(input.shape, out_channels, kernel_size, stride, padding, dilation)
-    )
+block_conv2d.register_fake(block_conv2d_fake)
 
 
 @torch.library.custom_op("sparsekit::triton_block_linear", mutates_args=())
@@ -218,6 +213,4 @@ def block_linear(
     return out.view(block_linear_shape(input.shape, out_features))
 
 
-@block_linear.register_fake
-def _(input, values, row_idx, col_idx, block_ptr, out_features, bias, relu):
-    return input.new_empty(block_linear_shape(input.shape, out_features))
+block_linear.register_fake(block_linear_fake)
