@@ -14,7 +14,7 @@ from torch.nn.utils import parametrize
 from tqdm import tqdm
 
 from . import masks as masks_lib
-from . import timing
+from . import ops, timing
 from .errors import SparsekitError
 from .graph import batchnorm_affine, conv_bn_pairs
 from .nn import SparseConv2d, SparseLinear
@@ -164,7 +164,9 @@ CHOICES = ("auto", "cpu", "torch", "triton", "reference", "dense")
 def _backends(backend: str, device: torch.device) -> list[str]:
     """The backends whose packed plans compete with dense."""
     if backend == "auto":
-        return ["cpu", "torch"] if device.type == "cpu" else ["triton", "torch"]
+        if device.type == "cpu":
+            return ["cpu", "torch"]
+        return ["torch"] if ops.TRITON_ERROR is not None else ["triton", "torch"]
     if backend not in CHOICES:
         raise SparsekitError(f"backend: {backend!r} is not one of {', '.join(CHOICES)}")
     return [] if backend == "dense" else [backend]
