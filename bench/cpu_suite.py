@@ -13,7 +13,6 @@ ratio is against dense measured in the same run.
 
 import argparse
 import datetime
-import json
 import platform
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from sparsekit import timing, zoo
 from sparsekit.structure import global_magnitude_masks, refill_masks
 
 from .masks import conv_mask
+from .report import write_results
 
 FULL_CONVS = [(256, 8, 64), (512, 4, 64), (256, 16, 16), (512, 16, 16)]  # (channels, size, batch)
 QUICK_CONVS = [(32, 4, 2)]
@@ -165,15 +165,11 @@ def main(argv=None) -> list[dict]:
     args = parser.parse_args(argv)
     command = "python -m bench.cpu_suite" + (" --quick" if args.quick else "")
     env = environment(command)
-    print(f"{env['device']}, {env['threads']} threads, torch {env['torch']}, fp32\n{HEADER}")
+    title = f"{env['device']}, {env['threads']} threads, torch {env['torch']}, fp32"
+    print(f"{title}\n{HEADER}")
     records = run(args.quick)
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"cpu-{env['date']}{'-quick' if args.quick else ''}"
-    stem.with_suffix(".json").write_text(json.dumps({"environment": env, "results": records}, indent=1))
-    stem.with_suffix(".md").write_text(
-        f"{env['device']}, {env['threads']} threads, torch {env['torch']}, fp32; `{command}`\n\n"
-        + HEADER + "\n" + "\n".join(map(_row, records)) + "\n"
-    )
+    write_results(stem, env, title, HEADER, list(map(_row, records)), records)
     plot(records, stem.with_suffix(".png"))
     return records
 

@@ -14,7 +14,6 @@ Times are ``triton.testing.do_bench`` medians (CUDA events; warm-up and autotuni
 
 import argparse
 import datetime
-import json
 import os
 import sys
 from pathlib import Path
@@ -32,6 +31,7 @@ import sparsekit  # noqa: E402
 from sparsekit import timing  # noqa: E402
 
 from .masks import conv_mask  # noqa: E402
+from .report import write_results  # noqa: E402
 
 DEVICE = "cuda" if GPU else "cpu"
 # (channels, map size, batch, where the layer comes from)
@@ -175,16 +175,12 @@ def main(argv=None) -> list[dict]:
     args = parser.parse_args(argv)
     command = "python -m bench.gpu_suite" + (" --quick" if args.quick else "")
     env = environment(command)
-    print(f"{env['device']}, torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}\n{HEADER}")
+    title = f"{env['device']}, torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}"
+    print(f"{title}\n{HEADER}")
     records = run(args.quick)
-    args.out.mkdir(parents=True, exist_ok=True)
     device = env["device"].split(" (")[0].replace(" ", "-")
     stem = args.out / f"gpu-{device}-{env['date']}{'-quick' if args.quick else ''}"
-    stem.with_suffix(".json").write_text(json.dumps({"environment": env, "results": records}, indent=1))
-    stem.with_suffix(".md").write_text(
-        f"{env['device']}, torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}; `{command}`\n\n"
-        + HEADER + "\n" + "\n".join(map(_row, records)) + "\n"
-    )
+    write_results(stem, env, title, HEADER, list(map(_row, records)), records)
     return records
 
 
