@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 import sparsekit
 from sparsekit import timing, zoo
-from sparsekit.structure import global_magnitude_masks, refill_masks
+from sparsekit.transforms import global_magnitude_masks, refill_masks
 
 from .masks import conv_mask
 from .report import write_results

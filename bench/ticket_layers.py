@@ -1,7 +1,7 @@
 """Per-layer CPU timing of Structure-LTH's regrouped ResNet-18 (CIFAR-10) ticket.
 
 Each conv gets random weights under the ticket's own mask (its dense blocks, from
-``shared/data``), is packed by the chosen planner and timed with ``block_conv2d`` against
+``tests/data``), is packed by the chosen planner and timed with ``block_conv2d`` against
 ``F.conv2d`` on the masked dense weight, on the same threads and input, in one run.
 
     python bench/ticket_layers.py [--batch 64] [--structure group] [--ticket PATH]
@@ -17,7 +17,7 @@ from torch.utils.benchmark import Timer
 
 import sparsekit
 
-DEFAULT_TICKET = Path(__file__).resolve().parents[2] / "shared/data/structure_lth_resnet18_cifar10_blocks.json"
+DEFAULT_TICKET = Path(__file__).resolve().parents[1] / "tests/data/structure_lth_resnet18_cifar10_blocks.json"
 
 
 def conv_geometry(name: str, kernel: int) -> tuple[int, int, int]:
@@ -38,7 +38,7 @@ def median_ms(stmt: str, **names) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--structure", default="group", choices=sparsekit.structure.STRUCTURES)
+    parser.add_argument("--structure", default="group", choices=sparsekit.planners.STRUCTURES)
     parser.add_argument("--ticket", type=Path, default=DEFAULT_TICKET)
     args = parser.parse_args()
     layers = json.loads(args.ticket.read_text())["layers"]

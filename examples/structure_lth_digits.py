@@ -19,7 +19,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import sparsekit
-from sparsekit.structure import imp
+from sparsekit.transforms import imp
 
 
 class DigitsCNN(nn.Module):

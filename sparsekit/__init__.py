@@ -1,6 +1,6 @@
 """sparsekit: run pruned PyTorch models as structured-sparse packed layers, exactly."""
 
-from . import ops, structure, zoo
+from . import ops, planners, transforms, zoo
 from .api import compile
 from .errors import SparsekitError
 from .formats import PackedWeight, pack, unpack
@@ -10,6 +10,6 @@ from .verify import Report, verify
 
 __all__ = [
     "PackedWeight", "Report", "SparseConv2d", "SparseLinear", "SparsekitError", "compile", "load",
-    "ops", "pack", "save", "structure", "unpack", "verify", "zoo",
+    "ops", "pack", "planners", "save", "transforms", "unpack", "verify", "zoo",
 ]
 __version__ = "0.1.0"

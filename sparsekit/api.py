@@ -1,11 +1,21 @@
-"""compile(model, mask): a new model whose masked Conv2d / Linear layers run packed blocks,
-built by ``compile.build`` and checked by ``verify``."""
+"""sparsekit.compile(model, mask): a new model whose masked Conv2d / Linear layers run packed
+blocks, built from the dense masked reference (``masked_model``), with each layer's plan chosen
+on the inputs it really receives (``recording``, ``plan_choice``), then checked by ``verify``."""
 
+import copy
 import warnings
 
+import torch
 from torch import nn
+from tqdm import tqdm
 
-from .compile import as_input_tuple, build
+from . import masks as masks_lib
+from .errors import SparsekitError
+from .graph import conv_bn_pairs
+from .masked_model import dense_masked_copy, folded_weight, make_dense_masked
+from .plan_choice import choose_layer, competing_backends
+from .planners import STRUCTURES
+from .recording import as_input_tuple, record_inputs
 from .verify import verify as verify_model
 
 
@@ -32,12 +42,45 @@ def compile(  # noqa: A001 - the package's verb, as in torch.compile
     follow the cost model and nothing is verified (a warning says so). ``inplace=True`` modifies
     ``model`` itself instead of a copy; ``progress=True`` shows a progress bar over the layers.
     """
+    if not isinstance(model, nn.Module):
+        raise SparsekitError(f"model: expected an nn.Module, got {type(model).__name__}")
+    if model.training:
+        raise SparsekitError(
+            "model is in training mode: compile builds an inference model with eval semantics "
+            "(BatchNorm folded with its running statistics); call model.eval() first"
+        )
+    if structure not in STRUCTURES:
+        raise SparsekitError(f"structure: {structure!r} is not one of {', '.join(STRUCTURES)}")
     inputs = as_input_tuple(example_inputs)
     checked = verify and bool(inputs)
-    compiled, reference = build(
-        model, mask, inputs, structure=structure, backend=backend, inplace=inplace,
-        fold_bn=fold_bn, measure=measure, progress=progress, keep_reference=checked,
-    )
+    layer_masks = masks_lib.collect_masks(model, mask)
+    targets = [  # the masked layers, or every Conv2d / Linear when no mask is given
+        name for name, module in model.named_modules()
+        if isinstance(module, masks_lib.SPARSE_MODULES) and (not layer_masks or name in layer_masks)
+    ]
+
+    reference = dense_masked_copy(model, layer_masks)
+    if inplace:
+        make_dense_masked(model, layer_masks)
+        compiled = model
+    else:  # built on a copy of the reference, or on the reference itself when nothing checks it
+        compiled = copy.deepcopy(reference) if checked else reference
+    layer_inputs = record_inputs(reference, targets, inputs) if inputs and measure else {}
+    pairs = dict(conv_bn_pairs(reference)) if fold_bn else {}
+
+    device = next(iter(reference.parameters()), torch.empty(0)).device
+    backends = competing_backends(backend, device)
+    for name in tqdm(targets, desc="sparsekit.compile", unit="layer", disable=not progress):
+        module = compiled.get_submodule(name)
+        bn_name = pairs.get(name)
+        weight, bias = folded_weight(module, compiled.get_submodule(bn_name) if bn_name else None)
+        layer = choose_layer(module, weight, bias, structure, backends, layer_inputs.get(name), name)
+        layer.config["source"] = {"layer": name, "batchnorm": bn_name}
+        compiled.set_submodule(name, layer)
+        if bn_name:
+            compiled.set_submodule(bn_name, nn.Identity())
+    compiled.eval().requires_grad_(False)  # an inference model: the sparse ops have no gradient
+
     if checked:
         report = verify_model(compiled, reference, inputs, measure=measure)
         compiled.sparsekit_report = report

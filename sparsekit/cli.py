@@ -9,7 +9,8 @@ import torch
 from . import masks, saving, zoo
 from .api import compile
 from .errors import SparsekitError
-from .structure import STRUCTURES, global_magnitude_masks, refill_masks
+from .planners import STRUCTURES
+from .transforms import global_magnitude_masks, refill_masks
 
 
 def demo(args) -> int:

@@ -16,8 +16,8 @@ import torch
 
 from . import masks
 from .errors import SparsekitError
-from .structure import Block, cost
-from .structure import plan as plan_blocks
+from .planners import Block, cost
+from .planners import plan as plan_blocks
 
 INDEX_LIMIT = torch.iinfo(torch.int32).max
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from . import timing
-from .compile import run_recording
+from .recording import run_recording
 from .errors import SparsekitError
 from .nn import SparseConv2d, SparseLinear
 

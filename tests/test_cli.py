@@ -3,7 +3,7 @@ from safetensors.torch import save_file
 
 from sparsekit import zoo
 from sparsekit.cli import main
-from sparsekit.structure import global_magnitude_masks
+from sparsekit.transforms import global_magnitude_masks
 
 from .helpers import structured_masks
 

@@ -1,5 +1,4 @@
 import copy
-import importlib
 
 import pytest
 import torch
@@ -10,9 +9,7 @@ from torch.ao.pruning.sparsifier.utils import FakeSparsity
 from torch.nn.utils import parametrize
 
 import sparsekit
-from sparsekit import SparseConv2d, SparseLinear, SparsekitError, zoo
-
-compile_module = importlib.import_module("sparsekit.compile")  # the attribute is the function
+from sparsekit import SparseConv2d, SparseLinear, SparsekitError, plan_choice, zoo
 
 from .helpers import assert_model_close, dense_masked, structured_masks
 
@@ -135,8 +132,8 @@ def test_plan_choice_follows_measured_time(monkeypatch):
 
     def with_times(dense_time, packed_time):
         fake = lambda layer, *a, **k: dense_time if layer.is_dense else packed_time  # noqa: E731
-        monkeypatch.setattr(compile_module.timing, "median_seconds", fake)
-        return compile_module.choose_layer(conv, weight, None, "channel", ["cpu"], x, "conv")
+        monkeypatch.setattr(plan_choice.timing, "median_seconds", fake)
+        return plan_choice.choose_layer(conv, weight, None, "channel", ["cpu"], x, "conv")
 
     assert with_times(1.0, 0.5).backend == "cpu"
     assert with_times(1.0, 0.99).is_dense  # within the margin: not kept
@@ -149,14 +146,14 @@ def test_plan_choice_compares_backends(monkeypatch):
     weight = conv.weight.detach() * (torch.arange(32) < 4).view(-1, 1, 1, 1)  # whole channels
     x = torch.randn(1, 16, 8, 8)
     times = {"dense": 1.0, "cpu": 0.6, "torch": 0.4}
-    monkeypatch.setattr(compile_module.timing, "median_seconds", lambda layer, *a, **k: times[layer.backend])
-    chosen = compile_module.choose_layer(conv, weight, None, "channel", ["cpu", "torch"], x, "conv")
+    monkeypatch.setattr(plan_choice.timing, "median_seconds", lambda layer, *a, **k: times[layer.backend])
+    chosen = plan_choice.choose_layer(conv, weight, None, "channel", ["cpu", "torch"], x, "conv")
     assert chosen.backend == "torch"
     times["torch"] = 0.7
-    chosen = compile_module.choose_layer(conv, weight, None, "channel", ["cpu", "torch"], x, "conv")
+    chosen = plan_choice.choose_layer(conv, weight, None, "channel", ["cpu", "torch"], x, "conv")
     assert chosen.backend == "cpu"
     partial = conv.weight.detach() * (torch.rand_like(conv.weight) < 0.2)  # no whole kernels
-    chosen = compile_module.choose_layer(conv, partial, None, "group", ["torch"], x, "conv")
+    chosen = plan_choice.choose_layer(conv, partial, None, "group", ["torch"], x, "conv")
     assert chosen.is_dense  # no packed candidate: backend torch cannot run partial kernels
 
 

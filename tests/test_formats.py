@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 import sparsekit
 from sparsekit import SparsekitError, pack, unpack
-from sparsekit.structure import PLANNERS
+from sparsekit.planners import PLANNERS
 
 from .helpers import random_pattern
 

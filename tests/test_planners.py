@@ -7,14 +7,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sparsekit import SparsekitError
-from sparsekit.structure import PLANNERS, plan
+from sparsekit.planners import PLANNERS, plan
 
 from .helpers import random_pattern
 
 KINDS = ("random", "channel", "kernel", "blocks", "mixed")
-TICKET = Path(__file__).resolve().parents[2] / "shared" / "data" / (
-    "structure_lth_resnet18_cifar10_blocks.json"
-)
+TICKET = Path(__file__).parent / "data" / "structure_lth_resnet18_cifar10_blocks.json"
 
 
 def assert_exact_cover(block_plan, pattern: torch.Tensor, groups: int) -> None:
@@ -106,7 +104,6 @@ def test_group_plan_recovers_disjoint_dense_blocks():
     )
 
 
-@pytest.mark.skipif(not TICKET.exists(), reason="needs ../shared/data beside the checkout")
 def test_group_plan_on_the_structure_lth_ticket():
     """The paper's regrouped ResNet-18 ticket: the group planner finds blocks at least as dense
     and as few as the paper's own, and auto never prefers a plan the cost model ranks worse."""

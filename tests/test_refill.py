@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sparsekit import SparsekitError
-from sparsekit.structure import refill
+from sparsekit.transforms import refill
 
 
 @given(

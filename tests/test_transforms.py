@@ -10,7 +10,7 @@ from torch import nn
 
 import sparsekit
 from sparsekit import SparsekitError, zoo
-from sparsekit.structure import (
+from sparsekit.transforms import (
     STRBatchNorm2d, acceleration_rate, bn_channel_mask, convert_to_str_bn, imp, kernel_mask, regroup,
 )
 

@@ -25,8 +25,8 @@ import torch
 
 from ..errors import SparsekitError
 from ..masks import check_mask
-from .blocks import Block
-from .group import similarity_graph
+from ..planners import Block
+from ..planners.group import similarity_graph
 
 
 def _partition(pattern: torch.Tensor, parts: int, seed: int) -> list[torch.Tensor]:
