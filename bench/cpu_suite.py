@@ -21,11 +21,13 @@ import torch
 import torch.nn.functional as F
 
 import sparsekit
-from sparsekit import timing, zoo
+from sparsekit import backends, timing, zoo
 from sparsekit.transforms import global_magnitude_masks, refill_masks
 
-from .masks import conv_mask
+from .masks import conv_mask, flop_limit
 from .report import write_results
+
+CPU = torch.device("cpu")
 
 FULL_CONVS = [(256, 8, 64), (512, 4, 64), (256, 16, 16), (512, 16, 16)]  # (channels, size, batch)
 QUICK_CONVS = [(32, 4, 2)]
@@ -40,13 +42,13 @@ def conv_cases(shapes, quick: bool, gen):
                 weight = torch.randn(channels, channels, 3, 3, generator=gen)
                 weight *= conv_mask(structure, channels, sparsity, gen)
                 layer = sparsekit.SparseConv2d.from_weight(weight, padding=1, structure=structure)
-                twins = [layer, layer.with_backend("torch")] if layer.supports("torch") else [layer]
-                for twin in twins:
+                for backend in backends.auto(CPU, weight.dtype, layer.packed()):  # all auto would time
+                    twin = layer.with_backend(backend.name)
                     yield {
                         "kind": "conv3x3", "shape": [channels, channels, 3, 3], "input": list(x.shape),
                         "structure": structure, "sparsity": round(1 - weight.ne(0).float().mean().item(), 4),
                         "plan": layer.summary()["structure"], "backend": twin.backend,
-                        "blocks": layer.summary()["blocks"],
+                        "blocks": layer.summary()["blocks"], "flop_limit": weight.numel() / weight.count_nonzero().item(),
                     }, (lambda x=x, w=weight: F.conv2d(x, w, None, 1, 1)), (lambda x=x, l=twin: l(x)), None
 
 
@@ -63,23 +65,32 @@ def linear_cases(quick: bool, gen):
         "kind": "linear", "shape": [features, features], "input": list(x.shape), "structure": "group",
         "sparsity": round(1 - mask.float().mean().item(), 4), "plan": layer.summary()["structure"],
         "backend": layer.backend, "blocks": layer.summary()["blocks"], "bsr_block": block,
+        "flop_limit": weight.numel() / weight.count_nonzero().item(),
     }, (lambda: F.linear(x, weight)), (lambda: layer(x)), (lambda: F.linear(x, bsr))
 
 
 def model_cases(quick: bool, gen):
     """End to end: the dense model (its cost is the dense masked model's) against the compiled
-    one; plans are chosen by measurement except in quick mode (cost model)."""
+    one, whose BatchNorm statistics are calibrated under the masks so that its check against the
+    dense masked model can fail; plans are chosen by measurement except in quick mode (cost
+    model)."""
     for name, batch in ([("wrn32_2", 2)] if quick else [("vgg16_bn", 16), ("resnet18", 16)]):
         model = zoo.create(name).eval()
-        x = torch.randn(batch, *zoo.INPUT_SHAPES[name], generator=gen)
+        shape = zoo.INPUT_SHAPES[name]
+        x = torch.randn(batch, *shape, generator=gen)
         masks = refill_masks(model, global_magnitude_masks(model, 0.8))
+        zoo.calibrate_batchnorm(model, [torch.randn(8, *shape, generator=gen) for _ in range(2)], masks)
         compiled = sparsekit.compile(model, masks, x, measure=not quick)
-        layers = compiled.sparsekit_report.layers
+        report = compiled.sparsekit_report
+        if not report.discriminating:
+            raise AssertionError(f"{name}: the reference output hardly depends on the input: {report.spread}")
         kept = sum(m.sum().item() for m in masks.values()) / sum(m.numel() for m in masks.values())
         yield {
             "kind": "model", "shape": name, "input": list(x.shape), "structure": "refill (channels)",
-            "sparsity": round(1 - kept, 4), "plan": "per layer", "backend": "per layer", "blocks": sum(l.blocks for l in layers),
-            "slower_layers": [l.name for l in layers if l.speedup and l.speedup < 1],
+            "sparsity": round(1 - kept, 4), "plan": "per layer", "backend": "per layer",
+            "blocks": sum(l.blocks for l in report.layers),
+            "flop_limit": flop_limit(model, masks, x),
+            "slower_layers": [l.name for l in report.layers if l.speedup and l.speedup < 1],
         }, (lambda m=model, x=x: m(x)), (lambda c=compiled, x=x: c(x)), None
 
 
@@ -91,7 +102,7 @@ def run(quick: bool, seed: int = 0) -> list[dict]:
              model_cases(quick, gen))
     for record, dense, sparse, bsr in (case for group in cases for case in group):
         sides = {"dense_ms": dense, "sparse_ms": sparse} | ({"bsr_ms": bsr} if bsr else {})
-        record |= paired_ms(sides, min_run_time)
+        record |= timing.paired_ms(sides, min_run_time)
         record["speedup"] = record["dense_ms"] / record["sparse_ms"]
         if bsr is not None:
             record["speedup_vs_bsr"] = record["bsr_ms"] / record["sparse_ms"]
@@ -100,24 +111,15 @@ def run(quick: bool, seed: int = 0) -> list[dict]:
     return records
 
 
-def paired_ms(sides: dict, min_run_time: float, rounds: int = 3) -> dict:
-    """Each side's median in ms, taking the best of ``rounds`` medians measured in alternation,
-    so that a burst of other load on the machine cannot skew one side of a ratio."""
-    best = dict.fromkeys(sides, float("inf"))
-    for _ in range(rounds):
-        for key, fn in sides.items():
-            best[key] = min(best[key], 1e3 * timing.median_seconds(fn, min_run_time=min_run_time))
-    return best
-
-
 def _row(r: dict) -> str:
     bsr = f"{r['bsr_ms']:.2f}" if "bsr_ms" in r else ""
     return (f"| {r['kind']} | {r['shape']} | {r['input']} | {r['structure']} | {r['sparsity']:.2f} | "
-            f"{r['plan']} | {r['backend']} | {r['dense_ms']:.2f} | {r['sparse_ms']:.2f} | {bsr} | {r['speedup']:.2f}x |")
+            f"{r['plan']} | {r['backend']} | {r['dense_ms']:.2f} | {r['sparse_ms']:.2f} | {bsr} | {r['speedup']:.2f}x "
+            f"| {r['flop_limit']:.2f}x |")
 
 
 HEADER = ("| kind | shape | input | mask | sparsity | plan | backend | dense ms | sparsekit ms | torch BSR ms "
-          "| speedup |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| speedup | FLOP limit |\n" + "| --- " * 12 + "|")
 
 
 def environment(command: str) -> dict:

@@ -1,6 +1,7 @@
-"""Structured masks of known sparsity for the benchmark suites."""
+"""Structured masks of known sparsity for the benchmark suites, and the FLOP limit of a mask."""
 
 import torch
+from torch import nn
 
 
 def conv_mask(structure: str, channels: int, sparsity: float, gen) -> torch.Tensor:
@@ -20,3 +21,26 @@ def conv_mask(structure: str, channels: int, sparsity: float, gen) -> torch.Tens
             cols = (torch.rand(channels, 1, generator=gen) < keep).expand(channels, 9).flatten()
         mask[part[:, None], cols.nonzero().flatten()] = 1
     return mask.view(channels, channels, 3, 3)
+
+
+def flop_limit(model: nn.Module, masks: dict, x: torch.Tensor) -> float:
+    """Dense MACs / kept MACs of ``model``'s Conv2d and Linear layers on ``x``, the kept weights
+    being those of ``masks`` ({param name: 0/1}; unmasked layers keep their non-zeros): the most
+    any implementation that skips the pruned weights can gain."""
+    layers = {m: n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    positions = {}  # layer -> output positions (pixels times batch, or rows)
+
+    def count(layer, args, y):
+        positions[layer] = y.numel() // (y.shape[1] if isinstance(layer, nn.Conv2d) else y.shape[-1])
+
+    hooks = [layer.register_forward_hook(count) for layer in layers]
+    with torch.no_grad():
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    dense = kept = 0
+    for layer, n in positions.items():
+        mask = masks.get(f"{layers[layer]}.weight")
+        dense += layer.weight.numel() * n
+        kept += int((layer.weight if mask is None else layer.weight * mask).count_nonzero()) * n
+    return dense / kept

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.benchmark import Timer
 
 import sparsekit
+from sparsekit import timing
 
 DEFAULT_TICKET = Path(__file__).resolve().parents[1] / "tests/data/structure_lth_resnet18_cifar10_blocks.json"
 
@@ -28,11 +28,6 @@ def conv_geometry(name: str, kernel: int) -> tuple[int, int, int]:
     size = 32 >> (stage - 1)
     first_of_stage = stage > 1 and name.startswith(f"layer{stage}.0.") and not name.endswith("conv2")
     return (2 * size if first_of_stage else size), (2 if first_of_stage else 1), kernel // 2
-
-
-def median_ms(stmt: str, **names) -> float:
-    timer = Timer(stmt, globals=names, num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=0.3).median * 1e3
 
 
 def main() -> None:
@@ -55,10 +50,10 @@ def main() -> None:
         size, stride, padding = conv_geometry(name, kh)
         x = torch.randn(args.batch, cin, size, size)
         packed = sparsekit.pack(weight, structure=args.structure)
-        dense = median_ms("F.conv2d(x, w, None, s, p)", F=F, x=x, w=weight, s=stride, p=padding)
-        sparse = median_ms(
-            "ops.block_conv2d(x, w, None, s, p)", ops=sparsekit.ops, x=x, w=packed, s=stride, p=padding
-        )
+        dense, sparse = timing.paired_ms({
+            "dense": lambda: F.conv2d(x, weight, None, stride, padding),
+            "sparse": lambda: sparsekit.ops.block_conv2d(x, packed, None, stride, padding),
+        }, min_run_time=0.3, rounds=1).values()
         total_dense, total_sparse = total_dense + dense, total_sparse + sparse
         print(
             f"{name:<24}{str((out, cin, kh, kw)):<18}{mask.float().mean():>8.2f}{packed.num_blocks:>7}"

@@ -1,4 +1,4 @@
-// Torch entry points of the sparsekit ops; schemas and registrations live in bindings.cpp.
+// Torch entry points of the C++ kernels; registered in bindings.cpp (schemas: sparsekit/backends/schema.py).
 #pragma once
 
 #include <ATen/core/Tensor.h>

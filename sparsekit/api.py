@@ -3,6 +3,7 @@ blocks, built from the dense masked reference (``masked_model``), with each laye
 on the inputs it really receives (``recording``, ``plan_choice``), then checked by ``verify``."""
 
 import copy
+import sys
 import warnings
 
 import torch
@@ -10,7 +11,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import masks as masks_lib
-from .errors import SparsekitError
+from .errors import SparsekitError, SparsekitWarning
 from .graph import conv_bn_pairs
 from .masked_model import dense_masked_copy, folded_weight, make_dense_masked
 from .plan_choice import choose_layer, competing_backends
@@ -30,17 +31,21 @@ def compile(  # noqa: A001 - the package's verb, as in torch.compile
     verify: bool = True,
     fold_bn: bool = True,
     measure: bool = True,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> nn.Module:
     """A new module computing the dense masked model's eval forward with sparse layers.
 
     ``mask``: see ``masks.collect_masks`` (``None``: the model's live prune masks, else the zeros
     in its weights). ``example_inputs``: a tensor or tuple of positional inputs; with them the
-    plan of every layer (dense, or a packed ``structure`` on a ``backend``) is chosen by measured
-    latency (``measure=True``) and ``verify=True`` checks the result and attaches the report as
+    plan of every layer (dense, or a packed ``structure`` on a ``backend``) is first checked
+    against the dense layer on the input it receives (a candidate that differs or raises is
+    dropped with a warning), then chosen by measured latency (``measure=False``: by the cost
+    model); ``verify=True`` checks the result and attaches the report as
     ``compiled.sparsekit_report``, raising ``SparsekitError`` on a mismatch. Without them plans
-    follow the cost model and nothing is verified (a warning says so). ``inplace=True`` modifies
-    ``model`` itself instead of a copy; ``progress=True`` shows a progress bar over the layers.
+    follow the cost model and nothing is checked (a warning says so). ``backend``: ``"auto"``,
+    ``"dense"`` or a name of ``sparsekit.backends``. ``inplace=True`` modifies ``model`` itself
+    instead of a copy; ``progress`` shows a progress bar over the layers (default: when stderr
+    is a terminal).
     """
     if not isinstance(model, nn.Module):
         raise SparsekitError(f"model: expected an nn.Module, got {type(model).__name__}")
@@ -65,16 +70,19 @@ def compile(  # noqa: A001 - the package's verb, as in torch.compile
         compiled = model
     else:  # built on a copy of the reference, or on the reference itself when nothing checks it
         compiled = copy.deepcopy(reference) if checked else reference
-    layer_inputs = record_inputs(reference, targets, inputs) if inputs and measure else {}
+    layer_inputs = record_inputs(reference, targets, inputs) if inputs else {}
     pairs = dict(conv_bn_pairs(reference)) if fold_bn else {}
 
-    device = next(iter(reference.parameters()), torch.empty(0)).device
-    backends = competing_backends(backend, device)
+    parameter = next(iter(reference.parameters()), torch.empty(0))
+    competitors = competing_backends(backend, parameter.device, parameter.dtype)
+    if progress is None:
+        progress = sys.stderr.isatty()
     for name in tqdm(targets, desc="sparsekit.compile", unit="layer", disable=not progress):
         module = compiled.get_submodule(name)
         bn_name = pairs.get(name)
         weight, bias = folded_weight(module, compiled.get_submodule(bn_name) if bn_name else None)
-        layer = choose_layer(module, weight, bias, structure, backends, layer_inputs.get(name), name)
+        layer = choose_layer(module, weight, bias, structure, competitors, layer_inputs.get(name),
+                             name, measure=measure)
         layer.config["source"] = {"layer": name, "batchnorm": bn_name}
         compiled.set_submodule(name, layer)
         if bn_name:
@@ -89,6 +97,6 @@ def compile(  # noqa: A001 - the package's verb, as in torch.compile
         warnings.warn(
             "sparsekit.compile: no example_inputs, so plans follow the cost model and the "
             "compiled model was not verified",
-            stacklevel=2,
+            SparsekitWarning, stacklevel=2,
         )
     return compiled

@@ -6,26 +6,33 @@ from pathlib import Path
 
 import torch
 
-from . import masks, saving, zoo
+from . import masks, ops, saving, zoo
 from .api import compile
 from .errors import SparsekitError
 from .planners import STRUCTURES
 from .transforms import global_magnitude_masks, refill_masks
 
+BACKEND_CHOICES = ("auto", "dense", *ops.backend_names())
+
 
 def demo(args) -> int:
     torch.manual_seed(args.seed)
     model = zoo.create(args.model).eval()
-    x = torch.randn(args.batch, *zoo.INPUT_SHAPES[args.model])
+    shape = zoo.INPUT_SHAPES[args.model]
+    x = torch.randn(args.batch, *shape)
     unstructured = global_magnitude_masks(model, args.sparsity)  # Structure-LTH's IMP step
     layer_masks = refill_masks(model, unstructured) if args.transform == "refill" else unstructured
+    # BatchNorm statistics of the masked model, as retraining would leave them: without them the
+    # masked random model's output would hardly depend on its input
+    zoo.calibrate_batchnorm(model, [torch.randn(args.batch, *shape) for _ in range(2)], layer_masks)
     kept = lambda ms: sum(int(m.sum()) for m in ms.values()) / sum(m.numel() for m in ms.values())  # noqa: E731
     print(
         f"{args.model}: global L1 pruning of all convs but the first to {1 - kept(unstructured):.1%} "
         f"sparsity; after {args.transform}: {1 - kept(layer_masks):.1%} sparsity"
         + (", whole output channels" if args.transform == "refill" else "")
+        + "; BatchNorm statistics calibrated on random inputs under the masks"
     )
-    compiled = compile(model, layer_masks, x, structure=args.structure, progress=True)
+    compiled = compile(model, layer_masks, x, structure=args.structure, backend=args.backend, progress=True)
     print(compiled.sparsekit_report)
     if args.out:
         saving.save(compiled, args.out)
@@ -38,7 +45,7 @@ def compile_command(args) -> int:
     if args.weights:
         model.load_state_dict(masks._load_file(args.weights))
     x = torch.randn(args.batch, *zoo.INPUT_SHAPES[args.model])
-    compiled = compile(model, args.mask, x, structure=args.structure, progress=True)
+    compiled = compile(model, args.mask, x, structure=args.structure, backend=args.backend, progress=True)
     print(compiled.sparsekit_report)
     saving.save(compiled, args.out)
     print(f"saved to {args.out}")
@@ -72,6 +79,7 @@ def main(argv=None) -> int:
     d.add_argument("--sparsity", type=float, default=0.8)
     d.add_argument("--transform", default="refill", choices=["refill", "none"])
     d.add_argument("--structure", default="auto", choices=STRUCTURES)
+    d.add_argument("--backend", default="auto", choices=BACKEND_CHOICES)
     d.add_argument("--batch", type=int, default=16)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", type=Path, help="also save the compiled model here")
@@ -82,6 +90,7 @@ def main(argv=None) -> int:
     c.add_argument("--mask", required=True, type=Path, help=".pt or .safetensors file of masks")
     c.add_argument("--weights", type=Path, help=".pt or .safetensors state_dict of the model")
     c.add_argument("--structure", default="auto", choices=STRUCTURES)
+    c.add_argument("--backend", default="auto", choices=BACKEND_CHOICES)
     c.add_argument("--batch", type=int, default=16, help="batch of the example input")
     c.add_argument("--out", required=True, type=Path)
     c.set_defaults(run=compile_command)

@@ -1,4 +1,6 @@
-"""Output shapes of the ops, shared by every backend's fake (meta) implementation."""
+"""Output shapes and memory formats of the ops, shared by every backend and by their fakes."""
+
+import torch
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
@@ -18,14 +20,9 @@ def block_linear_shape(input_shape, out_features) -> list:
     return [*input_shape[:-1], out_features]
 
 
-def block_conv2d_fake(input, values, row_idx, col_idx, block_ptr, out_channels, kernel_size,
-                      stride, padding, dilation, groups, bias, relu):
-    """The fake (meta) implementation of every backend's ``block_conv2d`` op."""
-    return input.new_empty(
-        block_conv2d_shape(input.shape, out_channels, kernel_size, stride, padding, dilation)
-    )
-
-
-def block_linear_fake(input, values, row_idx, col_idx, block_ptr, out_features, bias, relu):
-    """The fake (meta) implementation of every backend's ``block_linear`` op."""
-    return input.new_empty(block_linear_shape(input.shape, out_features))
+def output_memory_format(input: torch.Tensor) -> torch.memory_format:
+    """The memory format of a conv's output: channels_last for an input that is channels_last
+    (and not also plainly contiguous, as a tensor with one channel or one pixel is), else
+    contiguous. Every backend and the fakes follow it, so a channels_last model stays so."""
+    channels_last = input.dim() == 4 and input.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if channels_last and not input.is_contiguous() else torch.contiguous_format

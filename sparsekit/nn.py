@@ -3,16 +3,20 @@
 A layer is built from its effective weight (masked, BatchNorm folded) with ``from_weight`` and
 is described by a JSON-able ``config`` from which an empty twin is made (``from_config``) for
 loading a state_dict. ``backend="dense"`` keeps the weight dense and calls ``F.conv2d`` /
-``F.linear``; any other backend (see ``ops``) packs it and calls the sparsekit ops.
+``F.linear``; any other backend (see ``sparsekit.backends``) packs it and calls the sparsekit
+ops. A packed layer keeps its backend's own layout of the pack (``Backend.prepack``) as a cache:
+built on first use, again after ``load_state_dict`` or moving the layer (``.to()``), and never
+part of the state_dict.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ops
+from . import backends, ops
 from .errors import SparsekitError
 from .formats import PackedWeight, pack
+from .geometry import output_memory_format
 
 PACKED_BUFFERS = ("values", "row_idx", "col_idx", "block_ptr")
 DTYPES = {str(d): d for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16)}
@@ -36,6 +40,8 @@ class _SparseLayer(nn.Module):
             self.register_buffer("block_ptr", torch.empty(3, sizes["blocks"] + 1, dtype=torch.int64))
         bias_shape = (weight_shape[0],) if config["bias"] else None
         self.register_buffer("bias", None if bias_shape is None else torch.empty(bias_shape, dtype=dtype))
+        self._prepacked = None
+        self.register_load_state_dict_post_hook(_forget_prepacked)
 
     @property
     def is_dense(self) -> bool:
@@ -51,13 +57,28 @@ class _SparseLayer(nn.Module):
             self.col_idx, self.block_ptr, self.config["structure"],
         )
 
+    def prepacked(self):
+        """The pack in this layer's backend's own layout (see the module doc)."""
+        if self._prepacked is not None:
+            return self._prepacked
+        packed = self.packed()
+        layout = packed if self.backend == "reference" else backends.get(self.backend).prepack(packed)
+        if not torch.compiler.is_compiling():  # a trace must not change the module
+            self._prepacked = layout
+        return layout
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        _forget_prepacked(self, None)  # the buffers are new tensors now
+        return self
+
     def supports(self, backend: str) -> bool:
         """Whether this layer's pack can run on ``backend`` (see ``ops.supports``)."""
         return not self.is_dense and ops.supports(self.packed(), backend)
 
     def with_backend(self, backend: str) -> "_SparseLayer":
         """A twin of this packed layer (same plan, copied buffers) that runs on ``backend``."""
-        if self.is_dense or backend not in ops.BACKENDS or backend == "auto":
+        if self.is_dense or backend not in ops.backend_names():
             raise SparsekitError(f"backend: a {self.backend!r} layer cannot move to {backend!r}")
         twin = from_config(self.config | {"backend": backend})
         twin.load_state_dict(self.state_dict())
@@ -68,7 +89,7 @@ class _SparseLayer(nn.Module):
         if not self.is_dense and not self.supports(self.backend):
             raise SparsekitError(
                 f"backend {self.backend!r} cannot run this {self.config['structure']!r} plan "
-                "(backend 'torch' takes blocks of whole kernels only: channel or kernel plans)"
+                f"({backends.get(self.backend).unsupported_reason})"
             )
         return self
 
@@ -81,6 +102,7 @@ class _SparseLayer(nn.Module):
                     getattr(self, name).copy_(getattr(packed, name))
             if bias is not None:
                 self.bias.copy_(bias)
+        _forget_prepacked(self, None)
         return self.check_backend()
 
     def summary(self) -> dict:
@@ -107,8 +129,8 @@ def _packed_config(weight, bias, structure, backend, groups, name):
     config = {"dtype": str(weight.dtype), "bias": bias is not None, "backend": backend}
     if backend == "dense":
         return config | {"structure": "dense"}, None
-    if backend not in ops.BACKENDS or backend == "auto":
-        raise SparsekitError(f"backend: {backend!r} is not dense or one of {', '.join(ops.BACKENDS[1:])}")
+    if backend not in ops.backend_names():
+        raise SparsekitError(f"backend: {backend!r} is not dense or one of {', '.join(ops.backend_names())}")
     packed = pack(weight, None, structure=structure, groups=groups, name=name)
     sizes = {
         "values": packed.values.numel(), "row_idx": packed.row_idx.numel(),
@@ -172,12 +194,14 @@ class SparseConv2d(_SparseLayer):
         c = self.config
         if self._pre_pad is not None:
             amounts, mode = self._pre_pad
-            x = F.pad(x, amounts, mode="constant" if mode == "zeros" else mode)
+            fmt = output_memory_format(x)  # circular padding would drop channels_last
+            x = F.pad(x, amounts, mode="constant" if mode == "zeros" else mode).contiguous(memory_format=fmt)
         if self.is_dense:
             y = F.conv2d(x, self.weight, self.bias, c["stride"], self._padding, c["dilation"], c["groups"])
             return F.relu(y) if c["relu"] else y
         return ops.block_conv2d(
-            x, self.packed(), self.bias, c["stride"], self._padding, c["dilation"], c["relu"], self.backend
+            x, self.packed(), self.bias, c["stride"], self._padding, c["dilation"], c["relu"],
+            self.backend, prepacked=self.prepacked(),
         )
 
 
@@ -207,7 +231,15 @@ class SparseLinear(_SparseLayer):
         if self.is_dense:
             y = F.linear(x, self.weight, self.bias)
             return F.relu(y) if self.config["relu"] else y
-        return ops.block_linear(x, self.packed(), self.bias, self.config["relu"], self.backend)
+        return ops.block_linear(
+            x, self.packed(), self.bias, self.config["relu"], self.backend, prepacked=self.prepacked()
+        )
+
+
+def _forget_prepacked(layer: _SparseLayer, incompatible_keys) -> None:
+    """Drops the layer's prepacked layout, rebuilt on next use from the new buffers (a
+    load_state_dict post-hook, also run after filling or moving the layer)."""
+    layer._prepacked = None
 
 
 LAYERS = {"SparseConv2d": SparseConv2d, "SparseLinear": SparseLinear}

@@ -1,16 +1,10 @@
-"""Ops: the Python entry to every sparsekit op, its reference and its backend dispatch.
+"""Ops: the Python entry to every sparsekit op, with argument checks and backend dispatch.
 
-``torch.ops.sparsekit.block_conv2d`` / ``block_linear`` take the packed tensors of a
+``torch.ops.sparsekit.<prefix>block_conv2d`` / ``block_linear`` take the packed tensors of a
 ``PackedWeight`` (see ``formats``); the functions here take the ``PackedWeight`` itself, check
-the arguments (raising ``SparsekitError``) and pick a backend:
-
-- ``"cpu"``: the C++ kernels of ``sparsekit._C`` (fp32, bf16, fp16 on CPU tensors);
-- ``"torch"``: each block as torch's dense conv / linear on any device, for packs whose blocks
-  hold whole kernels (channel- and kernel-wise plans; see ``torch_blocks``);
-- ``"triton"``: the Triton kernels of ``sparsekit.triton_kernels`` (CUDA tensors; CPU tensors
-  only under ``TRITON_INTERPRET=1``, for tests);
-- ``"reference"``: pure torch, fp32 accumulation, the definition the kernels are tested against;
-- ``"auto"``: the compiled kernel for the input's device.
+the arguments (raising ``SparsekitError``), pick the backend through the registry
+(``sparsekit.backends``: ``"auto"`` or a backend's name) and run its op. ``"reference"`` is pure
+torch with fp32 accumulation, the definition the kernels are tested against.
 """
 
 import math
@@ -18,29 +12,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import torch_blocks
+from . import backends
 from .errors import SparsekitError
 from .formats import PackedWeight
-from .geometry import block_conv2d_fake, block_linear_fake, conv_output_size
-from .tensor_memo import memoize
-
-try:
-    from . import _C  # noqa: F401  (registers torch.ops.sparsekit.*)
-
-    EXTENSION_ERROR = None
-except ImportError as error:  # a source checkout that was not built
-    EXTENSION_ERROR = error
-
-try:
-    from .triton_kernels import block_conv as _triton_ops  # noqa: F401  (registers triton_*)
-
-    TRITON_ERROR = None
-except ImportError as error:  # no triton installed
-    TRITON_ERROR = error
-
-BACKENDS = ("auto", "cpu", "torch", "triton", "reference")
-OP_PREFIX = {"cpu": "", "torch": "torch_", "triton": "triton_"}  # backend -> its ops' name prefix
-KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+from .geometry import conv_output_size, output_memory_format
 
 
 def pair(value, name: str, minimum: int = 0) -> tuple[int, int]:
@@ -51,8 +26,13 @@ def pair(value, name: str, minimum: int = 0) -> tuple[int, int]:
     return values
 
 
-def _check_args(input, weight, bias, backend: str, op: str) -> str:
-    """Checks shared by both ops; returns the backend to run."""
+def backend_names() -> tuple[str, ...]:
+    """Every backend a packed layer may run on."""
+    return (*backends.names(), "reference")
+
+
+def _check_args(input, weight, bias, backend: str, op: str, prepacked):
+    """Checks shared by both ops; returns the backend to run (None: the reference)."""
     if not isinstance(input, torch.Tensor):
         raise SparsekitError(f"{op}: input must be a tensor, got {type(input).__name__}")
     if not isinstance(weight, PackedWeight):
@@ -74,49 +54,17 @@ def _check_args(input, weight, bias, backend: str, op: str) -> str:
         raise SparsekitError(
             f"{op}: bias must be a [{weight.out_features}] tensor of the input's dtype and device"
         )
-    if backend not in BACKENDS:
-        raise SparsekitError(f"{op}: backend {backend!r} is not one of {', '.join(BACKENDS)}")
     if backend == "reference":
-        return backend
-    if backend == "torch":  # checked eagerly: the check reads the indices, which a trace cannot
-        if not torch.compiler.is_compiling() and not supports(weight, backend):
-            raise SparsekitError(
-                f"{op}: backend 'torch' runs blocks of whole kernels only, and this "
-                f"{weight.structure!r} pack has blocks with part of a kernel"
-            )
-        return backend
-    if backend == "auto":
-        backend = "cpu" if input.device.type == "cpu" else "triton"
-    if input.dtype not in KERNEL_DTYPES:
-        raise SparsekitError(f"{op}: backend {backend!r} takes {KERNEL_DTYPES}, not {input.dtype}")
-    if backend == "triton":
-        if TRITON_ERROR is not None:
-            raise SparsekitError(f"{op}: backend 'triton' needs triton ({TRITON_ERROR})")
-        if input.device.type != "cuda" and not _triton_ops.INTERPRETED:
-            raise SparsekitError(
-                f"{op}: backend 'triton' runs on CUDA tensors (on CPU ones only under "
-                f"TRITON_INTERPRET=1), not on {input.device.type}"
-            )
-        return backend
-    if input.device.type != "cpu":
-        raise SparsekitError(
-            f"{op}: backend 'cpu' takes CPU tensors, not {input.device.type} ones; "
-            "use backend='triton', 'torch' or 'reference'"
-        )
-    if EXTENSION_ERROR is not None:
-        raise SparsekitError(
-            f"{op}: the C++ extension sparsekit._C is not built ({EXTENSION_ERROR}); "
-            "install with `pip install --no-build-isolation -e .`"
-        )
-    return backend
+        return None
+    try:  # a prepacked layout comes from a layer, which checked its pack against its backend
+        return backends.resolve(backend, input.device, input.dtype, None if prepacked is not None else weight)
+    except SparsekitError as error:
+        raise SparsekitError(f"{op}: {error}") from None
 
 
 def supports(weight: PackedWeight, backend: str) -> bool:
     """Whether ``backend`` can run ``weight`` at all (devices and dtypes aside)."""
-    if backend != "torch":
-        return backend in BACKENDS
-    cols, ptr, area = weight.col_idx, weight.block_ptr, math.prod(weight.kernel_size)
-    return memoize("whole kernels", (cols, ptr), lambda: torch_blocks.whole_kernel_blocks(cols, ptr, area))
+    return backend == "reference" or backends.get(backend).supports(weight)
 
 
 def _conv_geometry(input, weight: PackedWeight, stride, padding, dilation):
@@ -148,18 +96,19 @@ def block_conv2d(
     dilation=1,
     relu: bool = False,
     backend: str = "auto",
+    *,
+    prepacked=None,
 ) -> torch.Tensor:
     """``F.conv2d(input, unpack(weight), bias, stride, padding, dilation, weight.groups)``
-    (then ReLU if ``relu``) computed over the packed blocks only. Output is NCHW contiguous."""
-    backend = _check_args(input, weight, bias, backend, "block_conv2d")
+    (then ReLU if ``relu``) computed over the packed blocks only, in the input's memory format
+    (channels_last stays channels_last). ``prepacked``: the backend's layout of ``weight``
+    (``Backend.prepack``), which layers keep; without it the op derives it on every call."""
+    chosen = _check_args(input, weight, bias, backend, "block_conv2d", prepacked)
     stride, padding, dilation, _ = _conv_geometry(input, weight, stride, padding, dilation)
-    if backend == "reference":
+    if chosen is None:
         return reference_block_conv2d(input, weight, bias, stride, padding, dilation, relu)
-    return getattr(torch.ops.sparsekit, f"{OP_PREFIX[backend]}block_conv2d")(
-        input, weight.values, weight.row_idx, weight.col_idx, weight.block_ptr,
-        weight.out_features, list(weight.kernel_size), list(stride), list(padding),
-        list(dilation), weight.groups, bias, relu,
-    )
+    layout = chosen.prepack(weight) if prepacked is None else prepacked
+    return chosen.block_conv2d(input, layout, bias, stride, padding, dilation, relu)
 
 
 def block_linear(
@@ -168,21 +117,21 @@ def block_linear(
     bias: torch.Tensor | None = None,
     relu: bool = False,
     backend: str = "auto",
+    *,
+    prepacked=None,
 ) -> torch.Tensor:
     """``F.linear(input, unpack(weight), bias)`` (then ReLU if ``relu``) over the packed blocks,
-    for any leading batch dimensions."""
-    backend = _check_args(input, weight, bias, backend, "block_linear")
+    for any leading batch dimensions; ``prepacked`` as for ``block_conv2d``."""
+    chosen = _check_args(input, weight, bias, backend, "block_linear", prepacked)
     if input.dim() == 0 or input.shape[-1] != weight.in_features:
         raise SparsekitError(
             f"block_linear: input shape {tuple(input.shape)} does not end in the weight's "
             f"{weight.in_features} features"
         )
-    if backend == "reference":
+    if chosen is None:
         return reference_block_linear(input, weight, bias, relu)
-    return getattr(torch.ops.sparsekit, f"{OP_PREFIX[backend]}block_linear")(
-        input, weight.values, weight.row_idx, weight.col_idx, weight.block_ptr,
-        weight.out_features, bias, relu,
-    )
+    layout = chosen.prepack(weight) if prepacked is None else prepacked
+    return chosen.block_linear(input, layout, bias, relu)
 
 
 def _accumulate_blocks(columns: torch.Tensor, weight: PackedWeight, acc: torch.Tensor) -> None:
@@ -209,7 +158,8 @@ def reference_block_conv2d(
     columns = F.unfold(input.to(acc_dtype), weight.kernel_size, dilation, padding, stride)
     acc = torch.zeros(n, weight.out_features, oh * ow, dtype=acc_dtype, device=input.device)
     _accumulate_blocks(columns, weight, acc)
-    return _epilogue(acc, bias, relu).reshape(n, weight.out_features, oh, ow).to(input.dtype)
+    out = _epilogue(acc, bias, relu).reshape(n, weight.out_features, oh, ow).to(input.dtype)
+    return out.contiguous(memory_format=output_memory_format(input))
 
 
 def reference_block_linear(input, weight: PackedWeight, bias=None, relu=False) -> torch.Tensor:
@@ -226,21 +176,3 @@ def _epilogue(acc: torch.Tensor, bias, relu: bool) -> torch.Tensor:
     if bias is not None:
         acc += bias.to(acc.dtype)[:, None]
     return acc.relu_() if relu else acc
-
-
-if EXTENSION_ERROR is None:
-
-    torch.library.register_fake("sparsekit::block_conv2d")(block_conv2d_fake)
-    torch.library.register_fake("sparsekit::block_linear")(block_linear_fake)
-
-
-def _no_gradient(ctx, grad):
-    raise SparsekitError("sparsekit ops are for inference and have no gradient")
-
-
-for _prefix in OP_PREFIX.values():
-    for _op in (f"{_prefix}block_conv2d", f"{_prefix}block_linear"):
-        if hasattr(torch.ops.sparsekit, _op):  # not built or not installed: nothing to register
-            torch.library.register_autograd(
-                f"sparsekit::{_op}", _no_gradient, setup_context=lambda ctx, inputs, output: None
-            )

@@ -1,33 +1,38 @@
-"""Each layer's plan: dense, or a packed plan on a backend, chosen by measured latency.
+"""Each layer's plan: dense, or a packed plan on a backend, checked then chosen by latency.
 
 Candidates are every planner's plan (or the one asked for) on every competing backend that
-supports it. With the layer's real input they are timed against the dense layer and the fastest
-is kept if it beats dense by ``KEEP_MARGIN``; without one the cost model ranks them.
+supports it. With the layer's real input each candidate first runs on it and is compared with
+the dense layer: one that differs or raises is dropped with a warning naming layer, plan and
+backend, so a wrong kernel costs speed, never correctness. The survivors are timed against the
+dense layer and the fastest is kept if it beats dense by ``KEEP_MARGIN`` (``measure=False``, or
+no input: the cost model ranks them and a plan is kept if its estimated cost is below dense).
 """
+
+import warnings
 
 import torch
 from torch import nn
 
-from . import ops, timing
-from .errors import SparsekitError
+from . import backends, timing, tolerance
+from .backends import Backend
+from .errors import SparsekitWarning
 from .nn import SparseConv2d, SparseLinear
 from .planners import PLANNERS
 
 PACKED_STRUCTURES = tuple(s for s in PLANNERS if s != "dense")
-CHOICES = ("auto", "cpu", "torch", "triton", "reference", "dense")
 MIN_RUN_TIME = 0.1  # seconds of timing per candidate plan of a layer
 KEEP_MARGIN = 0.97  # a packed layer must beat dense by 3%, so timing noise cannot make it slower
 
 
-def competing_backends(backend: str, device: torch.device) -> list[str]:
-    """The backends whose packed plans compete with dense."""
+def competing_backends(backend: str, device: torch.device, dtype: torch.dtype) -> list[Backend]:
+    """The backends whose packed plans compete with dense: every one ``auto`` may pick for the
+    model's device and dtype, the one named (SparsekitError if it cannot run there), or none for
+    ``"dense"``."""
+    if backend == "dense":
+        return []
     if backend == "auto":
-        if device.type == "cpu":
-            return ["cpu", "torch"]
-        return ["torch"] if ops.TRITON_ERROR is not None else ["triton", "torch"]
-    if backend not in CHOICES:
-        raise SparsekitError(f"backend: {backend!r} is not one of {', '.join(CHOICES)}")
-    return [] if backend == "dense" else [backend]
+        return backends.auto(device, dtype)
+    return [backends.resolve(backend, device, dtype)]
 
 
 def _build(module, weight, bias, structure, backend, name):
@@ -40,16 +45,58 @@ def _build(module, weight, bias, structure, backend, name):
     return SparseLinear.from_weight(weight, bias, structure=structure, backend=backend, name=name)
 
 
-def choose_layer(module, weight, bias, structure, backends, layer_input, name):
-    """The fastest of dense and the packed plans on ``backends`` (each plan on the backends that
-    support it): measured on ``layer_input`` when given (a packed plan must beat dense by
-    ``KEEP_MARGIN``), else the packed plan of lowest estimated cost if it beats dense (cost < 1)."""
+def _problem(candidate, layer_input, expected) -> str | None:
+    """What is wrong with ``candidate`` on the layer's real input, where the dense layer gives
+    ``expected`` (None: nothing)."""
+    try:
+        with torch.inference_mode():
+            actual = candidate(layer_input)
+    except Exception as error:  # noqa: BLE001 - a failing backend costs speed, never correctness
+        return f"raised {type(error).__name__}: {error}"
+    error, limit = tolerance.max_error(actual, expected), tolerance.bound(expected)
+    return None if error <= limit else f"differs from the dense layer (max error {error:.3e} > {limit:.3e})"
+
+
+def _checked(candidates, layer_input, expected, name) -> tuple[list, list[str]]:
+    """(the candidates that reproduce the dense layer, what was dropped and why); each dropped
+    one is also a warning."""
+    kept, dropped = [], []
+    for candidate in candidates:
+        problem = _problem(candidate, layer_input, expected)
+        if problem is None:
+            kept.append(candidate)
+            continue
+        what = f"{candidate.config['structure']!r} plan on backend {candidate.backend!r}"
+        warnings.warn(f"sparsekit.compile: layer {name!r}: the {what} {problem}; dropped",
+                      SparsekitWarning, stacklevel=4)
+        dropped.append(f"{what}: {problem}")
+    return kept, dropped
+
+
+def choose_layer(module, weight, bias, structure, competitors, layer_input, name, *, measure=True):
+    """The layer to use for ``module`` (see the module doc): ``weight`` and ``bias`` are its
+    effective (masked, BatchNorm-folded) parameters, ``competitors`` the backends whose plans
+    compete, ``layer_input`` the input it receives on the example inputs (or None)."""
     dense = _build(module, weight, bias, "dense", "dense", name)
-    if structure == "dense" or not backends:
+    if structure == "dense" or not competitors:
         return dense
     structures = PACKED_STRUCTURES if structure == "auto" else (structure,)
     plans = [_build(module, weight, bias, s, "reference", name) for s in structures]
-    candidates = [p.with_backend(b) for b in backends for p in plans if p.supports(b)]
+    candidates = [p.with_backend(b.name) for b in competitors for p in plans if b.supports(p.packed())]
+    dropped = []
+    if layer_input is not None:
+        with torch.inference_mode():
+            expected = dense(layer_input)
+        candidates, dropped = _checked(candidates, layer_input, expected, name)
+    chosen = _fastest(dense, candidates, layer_input if measure else None)
+    if dropped:
+        chosen.config["dropped"] = dropped
+    return chosen
+
+
+def _fastest(dense, candidates, layer_input):
+    """The fastest of ``dense`` and the ``candidates`` on ``layer_input`` (None: by the cost
+    model); a candidate must beat dense by ``KEEP_MARGIN``."""
     if not candidates:
         return dense
     if layer_input is None:

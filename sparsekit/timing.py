@@ -1,15 +1,42 @@
-"""Latency measurement: warm-up, repeats, median, on all of torch's threads (synchronised on GPU)."""
+"""The one timing helper: warm-up, repeats, median, without autograd, synchronised on GPU.
+
+On CPU ``torch.utils.benchmark`` times on all of torch's threads; on CUDA
+``triton.testing.do_bench`` (CUDA events) gives the median when triton is installed. compile(),
+verify() and the bench suites time through it; ``paired_ms`` times several sides of one ratio in
+alternation, so that a burst of load on the machine cannot skew one side.
+"""
 
 import torch
 from torch.utils.benchmark import Timer
 
 
-def median_seconds(fn, *args, min_run_time: float = 0.05) -> float:
-    """Median wall time of ``fn(*args)`` after one warm-up call, without autograd (no_grad:
-    inference_mode would refuse ops such as torch's sparse BSR matmul)."""
+def _device_of(args) -> str:
+    return "cuda" if any(isinstance(a, torch.Tensor) and a.is_cuda for a in args) else "cpu"
+
+
+def median_seconds(fn, *args, min_run_time: float = 0.05, device: str | None = None) -> float:
+    """Median wall time of ``fn(*args)`` after a warm-up, under no_grad (inference_mode would
+    refuse ops such as torch's sparse BSR matmul). ``device``: where it runs, ``"cpu"`` or
+    ``"cuda"`` (default: CUDA when a tensor argument is on a GPU)."""
     with torch.no_grad():
         fn(*args)
-        timer = Timer(
-            "fn(*args)", globals={"fn": fn, "args": args}, num_threads=torch.get_num_threads()
-        )
+        if (device or _device_of(args)) == "cuda":
+            try:
+                from triton.testing import do_bench
+            except ImportError:  # torch's Timer synchronises CUDA itself
+                pass
+            else:
+                rep_ms = max(1.0, 1e3 * min_run_time)
+                return do_bench(lambda: fn(*args), warmup=25, rep=rep_ms, return_mode="median") / 1e3
+        timer = Timer("fn(*args)", globals={"fn": fn, "args": args}, num_threads=torch.get_num_threads())
         return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def paired_ms(sides: dict, min_run_time: float, rounds: int = 3, device: str = "cpu") -> dict:
+    """Each side's median in ms (``sides``: name -> function of no argument), the best of
+    ``rounds`` medians measured in alternation with the other sides."""
+    best = dict.fromkeys(sides, float("inf"))
+    for _ in range(rounds):
+        for key, fn in sides.items():
+            best[key] = min(best[key], 1e3 * median_seconds(fn, min_run_time=min_run_time, device=device))
+    return best

@@ -3,28 +3,27 @@
 Per sparse layer: the reference's input to that layer is fed to the compiled layer and its
 output compared with the reference's (the BatchNorm's output where one was folded in); dense
 latency is the reference's conv (+ BatchNorm) on that input, sparse latency the compiled layer's.
-End to end: both models on the example inputs. Errors are held to ``atol + rtol * max|ref|``
-with (atol, rtol) from ``TOLERANCES`` by dtype.
+End to end: both models on the example inputs. Errors are held to the bounds of ``tolerance``
+(``atol + rtol * max|ref|`` by precision). The report also gives the spread of the reference's
+output across the batch: a spread that is not far above the bound means the output barely
+depends on the input, so the comparison cannot tell a wrong kernel from a right one (a warning
+says so).
 """
 
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from . import timing
-from .recording import run_recording
-from .errors import SparsekitError
+from . import timing, tolerance
+from .errors import SparsekitError, SparsekitWarning
+from .geometry import output_memory_format
 from .nn import SparseConv2d, SparseLinear
+from .recording import run_recording
 
 MIN_RUN_TIME = 0.2  # seconds of timing per layer and side (the model: four times that)
-TOLERANCES = {  # (atol, rtol) of max |compiled - reference|, relative to max |reference|
-    torch.float32: (1e-5, 1e-4),
-    torch.float64: (1e-10, 1e-9),
-    torch.bfloat16: (1e-2, 3e-2),
-    torch.float16: (1e-3, 5e-3),
-}
 
 
 @dataclass
@@ -63,10 +62,18 @@ class Report:
     dtype: str
     threads: int
     input_shapes: list = field(default_factory=list)
+    memory_format: str = "contiguous"  # of the first input (channels_last stays so throughout)
+    spread: float | None = None  # of the reference's output across the batch (tolerance.batch_spread)
 
     @property
     def ok(self) -> bool:
         return self.max_error <= self.bound and all(layer.ok for layer in self.layers)
+
+    @property
+    def discriminating(self) -> bool:
+        """Whether the reference's output spreads across the batch far above the bound, so that
+        the end-to-end comparison can fail (False for a batch of one)."""
+        return self.spread is not None and self.spread >= tolerance.MIN_SPREAD * self.bound
 
     @property
     def speedup(self) -> float | None:
@@ -112,7 +119,8 @@ class Report:
             c.ljust(w) if i in (0, 1, 2, 3, 12) else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
         ).rstrip()
         head = (f"sparsekit report: {self.device}, {self.dtype}, {self.threads} threads, inputs "
-                f"{self.input_shapes}; {'ok' if self.ok else 'MISMATCH'} (bound {self.bound:.1e})")
+                f"{self.input_shapes} ({self.memory_format}); {'ok' if self.ok else 'MISMATCH'} "
+                f"(bound {self.bound:.1e})")
         return "\n".join([head, line(columns), *map(line, rows[:-1]), line(rows[-1])])
 
 
@@ -122,17 +130,6 @@ def _ms(seconds_ms):
 
 def _x(ratio):
     return "" if ratio is None else f"{ratio:.2f}x"
-
-
-def _bound(reference: torch.Tensor) -> float:
-    atol, rtol = TOLERANCES.get(reference.dtype, TOLERANCES[torch.float32])
-    return atol + rtol * reference.abs().max().item() if reference.numel() else atol
-
-
-def _max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    if actual.shape != expected.shape:
-        return math.inf
-    return (actual.double() - expected.double()).abs().max().item() if actual.numel() else 0.0
 
 
 def verify(compiled, reference, example_inputs, *, measure: bool = True) -> Report:
@@ -173,8 +170,8 @@ def verify(compiled, reference, example_inputs, *, measure: bool = True) -> Repo
             name=name, kind=type(layer).__name__.removeprefix("Sparse"), structure=s["structure"],
             backend=layer.backend, blocks=s["blocks"], density=s["density"],
             flops_ratio=s["flops_ratio"], macs=math.prod(layer.weight_shape) * positions,
-            max_error=_max_error(actual, expected), bound=_bound(expected),
-            note="all weights pruned: outputs its bias" if s["nnz"] == 0 else "",
+            max_error=tolerance.max_error(actual, expected), bound=tolerance.bound(expected),
+            note="; ".join(_notes(layer, s)),
         )
         if measure:
             dense = [reference.get_submodule(source["layer"])]
@@ -186,14 +183,28 @@ def verify(compiled, reference, example_inputs, *, measure: bool = True) -> Repo
 
     first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else out
     result = Report(
-        layers=layers, max_error=_max_error(out, ref_out), bound=_bound(ref_out),
+        layers=layers, max_error=tolerance.max_error(out, ref_out), bound=tolerance.bound(ref_out),
         dense_ms=_model_ms(reference, inputs) if measure else None,
         sparse_ms=_model_ms(compiled, inputs) if measure else None,
         device=_device_name(first.device), dtype=str(out.dtype).removeprefix("torch."),
         threads=torch.get_num_threads(),
         input_shapes=[list(x.shape) for x in inputs if isinstance(x, torch.Tensor)],
+        memory_format="channels_last" if output_memory_format(first) == torch.channels_last else "contiguous",
+        spread=tolerance.batch_spread(ref_out),
     )
+    if result.spread is not None and not result.discriminating:
+        warnings.warn(
+            f"verify: the reference's output barely depends on the input (spread across the batch "
+            f"{result.spread:.2e}, bound {result.bound:.2e}): the end-to-end check cannot tell a "
+            "wrong kernel from a right one",
+            SparsekitWarning, stacklevel=2,
+        )
     return result
+
+
+def _notes(layer, summary: dict) -> list[str]:
+    notes = ["all weights pruned: outputs its bias"] if summary["nnz"] == 0 else []
+    return notes + [f"dropped {d}" for d in layer.config.get("dropped", [])]
 
 
 def _model_ms(model, inputs) -> float:

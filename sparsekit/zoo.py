@@ -4,12 +4,21 @@
 ``(C, H, W)`` it takes. CIFAR models (32x32, 10 classes): ``resnet18`` (module names as in
 Structure-LTH: ``layer3.0.conv1``, ``layer2.0.downsample.0``), ``vgg16_bn``, ``wrn32_2`` and
 ``mobilenet_v1``; ImageNet (224x224, 1000 classes): ``resnet50``.
+
+``calibrate_batchnorm(model, batches)`` gives a model the BatchNorm statistics training would:
+a freshly initialised model, once masked, otherwise passes on activations that all but vanish
+in its deep layers, and its output hardly depends on its input.
 """
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .errors import SparsekitError
+from .masked_model import dense_masked_copy
+from .masks import collect_masks
+
+STATISTICS = ("running_mean", "running_var", "num_batches_tracked")  # a BatchNorm's buffers
 
 
 def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1):
@@ -160,3 +169,27 @@ def create(name: str, **kwargs) -> nn.Module:
     if name not in MODELS:
         raise SparsekitError(f"model: {name!r} is not one of {', '.join(MODELS)}")
     return MODELS[name](**kwargs)
+
+
+def calibrate_batchnorm(model: nn.Module, batches, masks=None) -> nn.Module:
+    """Sets every BatchNorm's running mean and variance, in place, to the averages of what it
+    sees over ``batches`` (input tensors, or tuples of positional inputs); with ``masks`` (any
+    form ``sparsekit.compile`` takes), what it sees in the masked model, the model's weights
+    left as they are. Returns the model in eval mode."""
+    target = model if masks is None else dense_masked_copy(model, collect_masks(model, masks))
+    norms = [m for m in target.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    target.eval()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the batches
+        norm.train()
+    with torch.no_grad():
+        for batch in batches:
+            target(*(batch if isinstance(batch, tuple) else (batch,)))
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    if target is not model:
+        statistics = {k: v for k, v in target.state_dict().items() if k.rpartition(".")[2] in STATISTICS}
+        model.load_state_dict(statistics, strict=False)
+    return model.eval()

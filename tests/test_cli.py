@@ -5,7 +5,7 @@ from sparsekit import zoo
 from sparsekit.cli import main
 from sparsekit.transforms import global_magnitude_masks
 
-from .helpers import structured_masks
+from .helpers import calibrated_zoo_model
 
 
 def test_structure_lth_pruning_reaches_the_sparsity_and_spares_the_first_conv():
@@ -26,9 +26,11 @@ def test_demo_compiles_verifies_and_saves(capsys, tmp_path):
 
 
 def test_compile_command_and_errors(capsys, tmp_path):
-    masks = {k: m.float() for k, m in structured_masks(zoo.create("resnet18")).items()}
-    save_file(masks, str(tmp_path / "masks.safetensors"))
-    args = ["compile", "resnet18", "--mask", str(tmp_path / "masks.safetensors"), "--batch", "2"]
+    model, masks = calibrated_zoo_model("resnet18")
+    save_file({k: m.float() for k, m in masks.items()}, str(tmp_path / "masks.safetensors"))
+    save_file(model.state_dict(), str(tmp_path / "weights.safetensors"))
+    args = ["compile", "resnet18", "--mask", str(tmp_path / "masks.safetensors"), "--batch", "2",
+            "--weights", str(tmp_path / "weights.safetensors")]
     assert main([*args, "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "model.safetensors").exists()
     assert main(["inspect", str(tmp_path / "nowhere")]) == 2

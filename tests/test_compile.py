@@ -1,4 +1,5 @@
 import copy
+import functools
 
 import pytest
 import torch
@@ -9,20 +10,26 @@ from torch.ao.pruning.sparsifier.utils import FakeSparsity
 from torch.nn.utils import parametrize
 
 import sparsekit
-from sparsekit import SparseConv2d, SparseLinear, SparsekitError, plan_choice, zoo
+from sparsekit import SparseConv2d, SparseLinear, SparsekitError, backends, plan_choice, zoo
+from sparsekit.backends import Backend
+from sparsekit.errors import SparsekitWarning
 
-from .helpers import assert_model_close, dense_masked, structured_masks
+from .helpers import assert_model_close, calibrated_zoo_model, dense_masked, structured_masks
 
 SOURCES = ["param_dict", "module_dict", "nested_dict", "prune_hooks", "prune_state_dict",
            "ao_parametrizations", "zeros", "safetensors_file", "pt_file"]
 STRUCTURES = ["channel", "kernel", "group", "auto"]
 
 
+@functools.cache
+def calibrated(name: str):
+    torch.manual_seed(0)
+    return calibrated_zoo_model(name, batch=4 if name == "resnet50" else 8)
+
+
 def model_and_mask(name: str, source: str, tmp_path):
     """(model to compile, mask argument, reference model) for one mask source."""
-    torch.manual_seed(0)
-    model = zoo.create(name).eval()
-    masks = structured_masks(model)
+    model, masks = copy.deepcopy(calibrated(name))
     reference = dense_masked(model, masks)
     modules = {key.rpartition(".")[0]: m for key, m in masks.items()}
     if source == "param_dict":
@@ -57,7 +64,7 @@ def model_and_mask(name: str, source: str, tmp_path):
 def test_zoo_models_compile_exactly(name, source, structure, tmp_path):
     model, mask, reference = model_and_mask(name, source, tmp_path)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    x = torch.randn(1 if name == "resnet50" else 2, *zoo.INPUT_SHAPES[name])
+    x = torch.randn(2, *zoo.INPUT_SHAPES[name])
     compiled = sparsekit.compile(model, mask, x, structure=structure, measure=False)
 
     assert_model_close(compiled(x), reference(x))
@@ -72,16 +79,16 @@ def test_zoo_models_compile_exactly(name, source, structure, tmp_path):
 
 
 def test_batchnorm_is_folded_and_identity_left():
-    model = zoo.create("resnet18").eval()
-    for m in model.modules():  # non-trivial statistics
+    model, masks = copy.deepcopy(calibrated("resnet18"))
+    for m in model.modules():  # affine parameters of their own, beside calibrated statistics
         if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 2), m.bias.data.uniform_(-0.5, 0.5)
     x = torch.randn(2, 3, 32, 32)
-    compiled = sparsekit.compile(model, structured_masks(model), x, measure=False)
+    compiled = sparsekit.compile(model, masks, x, measure=False)
     assert isinstance(compiled.layer1[0].bn1, nn.Identity)
     assert compiled.layer1[0].conv1.config["source"] == {"layer": "layer1.0.conv1", "batchnorm": "layer1.0.bn1"}
-    assert_model_close(compiled(x), dense_masked(model, structured_masks(model))(x))
-    unfolded = sparsekit.compile(model, structured_masks(model), x, measure=False, fold_bn=False)
+    assert_model_close(compiled(x), dense_masked(model, masks)(x))
+    unfolded = sparsekit.compile(model, masks, x, measure=False, fold_bn=False)
     assert isinstance(unfolded.layer1[0].bn1, nn.BatchNorm2d)
 
 
@@ -93,6 +100,7 @@ def test_freshly_pruned_model_is_left_working():
         pruning_method=prune.L1Unstructured, amount=0.7,
     )
     assert not model.layer1[0].conv1.weight.is_leaf
+    zoo.calibrate_batchnorm(model, [torch.randn(8, 3, 32, 32) for _ in range(2)])  # under its hooks
     x = torch.randn(2, 3, 32, 32)
     expected = model(x)
     compiled = sparsekit.compile(model, None, x, measure=False)
@@ -133,7 +141,7 @@ def test_plan_choice_follows_measured_time(monkeypatch):
     def with_times(dense_time, packed_time):
         fake = lambda layer, *a, **k: dense_time if layer.is_dense else packed_time  # noqa: E731
         monkeypatch.setattr(plan_choice.timing, "median_seconds", fake)
-        return plan_choice.choose_layer(conv, weight, None, "channel", ["cpu"], x, "conv")
+        return plan_choice.choose_layer(conv, weight, None, "channel", [backends.get("cpu")], x, "conv")
 
     assert with_times(1.0, 0.5).backend == "cpu"
     assert with_times(1.0, 0.99).is_dense  # within the margin: not kept
@@ -147,22 +155,23 @@ def test_plan_choice_compares_backends(monkeypatch):
     x = torch.randn(1, 16, 8, 8)
     times = {"dense": 1.0, "cpu": 0.6, "torch": 0.4}
     monkeypatch.setattr(plan_choice.timing, "median_seconds", lambda layer, *a, **k: times[layer.backend])
-    chosen = plan_choice.choose_layer(conv, weight, None, "channel", ["cpu", "torch"], x, "conv")
+    both = [backends.get("cpu"), backends.get("torch")]
+    chosen = plan_choice.choose_layer(conv, weight, None, "channel", both, x, "conv")
     assert chosen.backend == "torch"
     times["torch"] = 0.7
-    chosen = plan_choice.choose_layer(conv, weight, None, "channel", ["cpu", "torch"], x, "conv")
+    chosen = plan_choice.choose_layer(conv, weight, None, "channel", both, x, "conv")
     assert chosen.backend == "cpu"
     partial = conv.weight.detach() * (torch.rand_like(conv.weight) < 0.2)  # no whole kernels
-    chosen = plan_choice.choose_layer(conv, partial, None, "group", ["torch"], x, "conv")
+    chosen = plan_choice.choose_layer(conv, partial, None, "group", both[1:], x, "conv")
     assert chosen.is_dense  # no packed candidate: backend torch cannot run partial kernels
 
 
 def test_measured_compile_is_never_slower_than_its_dense_plan_by_construction():
-    model = zoo.create("vgg16_bn").eval()
+    model, masks = calibrated("vgg16_bn")
     x = torch.randn(4, 3, 32, 32)
-    compiled = sparsekit.compile(model, structured_masks(model), x)
+    compiled = sparsekit.compile(model, masks, x)
     report = compiled.sparsekit_report
-    assert report.ok and report.dense_ms > 0 and report.sparse_ms > 0
+    assert report.ok and report.discriminating and report.dense_ms > 0 and report.sparse_ms > 0
     assert all(l.dense_ms > 0 and l.sparse_ms > 0 for l in report.layers)
     text = str(report)
     assert "end to end" in text and "features.3" in text
@@ -170,8 +179,7 @@ def test_measured_compile_is_never_slower_than_its_dense_plan_by_construction():
 
 
 def test_inplace_replaces_layers_in_the_given_model():
-    model = zoo.create("wrn32_2").eval()
-    masks = structured_masks(model)
+    model, masks = copy.deepcopy(calibrated("wrn32_2"))
     reference = dense_masked(model, masks)
     x = torch.randn(2, 3, 32, 32)
     compiled = sparsekit.compile(model, masks, x, inplace=True, measure=False)
@@ -180,18 +188,18 @@ def test_inplace_replaces_layers_in_the_given_model():
 
 
 def test_without_example_inputs_the_cost_model_decides_and_it_warns():
-    model = zoo.create("resnet18").eval()
-    with pytest.warns(UserWarning, match="not verified"):
-        compiled = sparsekit.compile(model, structured_masks(model))
+    model, masks = calibrated("resnet18")
+    with pytest.warns(SparsekitWarning, match="not verified"):
+        compiled = sparsekit.compile(model, masks)
     assert any(isinstance(m, SparseConv2d) and not m.is_dense for m in compiled.modules())
     x = torch.randn(2, 3, 32, 32)
-    assert_model_close(compiled(x), dense_masked(model, structured_masks(model))(x))
+    assert_model_close(compiled(x), dense_masked(model, masks)(x))
 
 
 def test_torch_compile_and_export_trace_a_compiled_model():
-    model = zoo.create("resnet18").eval()
+    model, masks = calibrated("resnet18")
     x = torch.randn(2, 3, 32, 32)
-    compiled = sparsekit.compile(model, structured_masks(model), x, measure=False)
+    compiled = sparsekit.compile(model, masks, x, measure=False)
     traced = torch.compile(compiled, backend="aot_eager", fullgraph=True)
     assert torch.equal(traced(x), compiled(x))
     exported = torch.export.export(compiled, (x,))
@@ -240,3 +248,88 @@ def test_corrupt_mask_file_is_an_error(tmp_path):
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(SparsekitError, match="cannot read"):
         sparsekit.compile(zoo.create("resnet18").eval(), path)
+
+
+class PlantedBackend(Backend):
+    """A backend for the tests: the C++ kernels' result, made wrong (+1e-2) on layers of
+    ``wrong_rows`` output channels, or raising on them."""
+
+    devices, dtypes, auto_on = ("cpu",), (torch.float32,), ("cpu",)
+
+    def __init__(self, name: str, wrong_rows: int, fault: str):
+        self.name, self.wrong_rows, self.fault = name, wrong_rows, fault
+
+    def block_conv2d(self, input, prepacked, bias, stride, padding, dilation, relu):
+        y = backends.get("cpu").block_conv2d(input, prepacked, bias, stride, padding, dilation, relu)
+        if prepacked.out_features != self.wrong_rows:
+            return y
+        if self.fault == "raises":
+            raise RuntimeError("planted failure")
+        return y + 1e-2
+
+
+@pytest.fixture
+def planted(request):
+    backend = PlantedBackend(f"planted_{request.param}", wrong_rows=128, fault=request.param)
+    backends.register(backend)
+    yield backend
+    backends.unregister(backend.name)
+
+
+def small_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 128, 3, padding=1), nn.BatchNorm2d(128), nn.ReLU(),
+        nn.Conv2d(128, 160, 3, padding=1), nn.BatchNorm2d(160), nn.ReLU(),
+        nn.Flatten(), nn.Linear(160 * 6 * 6, 10),
+    ).eval()
+    masks = {  # a quarter of the output channels: a plan the cost model packs
+        f"{i}.weight": (torch.rand(model[i].out_channels, 1, 1, 1) < 0.25).expand_as(model[i].weight).float()
+        for i in (3, 6)
+    }
+    return zoo.calibrate_batchnorm(model, [torch.randn(8, 3, 6, 6)], masks), masks
+
+
+@pytest.mark.parametrize(("planted", "problem"), [("wrong", "differs"), ("raises", "raised RuntimeError")],
+                         indirect=["planted"])
+@pytest.mark.parametrize("backend", ["named", "auto"])
+def test_a_wrong_or_failing_backend_is_dropped_and_the_model_stays_exact(planted, problem, backend):
+    model, masks = small_model()
+    x = torch.randn(2, 3, 6, 6)
+    name = planted.name if backend == "named" else "auto"
+    pattern = rf"layer '3': the 'group' plan on backend '{planted.name}' {problem}.*dropped"
+    with pytest.warns(SparsekitWarning, match=pattern):
+        compiled = sparsekit.compile(model, masks, x, structure="group", backend=name, measure=False)
+    assert compiled[3].backend != planted.name  # never chosen where it is wrong
+    if backend == "named":
+        assert compiled[6].backend == planted.name  # and still used where it is right
+    assert any(f"dropped 'group' plan on backend '{planted.name}'" in layer.note
+               for layer in compiled.sparsekit_report.layers)
+    assert_model_close(compiled(x), dense_masked(model, masks)(x))
+
+
+def test_channels_last_stays_channels_last_through_a_compiled_zoo_model():
+    model, masks = calibrated("resnet18")
+    x = torch.randn(2, 3, 32, 32).to(memory_format=torch.channels_last)
+    compiled = sparsekit.compile(model, masks, x, measure=False)
+    assert compiled.sparsekit_report.memory_format == "channels_last"
+    assert "(channels_last)" in str(compiled.sparsekit_report)
+    formats = {}  # sparse layer -> (its input, its output) in channels_last
+
+    def record(layer, args, y):
+        formats[layer] = tuple(t.is_contiguous(memory_format=torch.channels_last) for t in (args[0], y))
+
+    for layer in compiled.modules():
+        if isinstance(layer, SparseConv2d) and not layer.is_dense:
+            layer.register_forward_hook(record)
+    assert_model_close(compiled(x), dense_masked(model, masks)(x))
+    assert len(formats) > 5 and all(formats.values()), formats
+
+
+def test_progress_bar_shows_by_default_on_a_terminal(monkeypatch, capsys):
+    model, masks = small_model()
+    for terminal in (False, True):
+        monkeypatch.setattr("sys.stderr.isatty", lambda terminal=terminal: terminal)
+        sparsekit.compile(model, masks, torch.randn(2, 3, 6, 6), measure=False)
+        assert ("sparsekit.compile" in capsys.readouterr().err) == terminal

@@ -1,11 +1,16 @@
+import dataclasses
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from sparsekit import SparseConv2d, SparseLinear, SparsekitError
+from sparsekit import SparseConv2d, SparseLinear, SparsekitError, backends
+from sparsekit.backends import Backend
+from sparsekit.geometry import output_memory_format
 from sparsekit.nn import from_config
 
-from .helpers import assert_matches
+from .helpers import CPU_BACKENDS, assert_matches, conv_input
 
 
 @pytest.mark.parametrize(
@@ -22,18 +27,21 @@ from .helpers import assert_matches
     ],
     ids=repr,
 )
-@pytest.mark.parametrize("backend", ["dense", "cpu", "torch", "reference"])
-def test_sparse_conv2d_equals_the_conv_it_replaces(conv, backend):
+@pytest.mark.parametrize("backend", ["dense", *CPU_BACKENDS])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_sparse_conv2d_equals_the_conv_it_replaces(conv, backend, layout):
     with torch.no_grad():
         conv.weight.mul_(torch.rand_like(conv.weight) < 0.5)
     structure = "kernel" if backend == "torch" else "group"  # torch: whole kernels only
     layer = SparseConv2d.from_conv(conv, structure=structure, backend=backend)
-    x = torch.randn(2, 4, 9, 8)
-    assert_matches(layer(x), conv(x).double(), torch.float32)
+    x = conv_input((2, 4, 9, 8), torch.float32, layout)
+    y = layer(x)
+    assert_matches(y, conv(x).double(), torch.float32)
+    assert y.is_contiguous(memory_format=output_memory_format(x))  # padding modes included
     assert layer.backend == backend and repr(layer).startswith("SparseConv2d(")
 
 
-@pytest.mark.parametrize("backend", ["dense", "cpu", "torch", "reference"])
+@pytest.mark.parametrize("backend", ["dense", *CPU_BACKENDS])
 def test_sparse_linear_equals_the_linear_it_replaces(backend):
     linear = nn.Linear(12, 7)
     with torch.no_grad():
@@ -90,3 +98,46 @@ def test_bad_layer_arguments():
         from_config({"type": "SparseConv2d"})
     with pytest.raises(SparsekitError, match="layer3.conv: contains NaN"):
         SparseLinear.from_weight(torch.tensor([[float("nan")]]), name="layer3.conv")
+
+
+class PrepackingBackend(Backend):
+    """The C++ kernels, run from a layout of their own: a copy of the pack's values, counted."""
+
+    name, devices, dtypes = "prepacking", ("cpu",), (torch.float32,)
+
+    def __init__(self):
+        self.built = 0
+
+    def prepack(self, packed):
+        self.built += 1
+        return dataclasses.replace(packed, values=packed.values.clone())
+
+    def block_conv2d(self, input, prepacked, bias, stride, padding, dilation, relu):
+        return backends.get("cpu").block_conv2d(input, prepacked, bias, stride, padding, dilation, relu)
+
+
+@pytest.fixture
+def prepacking():
+    backend = PrepackingBackend()
+    backends.register(backend)
+    yield backend
+    backends.unregister(backend.name)
+
+
+def test_a_prepacked_layout_is_built_once_rebuilt_after_load_and_move_and_never_saved(prepacking):
+    weight = torch.randn(8, 4, 3, 3) * (torch.rand(8, 4, 3, 3) < 0.5)
+    layer = SparseConv2d.from_weight(weight, padding=1, structure="group", backend="prepacking")
+    x = torch.randn(2, 4, 5, 5)
+    first = layer(x)
+    assert_matches(layer(x), F.conv2d(x.double(), weight.double(), None, 1, 1), torch.float32)
+    assert prepacking.built == 1  # once for both calls
+    state = layer.state_dict()
+    assert set(state) == {"values", "row_idx", "col_idx", "block_ptr"}  # the layout is not saved
+    layer.load_state_dict(state | {"values": 2 * state["values"]})
+    assert torch.allclose(layer(x), 2 * first) and prepacking.built == 2  # a stale copy would not
+    layer.to(torch.float32)
+    layer(x)
+    assert prepacking.built == 3
+    twin = from_config(layer.config)
+    twin.load_state_dict(layer.state_dict())
+    assert torch.equal(twin(x), layer(x)) and prepacking.built == 4

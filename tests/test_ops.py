@@ -5,26 +5,34 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.utils.benchmark import Timer
 
-from sparsekit import SparsekitError, ops, pack
+from sparsekit import SparsekitError, backends, ops, pack
+from sparsekit.backends import schema
+from sparsekit.geometry import output_memory_format
 
 from .helpers import (
-    CONV_CASES, LAYOUTS, TOLERANCES, assert_matches, conv_input, expected_conv, expected_linear, packed_conv,
+    CONV_CASES, CPU_BACKENDS, LAYOUTS, assert_matches, backend_dtypes, conv_input, expected_conv,
+    expected_linear, packed_conv,
 )
 
-DTYPES = list(TOLERANCES)
-BACKENDS = ["cpu", "torch", "reference"]
+BACKEND_DTYPES = [(b, d) for b in CPU_BACKENDS for d in backend_dtypes(b)]
+# each backend's ops, by their names in torch.ops.sparsekit
+OP_BACKENDS = [b for b in CPU_BACKENDS if b in backends.names()]
 
 
 def structure_for(backend: str, structure: str = "auto") -> str:
-    """Backend 'torch' runs whole kernels only, which the kernel planner always gives."""
+    """A plan the backend supports: whole kernels (which the kernel planner always gives) for a
+    backend that does not take every plan."""
     return "kernel" if backend == "torch" else structure
 
 
+def test_every_cpu_backend_is_tested():
+    assert {"cpu", "torch", "reference"} <= set(CPU_BACKENDS) and len(BACKEND_DTYPES) >= 10
+
+
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "-".join(map(str, c)))
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_block_conv2d_matches_conv2d(case, dtype, layout, backend):
+@pytest.mark.parametrize(("backend", "dtype"), BACKEND_DTYPES, ids=str)
+def test_block_conv2d_matches_conv2d(case, layout, backend, dtype):
     n, cin, cout, hw, kernel, stride, padding, dilation, groups = case
     packed = packed_conv(cout, cin, kernel, groups, dtype, structure_for(backend))
     x = conv_input((n, cin, *hw), dtype, layout)
@@ -32,15 +40,24 @@ def test_block_conv2d_matches_conv2d(case, dtype, layout, backend):
     x_before = x.clone()
     for relu in (False, True):
         y = ops.block_conv2d(x, packed, bias, stride, padding, dilation, relu=relu, backend=backend)
-        assert y.is_contiguous()
+        assert y.is_contiguous(memory_format=output_memory_format(x))  # the input's format
         assert_matches(y, expected_conv(x, packed, bias, stride, padding, dilation, relu), dtype)
     assert torch.equal(x, x_before)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_channels_last_in_channels_last_out(backend):
+    packed = packed_conv(16, 8, (3, 3), 1, torch.float32, structure_for(backend))
+    x = torch.randn(2, 8, 6, 5).to(memory_format=torch.channels_last)
+    y = ops.block_conv2d(x, packed, padding=1, backend=backend)
+    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    plain = ops.block_conv2d(x.contiguous(), packed, padding=1, backend=backend)
+    assert plain.is_contiguous() and torch.equal(y, plain)
+
+
 @pytest.mark.parametrize("shape", [(33,), (1, 33), (7, 33), (2, 3, 33)], ids=str)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_block_linear_matches_linear(shape, dtype, backend):
+@pytest.mark.parametrize(("backend", "dtype"), BACKEND_DTYPES, ids=str)
+def test_block_linear_matches_linear(shape, backend, dtype):
     weight = torch.randn(100, 33).to(dtype)
     packed = pack(weight, torch.rand(100, 33) < 0.3, structure="group")
     bias = torch.randn(100).to(dtype)
@@ -79,7 +96,6 @@ def conv_problems(draw):
         structure=draw(st.sampled_from(["dense", "channel", "kernel", "group", "auto"])),
         kind=draw(st.sampled_from(["random", "channel", "kernel", "blocks", "mixed"])),
         density=draw(st.sampled_from([0.0, 0.1, 0.5, 1.0])),
-        dtype=draw(st.sampled_from(DTYPES)),
         layout=draw(st.sampled_from(LAYOUTS)),
         bias=draw(st.booleans()),
         relu=draw(st.booleans()),
@@ -87,36 +103,36 @@ def conv_problems(draw):
     )
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("backend", "dtype"), BACKEND_DTYPES, ids=str)
 @given(p=conv_problems())
-def test_block_conv2d_property(backend, p):
+def test_block_conv2d_property(backend, dtype, p):
     gen = torch.Generator().manual_seed(p["seed"])
     packed = packed_conv(
-        p["cout"], p["cin"], p["kernel"], p["groups"], p["dtype"], structure_for(backend, p["structure"]),
+        p["cout"], p["cin"], p["kernel"], p["groups"], dtype, structure_for(backend, p["structure"]),
         p["density"], p["kind"], gen,
     )
-    x = conv_input((p["n"], p["cin"], *p["hw"]), p["dtype"], p["layout"], gen)
-    bias = torch.randn(p["cout"], generator=gen).to(p["dtype"]) if p["bias"] else None
+    x = conv_input((p["n"], p["cin"], *p["hw"]), dtype, p["layout"], gen)
+    bias = torch.randn(p["cout"], generator=gen).to(dtype) if p["bias"] else None
     args = (bias, p["stride"], p["padding"], p["dilation"], p["relu"])
     y = ops.block_conv2d(x, packed, *args, backend=backend)
-    assert_matches(y, expected_conv(x, packed, *args), p["dtype"])
+    assert y.is_contiguous(memory_format=output_memory_format(x))
+    assert_matches(y, expected_conv(x, packed, *args), dtype)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("backend", "dtype"), BACKEND_DTYPES, ids=str)
 @given(
     lead=st.lists(st.integers(1, 5), min_size=0, max_size=2),
     in_features=st.integers(1, 40),
     out_features=st.integers(1, 40),
     structure=st.sampled_from(["dense", "channel", "kernel", "group", "auto"]),
     density=st.sampled_from([0.0, 0.1, 0.5, 1.0]),
-    dtype=st.sampled_from(DTYPES),
     bias=st.booleans(),
     relu=st.booleans(),
     transposed=st.booleans(),
     seed=st.integers(0, 2**31),
 )
 def test_block_linear_property(
-    backend, lead, in_features, out_features, structure, density, dtype, bias, relu, transposed, seed
+    backend, dtype, lead, in_features, out_features, structure, density, bias, relu, transposed, seed
 ):
     gen = torch.Generator().manual_seed(seed)
     weight = torch.randn(out_features, in_features, generator=gen).to(dtype)
@@ -159,38 +175,50 @@ def test_cpu_kernel_is_deterministic_across_thread_counts():
     assert torch.equal(one, many)
 
 
-SAMPLES = [
-    ((2, 6, 7, 7), (8, 6, 3, 3), 1, torch.float32, True),
-    ((1, 4, 5, 5), (4, 2, 3, 3), 2, torch.bfloat16, False),
-    ((3, 3, 4, 4), (5, 3, 1, 1), 1, torch.float16, True),
+SAMPLES = [  # (input shape, weight shape, groups, dtype, bias, channels_last input)
+    ((2, 6, 7, 7), (8, 6, 3, 3), 1, torch.float32, True, False),
+    ((1, 4, 5, 5), (4, 2, 3, 3), 2, torch.bfloat16, False, False),
+    ((3, 3, 4, 4), (5, 3, 1, 1), 1, torch.float16, True, False),
+    ((2, 6, 5, 4), (8, 6, 3, 3), 1, torch.float32, True, True),
 ]
 
 
-OP_PREFIXES = {"cpu": "", "torch": "torch_"}  # backend -> prefix of its op's name
+def backend_op(backend: str, op: str):
+    return getattr(torch.ops.sparsekit, f"{backends.get(backend).op_prefix}{op}").default
 
 
 @pytest.mark.parametrize("sample", SAMPLES, ids=str)
-@pytest.mark.parametrize("backend", OP_PREFIXES)
+@pytest.mark.parametrize("backend", OP_BACKENDS)
 def test_opcheck_block_conv2d(sample, backend):
-    x_shape, w_shape, groups, dtype, with_bias = sample
+    """The op's schema, fake (shape and strides) and autograd registration agree with its kernel."""
+    x_shape, w_shape, groups, dtype, with_bias, channels_last = sample
     weight = torch.randn(w_shape).to(dtype)
     p = pack(weight, torch.rand(w_shape) < 0.5, structure=structure_for(backend, "group"), groups=groups)
     bias = torch.randn(w_shape[0]).to(dtype) if with_bias else None
-    args = (torch.randn(x_shape).to(dtype), p.values, p.row_idx, p.col_idx, p.block_ptr,
+    x = torch.randn(x_shape).to(dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    args = (x, p.values, p.row_idx, p.col_idx, p.block_ptr,
             w_shape[0], list(w_shape[2:]), [1, 1], [1, 1], [1, 1], groups, bias, True)
-    op = getattr(torch.ops.sparsekit, f"{OP_PREFIXES[backend]}block_conv2d")
-    torch.library.opcheck(op.default, args)
+    torch.library.opcheck(backend_op(backend, "block_conv2d"), args)
 
 
 @pytest.mark.parametrize("x_shape", [(5, 12), (2, 3, 12), (12,)], ids=str)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("backend", OP_PREFIXES)
-def test_opcheck_block_linear(x_shape, dtype, backend):
-    p = pack(torch.randn(9, 12).to(dtype), torch.rand(9, 12) < 0.5, structure="kernel")
-    args = (torch.randn(x_shape).to(dtype), p.values, p.row_idx, p.col_idx, p.block_ptr, 9,
-            torch.randn(9).to(dtype), False)
-    op = getattr(torch.ops.sparsekit, f"{OP_PREFIXES[backend]}block_linear")
-    torch.library.opcheck(op.default, args)
+@pytest.mark.parametrize("backend", OP_BACKENDS)
+def test_opcheck_block_linear(x_shape, backend):
+    for dtype in backend_dtypes(backend):
+        p = pack(torch.randn(9, 12).to(dtype), torch.rand(9, 12) < 0.5, structure="kernel")
+        args = (torch.randn(x_shape).to(dtype), p.values, p.row_idx, p.col_idx, p.block_ptr, 9,
+                torch.randn(9).to(dtype), False)
+        torch.library.opcheck(backend_op(backend, "block_linear"), args)
+
+
+def test_the_cpu_kernels_are_registered_against_the_one_schema():
+    """The extension registers no schema of its own: its kernels sit under the ops that
+    backends/schema.py defines (the dispatcher checked their C++ signatures at load)."""
+    for op in schema.SCHEMAS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"sparsekit::{op}", "CPU")
+        assert str(getattr(torch.ops.sparsekit, op).default._schema) == f"sparsekit::{op}{schema.SCHEMAS[op]}"
 
 
 def test_torch_backend_refuses_blocks_of_partial_kernels():
@@ -202,7 +230,7 @@ def test_torch_backend_refuses_blocks_of_partial_kernels():
         ops.block_conv2d(torch.randn(1, 3, 5, 5), packed, backend="torch")
 
 
-@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("backend", OP_BACKENDS)
 def test_ops_trace_under_torch_compile(backend):
     conv = packed_conv(8, 4, (3, 3), 1, torch.float32, structure_for(backend))
     lin = pack(torch.randn(6, 8 * 3 * 3), torch.rand(6, 72) < 0.5)
@@ -270,7 +298,7 @@ def test_raw_op_rejects_malformed_blocks():
         )
 
 
-@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("backend", OP_BACKENDS)
 def test_ops_have_no_gradient(backend):
     packed = packed_conv(4, 3, (3, 3), 1, torch.float32, structure_for(backend))
     x = torch.randn(1, 3, 5, 5, requires_grad=True)

@@ -6,15 +6,17 @@ import torch
 import sparsekit
 from sparsekit import SparsekitError, zoo
 
-from .helpers import structured_masks
+from .helpers import calibrated_zoo_model
 
 
 @pytest.fixture(scope="module")
 def compiled_resnet():
     torch.manual_seed(0)
-    model = zoo.create("resnet18").eval()
+    model, masks = calibrated_zoo_model("resnet18")
     x = torch.randn(2, 3, 32, 32)
-    return sparsekit.compile(model, structured_masks(model), x, measure=False), x
+    compiled = sparsekit.compile(model, masks, x, measure=False)
+    assert compiled.sparsekit_report.discriminating  # a wrong load would show in the output
+    return compiled, x
 
 
 def test_round_trip_is_bit_identical(compiled_resnet, tmp_path):

@@ -103,9 +103,20 @@ def str_bn_model():
         for m in model.modules():
             if isinstance(m, STRBatchNorm2d):
                 m.weight.uniform_(-1, 1)
-                m.running_mean.uniform_(-1, 1)
                 m.threshold.fill_(0.0)  # threshold sigmoid(0) = 0.5: about half the channels die
-    return model
+    return zoo.calibrate_batchnorm(model, [torch.randn(8, 3, 32, 32) for _ in range(2)])
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])  # None: a cumulative average
+def test_str_bn_keeps_running_statistics_as_batchnorm_does(momentum):
+    bn = nn.BatchNorm2d(4, momentum=momentum).train()
+    str_bn = STRBatchNorm2d.from_batchnorm(bn)
+    for _ in range(3):
+        x = torch.randn(5, 4, 3, 3) * 3 + 1
+        bn(x), str_bn(x)
+    assert torch.allclose(str_bn.running_mean, bn.running_mean)
+    assert torch.allclose(str_bn.running_var, bn.running_var)
+    assert bn.running_mean.mean() > 0.2  # the statistics did move: the check can fail
 
 
 def test_str_bn_zero_channels_output_exactly_zero():

@@ -6,16 +6,17 @@ import torch
 from torch import nn
 
 import sparsekit
-from sparsekit import PackedWeight, SparsekitError, ops, pack
+from sparsekit import PackedWeight, SparsekitError, backends, ops, pack
+from sparsekit.geometry import output_memory_format
 
 from .helpers import (
     CONV_CASES, LAYOUTS, assert_matches, conv_input, expected_conv, expected_linear, packed_conv,
 )
 
-pytestmark = pytest.mark.skipif(ops.TRITON_ERROR is not None, reason="triton is not installed")
-
 GPU = torch.cuda.is_available()
 DEVICE = "cuda" if GPU else "cpu"
+UNAVAILABLE = backends.get("triton").unavailable(torch.device(DEVICE))
+pytestmark = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"backend 'triton' {UNAVAILABLE}")
 DTYPES = [torch.float32, torch.float16] + [torch.bfloat16] * GPU  # the interpreter has no bf16
 
 
@@ -34,7 +35,7 @@ def test_block_conv2d_matches_conv2d(case, dtype, layout):
     for relu in (False, True):
         y = ops.block_conv2d(x.to(DEVICE), on_device(packed), bias.to(DEVICE), stride, padding,
                              dilation, relu=relu, backend="triton")
-        assert y.is_contiguous() and y.device.type == DEVICE
+        assert y.is_contiguous(memory_format=output_memory_format(x)) and y.device.type == DEVICE
         assert_matches(y.cpu(), expected_conv(x, packed, bias, stride, padding, dilation, relu), dtype)
 
 
@@ -90,11 +91,14 @@ def test_empty_batch():
     assert ops.block_conv2d(torch.randn(0, 2, 5, 5, device=DEVICE), packed, backend="triton").shape == (0, 4, 3, 3)
 
 
-@pytest.mark.parametrize("op", ["conv", "linear"])
+@pytest.mark.parametrize("op", ["conv", "conv channels_last", "linear"])
 def test_opcheck(op):
-    if op == "conv":
+    if op.startswith("conv"):
         p = on_device(packed_conv(6, 4, (3, 3), 2, torch.float32))
-        args = (torch.randn(2, 4, 5, 5, device=DEVICE), p.values, p.row_idx, p.col_idx, p.block_ptr,
+        x = torch.randn(2, 4, 5, 5, device=DEVICE)
+        if op.endswith("channels_last"):
+            x = x.to(memory_format=torch.channels_last)
+        args = (x, p.values, p.row_idx, p.col_idx, p.block_ptr,
                 6, [3, 3], [1, 1], [1, 1], [1, 1], 2, torch.randn(6, device=DEVICE), True)
         torch.library.opcheck(torch.ops.sparsekit.triton_block_conv2d.default, args)
     else:

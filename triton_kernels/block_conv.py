@@ -3,8 +3,8 @@
 A program computes a ``BLOCK_M x BLOCK_N`` tile of one block's output rows x output positions.
 Its K loop walks the block's columns, decodes each to ``(cin, kh, kw)`` and gathers the input
 straight from the (strided) activation: an implicit im2col, never materialised. ``tl.dot``
-accumulates in fp32; the epilogue adds bias, applies ReLU and scatters the rows into the NCHW
-output. A linear layer is the 1x1 convolution of ``[M, in, 1, 1]``.
+accumulates in fp32; the epilogue adds bias, applies ReLU and scatters the rows into the output,
+NCHW or channels_last like the input (a pixel of either is ``OH * OW`` positions of one stride). A linear layer is the 1x1 convolution of ``[M, in, 1, 1]``.
 
 Rows that several blocks share are summed deterministically: blocks are split into waves
 whose rows are disjoint, each row meeting its blocks in block order, and the waves run one
@@ -17,13 +17,12 @@ TF32. Under ``TRITON_INTERPRET=1`` (CPU tests) one small config runs.
 
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from sparsekit.geometry import block_conv2d_fake, block_conv2d_shape, block_linear_fake, block_linear_shape
+from sparsekit.geometry import block_conv2d_shape, block_linear_shape, output_memory_format
 from sparsekit.tensor_memo import memoize
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -52,7 +51,7 @@ def _configs() -> list[triton.Config]:
 def _block_conv_kernel(
     x, values, row_idx, col_idx, block_ptr, wave_blocks, bias, out,
     out_channels, in_per_group, rows_per_group, positions, max_cols,
-    OH, OW, H, W, sxn, sxc, sxh, sxw, blocks_plus_one,
+    OH, OW, H, W, sxn, sxc, sxh, sxw, son, soc, sop, blocks_plus_one,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
     ACCUMULATE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
@@ -106,7 +105,7 @@ def _block_conv_kernel(
         acc += tl.load(bias + out_rows, mask=m_ok, other=0.0).to(tl.float32)[:, None]
     if RELU:
         acc = tl.maximum(acc, 0.0)
-    target = out + image.to(tl.int64)[None, :] * out_channels * OH * OW + (out_rows * OH * OW)[:, None] + pixel[None, :]
+    target = out + image.to(tl.int64)[None, :] * son + (out_rows * soc)[:, None] + pixel[None, :] * sop
     ok = m_ok[:, None] & n_ok[None, :]
     if ACCUMULATE:
         acc += tl.load(target, mask=ok, other=0.0)
@@ -147,8 +146,10 @@ def _input_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 and not tf32 else "tf32"
 
 
-def _run(x, strides, geometry, values, row_idx, col_idx, block_ptr, out_channels, groups, bias, relu):
-    """The output ``[N, out_channels, OH, OW]`` of the block convolution of ``x``."""
+def _run(x, strides, geometry, values, row_idx, col_idx, block_ptr, out_channels, groups, bias, relu,
+         memory_format=torch.contiguous_format):
+    """The output ``[N, out_channels, OH, OW]`` (in ``memory_format``) of the block convolution
+    of ``x``, whose strides are ``strides``."""
     n, c, h, w, kh, kw, stride, padding, dilation = geometry
     oh, ow = block_conv2d_shape((n, c, h, w), out_channels, (kh, kw), stride, padding, dilation)[2:]
     plan = memoize(
@@ -156,7 +157,7 @@ def _run(x, strides, geometry, values, row_idx, col_idx, block_ptr, out_channels
     )
     fused = len(plan.waves) <= 1
     out_dtype = x.dtype if fused else torch.float32
-    out = torch.empty((n, out_channels, oh, ow), dtype=out_dtype, device=x.device)
+    out = torch.empty((n, out_channels, oh, ow), dtype=out_dtype, device=x.device, memory_format=memory_format)
     if fused and plan.uncovered.numel():  # rows without blocks: bias (then ReLU) or zeros
         fill = torch.zeros(plan.uncovered.numel(), dtype=x.dtype, device=x.device)
         if bias is not None:
@@ -175,7 +176,7 @@ def _run(x, strides, geometry, values, row_idx, col_idx, block_ptr, out_channels
         _block_conv_kernel[grid](
             x, values, row_idx, col_idx, block_ptr, blocks, bias if bias is not None else values, out,
             out_channels, c // groups, out_channels // groups, positions, plan.max_cols,
-            oh, ow, h, w, *strides, block_ptr.shape[1],
+            oh, ow, h, w, *strides, out.stride(0), out.stride(1), out.stride(3), block_ptr.shape[1],
             *stride, *padding, *dilation,
             KH=kh, KW=kw, HAS_BIAS=fused and bias is not None, RELU=fused and relu,
             ACCUMULATE=i > 0, INPUT_PRECISION=precision,
@@ -187,30 +188,16 @@ def _run(x, strides, geometry, values, row_idx, col_idx, block_ptr, out_channels
     return (out.relu_() if relu else out).to(x.dtype)
 
 
-@torch.library.custom_op("sparsekit::triton_block_conv2d", mutates_args=())
-def block_conv2d(
-    input: torch.Tensor, values: torch.Tensor, row_idx: torch.Tensor, col_idx: torch.Tensor,
-    block_ptr: torch.Tensor, out_channels: int, kernel_size: list[int], stride: list[int],
-    padding: list[int], dilation: list[int], groups: int, bias: Optional[torch.Tensor], relu: bool,
-) -> torch.Tensor:
+def block_conv2d(input, values, row_idx, col_idx, block_ptr, out_channels, kernel_size, stride,
+                 padding, dilation, groups, bias, relu):
     geometry = (*input.shape, *kernel_size, stride, padding, dilation)
     return _run(input, input.stride(), geometry, values, row_idx, col_idx, block_ptr, out_channels,
-                groups, bias, relu)
+                groups, bias, relu, output_memory_format(input))
 
 
-block_conv2d.register_fake(block_conv2d_fake)
-
-
-@torch.library.custom_op("sparsekit::triton_block_linear", mutates_args=())
-def block_linear(
-    input: torch.Tensor, values: torch.Tensor, row_idx: torch.Tensor, col_idx: torch.Tensor,
-    block_ptr: torch.Tensor, out_features: int, bias: Optional[torch.Tensor], relu: bool,
-) -> torch.Tensor:
+def block_linear(input, values, row_idx, col_idx, block_ptr, out_features, bias, relu):
     x = input.reshape(-1, input.shape[-1])
     geometry = (x.shape[0], x.shape[1], 1, 1, 1, 1, (1, 1), (0, 0), (1, 1))
     out = _run(x, (*x.stride(), 0, 0), geometry, values, row_idx, col_idx, block_ptr, out_features,
                1, bias, relu)
     return out.view(block_linear_shape(input.shape, out_features))
-
-
-block_linear.register_fake(block_linear_fake)

@@ -96,7 +96,13 @@ at::Tensor block_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
                     " is smaller than the dilated kernel");
   auto keep = bind_blocks(p, input, values, row_idx, col_idx, block_ptr, bias);
 
-  at::Tensor out = at::empty({s.N, s.K, s.OH, s.OW}, input.options());
+  // The output keeps the input's memory format, as the schema's fake says (geometry.py).
+  const bool channels_last =
+      input.is_contiguous(at::MemoryFormat::ChannelsLast) && !input.is_contiguous();
+  at::Tensor out = at::empty({s.N, s.K, s.OH, s.OW},
+                             input.options().memory_format(channels_last
+                                                               ? at::MemoryFormat::ChannelsLast
+                                                               : at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out;
   p.input = input.data_ptr();
   for (int d = 0; d < 4; ++d) p.in_stride[d] = input.stride(d), p.out_stride[d] = out.stride(d);

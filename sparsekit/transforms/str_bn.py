@@ -28,9 +28,11 @@ class STRBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gamma, beta = self.affine_params()
         use_batch = self.training or self.running_mean is None
+        momentum = 0.0 if self.momentum is None else self.momentum
         if self.training and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
-        momentum = 0.0 if self.momentum is None else self.momentum
+            if self.momentum is None:  # a cumulative average, as BatchNorm2d keeps it
+                momentum = 1.0 / float(self.num_batches_tracked)
         return F.batch_norm(
             x, self.running_mean, self.running_var, gamma, beta, use_batch, momentum, self.eps
         )

@@ -5,15 +5,17 @@ It takes packs whose blocks hold whole kernels (all kh x kw taps of every input 
 touch): channel- and kernel-wise plans, and any plan of a linear or 1x1 conv. Such a block is a
 small dense conv, so the dense library does the arithmetic and the gather is one channel
 ``index_select``; channel-pruned layers, whose one block keeps every input channel, need none.
-The ops are ``torch.library.custom_op``s so that ``torch.compile`` sees one opaque call.
 """
 
-from typing import Optional
+import math
 
 import torch
 import torch.nn.functional as F
 
-from .geometry import block_conv2d_fake, block_conv2d_shape, block_linear_fake, block_linear_shape
+from ..geometry import block_conv2d_shape, block_linear_shape, output_memory_format
+from ..tensor_memo import memoize
+from . import schema
+from .base import Backend
 
 
 def whole_kernel_blocks(col_idx: torch.Tensor, block_ptr: torch.Tensor, kernel_area: int) -> bool:
@@ -38,14 +40,14 @@ def _blocks(values, row_idx, col_idx, block_ptr, kernel_area):
         yield rows, channels, values[vp[b] : vp[b + 1]]
 
 
-def _accumulator(shape, like: torch.Tensor) -> torch.Tensor:
+def _accumulator(shape, like: torch.Tensor, memory_format=torch.contiguous_format) -> torch.Tensor:
     """Zeros in fp32 for half inputs, so blocks that share rows add up at full precision."""
     dtype = torch.float32 if like.dtype in (torch.float16, torch.bfloat16) else like.dtype
-    return torch.zeros(shape, dtype=dtype, device=like.device)
+    return torch.empty(shape, dtype=dtype, device=like.device, memory_format=memory_format).zero_()
 
 
 def _epilogue(acc: torch.Tensor, bias, relu: bool, dtype) -> torch.Tensor:
-    """Bias along dim 1, ReLU, then the input's dtype."""
+    """Bias along dim 1, ReLU, then the input's dtype (in the accumulator's memory format)."""
     if bias is not None:
         acc += bias.to(acc.dtype).view(-1, *([1] * (acc.dim() - 2)))
     if relu:
@@ -53,12 +55,8 @@ def _epilogue(acc: torch.Tensor, bias, relu: bool, dtype) -> torch.Tensor:
     return acc.to(dtype)
 
 
-@torch.library.custom_op("sparsekit::torch_block_conv2d", mutates_args=())
-def block_conv2d(
-    input: torch.Tensor, values: torch.Tensor, row_idx: torch.Tensor, col_idx: torch.Tensor,
-    block_ptr: torch.Tensor, out_channels: int, kernel_size: list[int], stride: list[int],
-    padding: list[int], dilation: list[int], groups: int, bias: Optional[torch.Tensor], relu: bool,
-) -> torch.Tensor:
+def block_conv2d(input, values, row_idx, col_idx, block_ptr, out_channels, kernel_size, stride,
+                 padding, dilation, groups, bias, relu):
     kernel_area = kernel_size[0] * kernel_size[1]
     # torch's CPU bf16 conv2d returns wrong values for some shapes (stride 2 along a width-1
     # output, seen with torch 2.13), so on CPU bf16 runs in fp32, where the C++ kernel is the
@@ -66,9 +64,8 @@ def block_conv2d(
     compute_dtype = torch.float32 if input.is_cpu and input.dtype == torch.bfloat16 else input.dtype
     in_per_group = input.shape[1] // groups
     rows_per_group = out_channels // groups
-    acc = _accumulator(
-        block_conv2d_shape(input.shape, out_channels, kernel_size, stride, padding, dilation), input
-    )
+    shape = block_conv2d_shape(input.shape, out_channels, kernel_size, stride, padding, dilation)
+    acc = _accumulator(shape, input, output_memory_format(input))
     starts = row_idx[block_ptr[0, :-1]].tolist() if groups > 1 else None
     blocks = _blocks(values, row_idx, col_idx, block_ptr, kernel_area)
     for b, (rows, channels, tile) in enumerate(blocks):
@@ -79,17 +76,10 @@ def block_conv2d(
         tile = tile.view(rows.numel(), channels.numel(), *kernel_size)
         y = F.conv2d(x.to(compute_dtype), tile.to(compute_dtype), None, stride, padding, dilation)
         acc.index_add_(1, rows, y.to(acc.dtype))
-    return _epilogue(acc, bias, relu, input.dtype).contiguous()
+    return _epilogue(acc, bias, relu, input.dtype)
 
 
-block_conv2d.register_fake(block_conv2d_fake)
-
-
-@torch.library.custom_op("sparsekit::torch_block_linear", mutates_args=())
-def block_linear(
-    input: torch.Tensor, values: torch.Tensor, row_idx: torch.Tensor, col_idx: torch.Tensor,
-    block_ptr: torch.Tensor, out_features: int, bias: Optional[torch.Tensor], relu: bool,
-) -> torch.Tensor:
+def block_linear(input, values, row_idx, col_idx, block_ptr, out_features, bias, relu):
     x = input.reshape(-1, input.shape[-1])
     acc = _accumulator((x.shape[0], out_features), input)
     for rows, cols, tile in _blocks(values, row_idx, col_idx, block_ptr, 1):
@@ -100,4 +90,20 @@ def block_linear(
     return out.reshape(block_linear_shape(input.shape, out_features))
 
 
-block_linear.register_fake(block_linear_fake)
+schema.define_ops("torch_", {"block_conv2d": block_conv2d, "block_linear": block_linear})
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    devices = ("cpu", "cuda")
+    dtypes = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+    auto_on = ("cpu",)
+    op_prefix = "torch_"
+    unsupported_reason = "backend 'torch' runs blocks of whole kernels only: channel or kernel plans"
+
+    def supports(self, packed):
+        cols, ptr, area = packed.col_idx, packed.block_ptr, math.prod(packed.kernel_size)
+        return memoize("whole kernels", (cols, ptr), lambda: whole_kernel_blocks(cols, ptr, area))
+
+
+BACKEND = TorchBackend()

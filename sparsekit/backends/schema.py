@@ -1,0 +1,66 @@
+"""The sparsekit ops' schemas, each written once, and the one helper that gives a backend its
+copy of them.
+
+Every backend runs the same two ops under its own name, ``sparsekit::<prefix>block_conv2d`` and
+``sparsekit::<prefix>block_linear``. ``define_ops`` defines them from ``SCHEMAS``, registers the
+backend's Python implementations (a C++ backend registers its kernels itself, per dispatch key,
+with ``TORCH_LIBRARY_IMPL``: the dispatcher then checks their C++ signatures against the schema),
+the one fake (meta) implementation of each op, and an autograd formula that refuses to
+differentiate: the ops are for inference.
+"""
+
+from collections.abc import Callable
+
+import torch
+
+from ..errors import SparsekitError
+from ..geometry import block_conv2d_shape, block_linear_shape, output_memory_format
+
+# y[N, K, OH, OW]: the sum over packed blocks of W_b @ im2col(x)[cols_b] into rows_b, + bias, ReLU.
+# y[*, K]: the same on x[*, C] with a 1x1 kernel.
+SCHEMAS = {
+    "block_conv2d": (
+        "(Tensor input, Tensor values, Tensor row_idx, Tensor col_idx, Tensor block_ptr, "
+        "int out_channels, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
+        "int groups, Tensor? bias, bool relu) -> Tensor"
+    ),
+    "block_linear": (
+        "(Tensor input, Tensor values, Tensor row_idx, Tensor col_idx, Tensor block_ptr, "
+        "int out_features, Tensor? bias, bool relu) -> Tensor"
+    ),
+}
+
+
+def _block_conv2d_fake(input, values, row_idx, col_idx, block_ptr, out_channels, kernel_size,
+                       stride, padding, dilation, groups, bias, relu):
+    shape = block_conv2d_shape(input.shape, out_channels, kernel_size, stride, padding, dilation)
+    return torch.empty(shape, dtype=input.dtype, device=input.device,
+                       memory_format=output_memory_format(input))
+
+
+def _block_linear_fake(input, values, row_idx, col_idx, block_ptr, out_features, bias, relu):
+    return input.new_empty(block_linear_shape(input.shape, out_features))
+
+
+FAKES = {"block_conv2d": _block_conv2d_fake, "block_linear": _block_linear_fake}
+
+
+def _no_gradient(ctx, grad):
+    raise SparsekitError("sparsekit ops are for inference and have no gradient")
+
+
+def _no_context(ctx, inputs, output):
+    return None
+
+
+def define_ops(prefix: str, impls: dict[str, Callable] | None = None, device_types="default") -> None:
+    """Defines ``sparsekit::<prefix><op>`` for every op of ``SCHEMAS``, with ``impls[op]`` for
+    ``device_types`` (``"default"``: every device) when given, the op's fake and the refusing
+    autograd."""
+    for op, schema in SCHEMAS.items():
+        name = f"sparsekit::{prefix}{op}"
+        torch.library.define(name, schema)
+        if impls is not None:
+            torch.library.impl(name, device_types, impls[op])
+        torch.library.register_fake(name, FAKES[op])
+        torch.library.register_autograd(name, _no_gradient, setup_context=_no_context)

@@ -1,0 +1,39 @@
+"""Backend ``"triton"``: the implicit-GEMM Triton kernels of ``sparsekit.triton_kernels`` on
+CUDA tensors (fp32 strict unless torch's matmul precision allows TF32, bf16, fp16), and on CPU
+tensors under ``TRITON_INTERPRET=1`` (tests). Opt-in: it has not yet passed its tests on a GPU,
+so ``auto`` does not pick it."""
+
+import torch
+
+from . import schema
+from .base import Backend
+
+try:
+    from ..triton_kernels import block_conv as kernels
+
+    ERROR = None
+except ImportError as error:  # no triton installed
+    kernels, ERROR = None, error
+
+if kernels is not None:
+    schema.define_ops("triton_", {"block_conv2d": kernels.block_conv2d, "block_linear": kernels.block_linear})
+
+
+class TritonBackend(Backend):
+    name = "triton"
+    devices = ("cuda",)
+    dtypes = (torch.float32, torch.bfloat16, torch.float16)
+    op_prefix = "triton_"
+
+    def unavailable(self, device):
+        if ERROR is not None:
+            return f"needs triton ({ERROR})"
+        if device.type == "cpu" and kernels.INTERPRETED:
+            return None
+        if device.type != "cuda":
+            return (f"runs on CUDA tensors (on CPU ones only under TRITON_INTERPRET=1), not on "
+                    f"{device.type} ones")
+        return None
+
+
+BACKEND = TritonBackend()
