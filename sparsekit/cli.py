@@ -6,13 +6,13 @@ from pathlib import Path
 
 import torch
 
-from . import masks, ops, saving, zoo
+from . import backends, masks, saving, zoo
 from .api import compile
 from .errors import SparsekitError
 from .planners import STRUCTURES
 from .transforms import global_magnitude_masks, refill_masks
 
-BACKEND_CHOICES = ("auto", "dense", *ops.backend_names())
+BACKEND_CHOICES = ("auto", "dense", *backends.names())
 
 
 def demo(args) -> int:

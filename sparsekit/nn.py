@@ -61,8 +61,7 @@ class _SparseLayer(nn.Module):
         """The pack in this layer's backend's own layout (see the module doc)."""
         if self._prepacked is not None:
             return self._prepacked
-        packed = self.packed()
-        layout = packed if self.backend == "reference" else backends.get(self.backend).prepack(packed)
+        layout = backends.get(self.backend).prepack(self.packed())
         if not torch.compiler.is_compiling():  # a trace must not change the module
             self._prepacked = layout
         return layout
@@ -78,7 +77,7 @@ class _SparseLayer(nn.Module):
 
     def with_backend(self, backend: str) -> "_SparseLayer":
         """A twin of this packed layer (same plan, copied buffers) that runs on ``backend``."""
-        if self.is_dense or backend not in ops.backend_names():
+        if self.is_dense or backend not in backends.names():
             raise SparsekitError(f"backend: a {self.backend!r} layer cannot move to {backend!r}")
         twin = from_config(self.config | {"backend": backend})
         twin.load_state_dict(self.state_dict())
@@ -129,8 +128,8 @@ def _packed_config(weight, bias, structure, backend, groups, name):
     config = {"dtype": str(weight.dtype), "bias": bias is not None, "backend": backend}
     if backend == "dense":
         return config | {"structure": "dense"}, None
-    if backend not in ops.backend_names():
-        raise SparsekitError(f"backend: {backend!r} is not dense or one of {', '.join(ops.backend_names())}")
+    if backend not in backends.names():
+        raise SparsekitError(f"backend: {backend!r} is not dense or one of {', '.join(backends.names())}")
     packed = pack(weight, None, structure=structure, groups=groups, name=name)
     sizes = {
         "values": packed.values.numel(), "row_idx": packed.row_idx.numel(),

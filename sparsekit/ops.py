@@ -3,19 +3,15 @@
 ``torch.ops.sparsekit.<prefix>block_conv2d`` / ``block_linear`` take the packed tensors of a
 ``PackedWeight`` (see ``formats``); the functions here take the ``PackedWeight`` itself, check
 the arguments (raising ``SparsekitError``), pick the backend through the registry
-(``sparsekit.backends``: ``"auto"`` or a backend's name) and run its op. ``"reference"`` is pure
-torch with fp32 accumulation, the definition the kernels are tested against.
+(``sparsekit.backends``: ``"auto"`` or a backend's name) and run its op.
 """
 
-import math
-
 import torch
-import torch.nn.functional as F
 
 from . import backends
 from .errors import SparsekitError
 from .formats import PackedWeight
-from .geometry import conv_output_size, output_memory_format
+from .geometry import conv_output_size
 
 
 def pair(value, name: str, minimum: int = 0) -> tuple[int, int]:
@@ -26,13 +22,8 @@ def pair(value, name: str, minimum: int = 0) -> tuple[int, int]:
     return values
 
 
-def backend_names() -> tuple[str, ...]:
-    """Every backend a packed layer may run on."""
-    return (*backends.names(), "reference")
-
-
 def _check_args(input, weight, bias, backend: str, op: str, prepacked):
-    """Checks shared by both ops; returns the backend to run (None: the reference)."""
+    """Checks shared by both ops; returns the backend to run."""
     if not isinstance(input, torch.Tensor):
         raise SparsekitError(f"{op}: input must be a tensor, got {type(input).__name__}")
     if not isinstance(weight, PackedWeight):
@@ -54,8 +45,6 @@ def _check_args(input, weight, bias, backend: str, op: str, prepacked):
         raise SparsekitError(
             f"{op}: bias must be a [{weight.out_features}] tensor of the input's dtype and device"
         )
-    if backend == "reference":
-        return None
     try:  # a prepacked layout comes from a layer, which checked its pack against its backend
         return backends.resolve(backend, input.device, input.dtype, None if prepacked is not None else weight)
     except SparsekitError as error:
@@ -64,7 +53,7 @@ def _check_args(input, weight, bias, backend: str, op: str, prepacked):
 
 def supports(weight: PackedWeight, backend: str) -> bool:
     """Whether ``backend`` can run ``weight`` at all (devices and dtypes aside)."""
-    return backend == "reference" or backends.get(backend).supports(weight)
+    return backends.get(backend).supports(weight)
 
 
 def _conv_geometry(input, weight: PackedWeight, stride, padding, dilation):
@@ -105,8 +94,6 @@ def block_conv2d(
     (``Backend.prepack``), which layers keep; without it the op derives it on every call."""
     chosen = _check_args(input, weight, bias, backend, "block_conv2d", prepacked)
     stride, padding, dilation, _ = _conv_geometry(input, weight, stride, padding, dilation)
-    if chosen is None:
-        return reference_block_conv2d(input, weight, bias, stride, padding, dilation, relu)
     layout = chosen.prepack(weight) if prepacked is None else prepacked
     return chosen.block_conv2d(input, layout, bias, stride, padding, dilation, relu)
 
@@ -128,51 +115,5 @@ def block_linear(
             f"block_linear: input shape {tuple(input.shape)} does not end in the weight's "
             f"{weight.in_features} features"
         )
-    if chosen is None:
-        return reference_block_linear(input, weight, bias, relu)
     layout = chosen.prepack(weight) if prepacked is None else prepacked
     return chosen.block_linear(input, layout, bias, relu)
-
-
-def _accumulate_blocks(columns: torch.Tensor, weight: PackedWeight, acc: torch.Tensor) -> None:
-    """acc[:, rows] += tile @ columns[:, group offset + cols] for every block ([B, cols, L])."""
-    rows_per_group = weight.out_features // weight.groups
-    cols_per_group = math.prod(weight.weight_shape[1:])
-    for rows, cols, tile in weight.blocks():
-        group = int(rows[0]) // rows_per_group
-        x = columns[:, group * cols_per_group + cols.long()]
-        acc[:, rows.long()] += tile.to(acc.dtype) @ x
-
-
-def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def reference_block_conv2d(
-    input, weight: PackedWeight, bias=None, stride=1, padding=0, dilation=1, relu=False
-) -> torch.Tensor:
-    """The block convolution in plain torch: explicit im2col, one matmul per block."""
-    stride, padding, dilation, (oh, ow) = _conv_geometry(input, weight, stride, padding, dilation)
-    acc_dtype = _accumulator_dtype(input.dtype)
-    n = input.shape[0]
-    columns = F.unfold(input.to(acc_dtype), weight.kernel_size, dilation, padding, stride)
-    acc = torch.zeros(n, weight.out_features, oh * ow, dtype=acc_dtype, device=input.device)
-    _accumulate_blocks(columns, weight, acc)
-    out = _epilogue(acc, bias, relu).reshape(n, weight.out_features, oh, ow).to(input.dtype)
-    return out.contiguous(memory_format=output_memory_format(input))
-
-
-def reference_block_linear(input, weight: PackedWeight, bias=None, relu=False) -> torch.Tensor:
-    """The block linear in plain torch: one matmul per block."""
-    acc_dtype = _accumulator_dtype(input.dtype)
-    x = input.reshape(-1, input.shape[-1]).to(acc_dtype).T[None]  # [1, in, M]
-    acc = torch.zeros(1, weight.out_features, x.shape[2], dtype=acc_dtype, device=input.device)
-    _accumulate_blocks(x, weight, acc)
-    out = _epilogue(acc, bias, relu)[0].T
-    return out.reshape(*input.shape[:-1], weight.out_features).to(input.dtype)
-
-
-def _epilogue(acc: torch.Tensor, bias, relu: bool) -> torch.Tensor:
-    if bias is not None:
-        acc += bias.to(acc.dtype)[:, None]
-    return acc.relu_() if relu else acc

@@ -10,12 +10,12 @@ from sparsekit import backends, pack, tolerance, unpack, zoo
 
 # Backends that run on this machine's CPU without an interpreter (the Triton kernels, which run
 # on CPU only under TRITON_INTERPRET=1 and slowly, have tests of their own).
-CPU_BACKENDS = [b.name for b in backends.REGISTRY.values() if "cpu" in b.devices] + ["reference"]
+CPU_BACKENDS = [b.name for b in backends.REGISTRY.values() if "cpu" in b.devices]
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
 
 def backend_dtypes(backend: str) -> list[torch.dtype]:
-    return DTYPES if backend == "reference" else [d for d in DTYPES if d in backends.get(backend).dtypes]
+    return [d for d in DTYPES if d in backends.get(backend).dtypes]
 
 
 def assert_matches(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:

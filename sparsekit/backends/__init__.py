@@ -1,7 +1,7 @@
 """The backend registry: every way of running the packed ops, and the one ``auto`` policy.
 
 One module per backend (``cpu``: the C++ kernels; ``torch``: blocks as torch's dense conv /
-linear; ``triton``: Triton kernels) defines a ``Backend`` (``base``): its devices, dtypes,
+linear; ``triton``: Triton kernels; ``reference``: plain torch, the definition) defines a ``Backend`` (``base``): its devices, dtypes,
 ``unavailable(device)`` with the reason, ``supports(pack)``, an optional ``prepack(pack)`` that
 builds its own layout (layers cache it, never save it) and its two ops, each defined from the one
 schema in ``schema``. ``REGISTRY`` below lists them in the order ``auto`` prefers; adding a
@@ -16,10 +16,12 @@ run the first, ``compile`` times them all.
 import torch
 
 from ..errors import SparsekitError
-from . import cpu, torch_blocks, triton
+from . import cpu, reference, torch_blocks, triton
 from .base import Backend
 
-REGISTRY: dict[str, Backend] = {b.name: b for b in (cpu.BACKEND, torch_blocks.BACKEND, triton.BACKEND)}
+REGISTRY: dict[str, Backend] = {
+    b.name: b for b in (cpu.BACKEND, torch_blocks.BACKEND, triton.BACKEND, reference.BACKEND)
+}
 
 
 def names() -> tuple[str, ...]:
