@@ -108,12 +108,22 @@ def conv_input(shape, dtype, layout, gen=None):
     return x.to(memory_format=torch.channels_last) if layout == "channels_last" else x
 
 
-def packed_conv(cout, cin, kernel, groups, dtype, structure="auto", density=0.4, kind="mixed", gen=None):
+def pack_for(backend: str | None, weight, mask=None, structure="auto", groups=1):
+    """``pack`` with ``structure``, or with whole kernels (the kernel planner's plans, which every
+    backend runs) when ``backend`` does not take that plan."""
+    packed = pack(weight, mask, structure=structure, groups=groups)
+    if backend is None or backends.get(backend).supports(packed):
+        return packed
+    return pack(weight, mask, structure="kernel", groups=groups)
+
+
+def packed_conv(cout, cin, kernel, groups, dtype, structure="auto", density=0.4, kind="mixed", gen=None,
+                backend=None):
     weight = torch.randn(cout, cin // groups, *kernel, generator=gen).to(dtype)
     pattern = random_pattern(
         cout, weight[0].numel(), kernel_area=kernel[0] * kernel[1], kind=kind, density=density, gen=gen
     )
-    return pack(weight, pattern.view(weight.shape), structure=structure, groups=groups)
+    return pack_for(backend, weight, pattern.view(weight.shape), structure, groups)
 
 
 def expected_conv(x, packed, bias, stride, padding, dilation, relu):

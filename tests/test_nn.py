@@ -10,7 +10,7 @@ from sparsekit.backends import Backend
 from sparsekit.geometry import output_memory_format
 from sparsekit.nn import from_config
 
-from .helpers import CPU_BACKENDS, assert_matches, conv_input
+from .helpers import CPU_BACKENDS, assert_matches, conv_input, pack_for
 
 
 @pytest.mark.parametrize(
@@ -32,7 +32,7 @@ from .helpers import CPU_BACKENDS, assert_matches, conv_input
 def test_sparse_conv2d_equals_the_conv_it_replaces(conv, backend, layout):
     with torch.no_grad():
         conv.weight.mul_(torch.rand_like(conv.weight) < 0.5)
-    structure = "kernel" if backend == "torch" else "group"  # torch: whole kernels only
+    structure = "group" if backend == "dense" else pack_for(backend, conv.weight, None, "group", conv.groups).structure
     layer = SparseConv2d.from_conv(conv, structure=structure, backend=backend)
     x = conv_input((2, 4, 9, 8), torch.float32, layout)
     y = layer(x)

@@ -11,16 +11,10 @@ from sparsekit.geometry import output_memory_format
 
 from .helpers import (
     CONV_CASES, CPU_BACKENDS, LAYOUTS, assert_matches, backend_dtypes, conv_input, expected_conv,
-    expected_linear, packed_conv,
+    expected_linear, pack_for, packed_conv,
 )
 
 BACKEND_DTYPES = [(b, d) for b in CPU_BACKENDS for d in backend_dtypes(b)]
-
-
-def structure_for(backend: str, structure: str = "auto") -> str:
-    """A plan the backend supports: whole kernels (which the kernel planner always gives) for a
-    backend that does not take every plan."""
-    return "kernel" if backend == "torch" else structure
 
 
 def test_every_cpu_backend_is_tested():
@@ -32,7 +26,7 @@ def test_every_cpu_backend_is_tested():
 @pytest.mark.parametrize(("backend", "dtype"), BACKEND_DTYPES, ids=str)
 def test_block_conv2d_matches_conv2d(case, layout, backend, dtype):
     n, cin, cout, hw, kernel, stride, padding, dilation, groups = case
-    packed = packed_conv(cout, cin, kernel, groups, dtype, structure_for(backend))
+    packed = packed_conv(cout, cin, kernel, groups, dtype, backend=backend)
     x = conv_input((n, cin, *hw), dtype, layout)
     bias = torch.randn(cout).to(dtype)
     x_before = x.clone()
@@ -45,12 +39,24 @@ def test_block_conv2d_matches_conv2d(case, layout, backend, dtype):
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_channels_last_in_channels_last_out(backend):
-    packed = packed_conv(16, 8, (3, 3), 1, torch.float32, structure_for(backend))
+    packed = packed_conv(16, 8, (3, 3), 1, torch.float32, backend=backend)
     x = torch.randn(2, 8, 6, 5).to(memory_format=torch.channels_last)
     y = ops.block_conv2d(x, packed, padding=1, backend=backend)
     assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
     plain = ops.block_conv2d(x.contiguous(), packed, padding=1, backend=backend)
     assert plain.is_contiguous() and torch.equal(y, plain)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("groups", [1, 4])
+def test_one_channel_inputs_in_channels_last_with_a_one_column_output(backend, groups):
+    """torch 2.13's own CPU conv2d gets this case wrong (one input channel, strides of a
+    channels_last tensor, stride 2 along a one-column output); the ops must not."""
+    packed = packed_conv(4, groups, (3, 3), groups, torch.float32, "dense", 1.0, "random", backend=backend)
+    x = torch.randn(2, groups, 4, 3).to(memory_format=torch.channels_last)
+    y = ops.block_conv2d(x, packed, None, (1, 2), (1, 0), backend=backend)
+    assert y.shape[-1] == 1
+    assert_matches(y, expected_conv(x, packed, None, (1, 2), (1, 0), 1, False), torch.float32)
 
 
 @pytest.mark.parametrize("shape", [(33,), (1, 33), (7, 33), (2, 3, 33)], ids=str)
@@ -106,8 +112,8 @@ def conv_problems(draw):
 def test_block_conv2d_property(backend, dtype, p):
     gen = torch.Generator().manual_seed(p["seed"])
     packed = packed_conv(
-        p["cout"], p["cin"], p["kernel"], p["groups"], dtype, structure_for(backend, p["structure"]),
-        p["density"], p["kind"], gen,
+        p["cout"], p["cin"], p["kernel"], p["groups"], dtype, p["structure"], p["density"], p["kind"], gen,
+        backend,
     )
     x = conv_input((p["n"], p["cin"], *p["hw"]), dtype, p["layout"], gen)
     bias = torch.randn(p["cout"], generator=gen).to(dtype) if p["bias"] else None
@@ -191,7 +197,7 @@ def test_opcheck_block_conv2d(sample, backend):
     """The op's schema, fake (shape and strides) and autograd registration agree with its kernel."""
     x_shape, w_shape, groups, dtype, with_bias, channels_last = sample
     weight = torch.randn(w_shape).to(dtype)
-    p = pack(weight, torch.rand(w_shape) < 0.5, structure=structure_for(backend, "group"), groups=groups)
+    p = pack_for(backend, weight, torch.rand(w_shape) < 0.5, "group", groups)
     bias = torch.randn(w_shape[0]).to(dtype) if with_bias else None
     x = torch.randn(x_shape).to(dtype)
     if channels_last:
@@ -230,7 +236,7 @@ def test_torch_backend_refuses_blocks_of_partial_kernels():
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_ops_trace_under_torch_compile(backend):
-    conv = packed_conv(8, 4, (3, 3), 1, torch.float32, structure_for(backend))
+    conv = packed_conv(8, 4, (3, 3), 1, torch.float32, backend=backend)
     lin = pack(torch.randn(6, 8 * 3 * 3), torch.rand(6, 72) < 0.5)
 
     def f(x):
@@ -298,7 +304,7 @@ def test_raw_op_rejects_malformed_blocks():
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_ops_have_no_gradient(backend):
-    packed = packed_conv(4, 3, (3, 3), 1, torch.float32, structure_for(backend))
+    packed = packed_conv(4, 3, (3, 3), 1, torch.float32, backend=backend)
     x = torch.randn(1, 3, 5, 5, requires_grad=True)
     y = ops.block_conv2d(x, packed, backend=backend)
     with pytest.raises(SparsekitError, match="no gradient"):

@@ -73,6 +73,10 @@ def block_conv2d(input, values, row_idx, col_idx, block_ptr, out_channels, kerne
         x = input.narrow(1, group * in_per_group, in_per_group)
         if channels.numel() < in_per_group:  # columns are unique, so fewer means a subset
             x = x.index_select(1, channels)
+        if x.shape[1] == 1:
+            # torch 2.13's CPU conv2d reads a one-channel input whose strides look channels_last
+            # wrongly when the output is one column wide and the stride along it above one
+            x = x.clone(memory_format=torch.contiguous_format)
         tile = tile.view(rows.numel(), channels.numel(), *kernel_size)
         y = F.conv2d(x.to(compute_dtype), tile.to(compute_dtype), None, stride, padding, dilation)
         acc.index_add_(1, rows, y.to(acc.dtype))
