@@ -93,7 +93,8 @@ class Report:
             )
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"ok": self.ok, "speedup": self.speedup} | {
+        derived = {"ok": self.ok, "speedup": self.speedup, "discriminating": self.discriminating}
+        return asdict(self) | derived | {
             "layers": [asdict(layer) | {"ok": layer.ok, "speedup": layer.speedup} for layer in self.layers]
         }
 

@@ -4,15 +4,15 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
-# Every property test draws at least this many cases; SPARSEKIT_EXAMPLES raises it locally.
-settings.register_profile(
-    "sparsekit",
-    max_examples=int(os.environ.get("SPARSEKIT_EXAMPLES", "200")),
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-    print_blob=True,
-)
-settings.load_profile("sparsekit")
+# Cases per property test: "fast" (CI and the README's test command) or "thorough", selected with
+# SPARSEKIT_HYPOTHESIS_PROFILE=thorough (pack/unpack and exact cover per planner, each op x backend
+# x dtype against fp64 dense: 2,000 cases each).
+for _name, _examples in (("fast", 200), ("thorough", 2000)):
+    settings.register_profile(
+        _name, max_examples=_examples, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+        print_blob=True,
+    )
+settings.load_profile(os.environ.get("SPARSEKIT_HYPOTHESIS_PROFILE", "fast"))
 
 # Without a GPU the Triton kernels run in Triton's interpreter (read when sparsekit imports them).
 if not torch.cuda.is_available():

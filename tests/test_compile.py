@@ -10,9 +10,10 @@ from torch.ao.pruning.sparsifier.utils import FakeSparsity
 from torch.nn.utils import parametrize
 
 import sparsekit
-from sparsekit import SparseConv2d, SparseLinear, SparsekitError, backends, plan_choice, zoo
+from sparsekit import (
+    SparseConv2d, SparseLinear, SparsekitError, SparsekitWarning, backends, plan_choice, zoo,
+)
 from sparsekit.backends import Backend
-from sparsekit.errors import SparsekitWarning
 
 from .helpers import assert_model_close, calibrated_zoo_model, dense_masked, structured_masks
 

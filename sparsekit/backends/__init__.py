@@ -1,12 +1,15 @@
 """The backend registry: every way of running the packed ops, and the one ``auto`` policy.
 
-One module per backend (``cpu``: the C++ kernels; ``torch``: blocks as torch's dense conv /
-linear; ``triton``: Triton kernels; ``reference``: plain torch, the definition) defines a ``Backend`` (``base``): its devices, dtypes,
-``unavailable(device)`` with the reason, ``supports(pack)``, an optional ``prepack(pack)`` that
-builds its own layout (layers cache it, never save it) and its two ops, each defined from the one
-schema in ``schema``. ``REGISTRY`` below lists them in the order ``auto`` prefers; adding a
-backend is its module and one line there. ``ops``, ``nn``, ``compile``, the CLI, the tests and
-the bench suites ask this module which backends exist and which may run what.
+One module per backend (``cpu``: the C++ kernels of ``extension``; ``torch_blocks``: blocks as
+torch's dense conv / linear; ``triton``: Triton kernels; ``reference``: plain torch, the
+definition) defines a ``Backend`` (``base``): its devices, dtypes, ``unavailable(device)`` with
+the reason, ``supports(pack)``, an optional ``prepack(pack)`` that builds its own layout (layers
+cache it, never save it) and its two ops, each defined from the one schema in ``schema``.
+``REGISTRY`` below lists them in the order ``auto`` prefers; adding a backend is its module and
+one line there (a C++ CUDA backend: its kernels under ``csrc/cuda``, registered for the CUDA
+dispatch key of the extension's ops, and a module like ``cpu`` asking
+``extension.missing_kernel("CUDA")``). ``ops``, ``nn``, ``compile``, the CLI, the tests and the
+bench suites ask this module which backends exist and which may run what.
 
 ``auto`` picks, for tensors of a device and dtype (and a pack), the available backends that take
 them and that have passed their tests on real hardware of that device type (``auto_on``): ops
@@ -25,6 +28,7 @@ REGISTRY: dict[str, Backend] = {
 
 
 def names() -> tuple[str, ...]:
+    """Every backend's name, in the order ``auto`` prefers."""
     return tuple(REGISTRY)
 
 
@@ -44,8 +48,8 @@ def register(backend: Backend) -> None:
 
 
 def unregister(name: str) -> None:
-    get(name)
-    del REGISTRY[name]
+    """Removes the backend called ``name`` (SparsekitError if there is none)."""
+    del REGISTRY[get(name).name]
 
 
 def auto(device: torch.device, dtype: torch.dtype, packed=None) -> list[Backend]:

@@ -49,16 +49,19 @@ class Backend:
                 reason = f"cannot run this {packed.structure!r} pack ({self.unsupported_reason})"
         return reason
 
-    def block_conv2d(self, input, prepacked, bias, stride, padding, dilation, relu) -> torch.Tensor:
-        p = prepacked
+    def block_conv2d(self, input, weight, bias, stride, padding, dilation, relu) -> torch.Tensor:
+        """The conv op on ``weight``, what ``prepack`` made of the pack; the arguments are
+        checked (``ops``)."""
         op = getattr(torch.ops.sparsekit, f"{self.op_prefix}block_conv2d")
-        return op(input, p.values, p.row_idx, p.col_idx, p.block_ptr, p.out_features,
-                  list(p.kernel_size), list(stride), list(padding), list(dilation), p.groups, bias, relu)
+        return op(input, weight.values, weight.row_idx, weight.col_idx, weight.block_ptr,
+                  weight.out_features, list(weight.kernel_size), list(stride), list(padding),
+                  list(dilation), weight.groups, bias, relu)
 
-    def block_linear(self, input, prepacked, bias, relu) -> torch.Tensor:
-        p = prepacked
+    def block_linear(self, input, weight, bias, relu) -> torch.Tensor:
+        """The linear op on ``weight``, as ``block_conv2d``."""
         op = getattr(torch.ops.sparsekit, f"{self.op_prefix}block_linear")
-        return op(input, p.values, p.row_idx, p.col_idx, p.block_ptr, p.out_features, bias, relu)
+        return op(input, weight.values, weight.row_idx, weight.col_idx, weight.block_ptr,
+                  weight.out_features, bias, relu)
 
     def __repr__(self) -> str:
         return f"<sparsekit backend {self.name!r}>"
