@@ -11,7 +11,6 @@ ratio is against dense measured in the same run.
     python -m bench.cpu_suite --quick    # seconds: tiny shapes, for CI
 """
 
-import argparse
 import datetime
 import platform
 import sys
@@ -25,7 +24,7 @@ from sparsekit import backends, timing, zoo
 from sparsekit.transforms import global_magnitude_masks, refill_masks
 
 from .masks import conv_mask, flop_limit
-from .report import write_results
+from .report import suite_arguments, write_results
 
 CPU = torch.device("cpu")
 
@@ -161,11 +160,7 @@ def plot(records: list[dict], path: Path) -> None:
 
 
 def main(argv=None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny shapes, seconds (for CI)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    args = parser.parse_args(argv)
-    command = "python -m bench.cpu_suite" + (" --quick" if args.quick else "")
+    args, command = suite_arguments(argv, __doc__.splitlines()[0], "bench.cpu_suite", "tiny shapes, seconds (for CI)")
     env = environment(command)
     title = f"{env['device']}, {env['threads']} threads, torch {env['torch']}, fp32"
     print(f"{title}\n{HEADER}")

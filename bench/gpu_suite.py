@@ -12,11 +12,9 @@ Times are ``triton.testing.do_bench`` medians (CUDA events; warm-up and autotuni
                                          # TRITON_INTERPRET=1 and times on the CPU (a plumbing check)
 """
 
-import argparse
 import datetime
 import os
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +29,7 @@ import sparsekit  # noqa: E402
 from sparsekit import backends, timing, tolerance  # noqa: E402
 
 from .masks import conv_mask  # noqa: E402
-from .report import write_results  # noqa: E402
+from .report import suite_arguments, write_results  # noqa: E402
 
 DEVICE = "cuda" if GPU else "cpu"
 # (channels, map size, batch, where the layer comes from)
@@ -174,11 +172,7 @@ def run(quick: bool, seed: int = 0) -> list[dict]:
 
 
 def main(argv=None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny shapes (CI runs it without a GPU)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    args = parser.parse_args(argv)
-    command = "python -m bench.gpu_suite" + (" --quick" if args.quick else "")
+    args, command = suite_arguments(argv, __doc__.splitlines()[0], "bench.gpu_suite", "tiny shapes (CI runs it without a GPU)")
     env = environment(command)
     title = f"{env['device']}, torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}"
     print(f"{title}\n{HEADER}")
