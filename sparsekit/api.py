@@ -58,6 +58,8 @@ def compile(  # noqa: A001 - the package's verb, as in torch.compile
         raise SparsekitError(f"structure: {structure!r} is not one of {', '.join(STRUCTURES)}")
     inputs = as_input_tuple(example_inputs)
     checked = verify and bool(inputs)
+    parameter = next(iter(model.parameters()), torch.empty(0))
+    competitors = competing_backends(backend, parameter.device, parameter.dtype)
     layer_masks = masks_lib.collect_masks(model, mask)
     targets = [  # the masked layers, or every Conv2d / Linear when no mask is given
         name for name, module in model.named_modules()
@@ -73,8 +75,6 @@ def compile(  # noqa: A001 - the package's verb, as in torch.compile
     layer_inputs = record_inputs(reference, targets, inputs) if inputs else {}
     pairs = dict(conv_bn_pairs(reference)) if fold_bn else {}
 
-    parameter = next(iter(reference.parameters()), torch.empty(0))
-    competitors = competing_backends(backend, parameter.device, parameter.dtype)
     if progress is None:
         progress = sys.stderr.isatty()
     for name in tqdm(targets, desc="sparsekit.compile", unit="layer", disable=not progress):
@@ -95,8 +95,8 @@ def compile(  # noqa: A001 - the package's verb, as in torch.compile
         report.raise_on_mismatch()
     elif verify:
         warnings.warn(
-            "sparsekit.compile: no example_inputs, so plans follow the cost model and the "
-            "compiled model was not verified",
+            "sparsekit.compile: no example_inputs, so no candidate plan was checked, plans follow "
+            "the cost model and the compiled model was not verified",
             SparsekitWarning, stacklevel=2,
         )
     return compiled

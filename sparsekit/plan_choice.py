@@ -15,7 +15,7 @@ from torch import nn
 
 from . import backends, timing, tolerance
 from .backends import Backend
-from .errors import SparsekitWarning
+from .errors import SparsekitError, SparsekitWarning
 from .nn import SparseConv2d, SparseLinear
 from .planners import PLANNERS
 
@@ -32,6 +32,9 @@ def competing_backends(backend: str, device: torch.device, dtype: torch.dtype) -
         return []
     if backend == "auto":
         return backends.auto(device, dtype)
+    if backend not in backends.names():
+        choices = ", ".join(("auto", "dense", *backends.names()))
+        raise SparsekitError(f"backend: {backend!r} is not one of {choices}")
     return [backends.resolve(backend, device, dtype)]
 
 

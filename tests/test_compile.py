@@ -242,6 +242,10 @@ def test_training_mode_and_bad_inputs_are_errors():
         sparsekit.compile(model, None, "image")
     with pytest.raises(SparsekitError, match="structure"):
         sparsekit.compile(model, None, structure="blocks")
+    with pytest.raises(SparsekitError, match="'fpga' is not one of auto, dense, cpu"):
+        sparsekit.compile(model, None, backend="fpga")
+    with pytest.raises(SparsekitError, match="backend 'cpu' takes float32"):
+        sparsekit.compile(copy.deepcopy(model).double(), None, backend="cpu")
 
 
 def test_corrupt_mask_file_is_an_error(tmp_path):
