@@ -54,7 +54,10 @@ setup(
     version="0.1.0",
     description="Compiled structured-sparse inference kernels for pruned PyTorch models",
     python_requires=">=3.10",
-    packages=["sparsekit", "sparsekit.planners", "sparsekit.transforms", "sparsekit.triton_kernels"],
+    packages=[
+        "sparsekit", "sparsekit.backends", "sparsekit.planners", "sparsekit.transforms",
+        "sparsekit.triton_kernels",
+    ],
     package_dir={"sparsekit.triton_kernels": "triton_kernels"},
     install_requires=["torch>=2.4", "numpy", "pymetis", "safetensors", "tqdm"],
     extras_require={"examples": ["scikit-learn"]},

@@ -142,8 +142,10 @@ def plot(records: list[dict], path: Path) -> None:
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
     layers = [r for r in records if r["kind"] == "conv3x3"]
+    timed = sorted({r["backend"] for r in layers}, key=backends.names().index)
     for color, (structure, marker) in enumerate((("group", "o"), ("channel", "s"), ("kernel", "^"))):
-        for backend, fill in (("cpu", f"C{color}"), ("torch", "none")):  # torch: hollow markers
+        for backend in timed:  # the first backend filled, the others hollow
+            fill = f"C{color}" if backend == timed[0] else "none"
             points = [(r["sparsity"], r["speedup"]) for r in layers
                       if r["structure"] == structure and r["backend"] == backend]
             if points:

@@ -46,7 +46,7 @@ FULL_LINEARS = [(4096, 4096, 2048), (11008, 4096, 2048)]  # (out, in, batch)
 QUICK_LINEARS = [(64, 64, 16)]
 LINEAR_BLOCK = 32
 PRECISIONS = {"float32": torch.float32, "tf32": "tf32", "bfloat16": torch.bfloat16}  # keys of the tolerance table
-GPU_BACKENDS = [b for b in backends.REGISTRY.values() if "cuda" in b.devices]
+GPU_BACKENDS = [b for b in backends.REGISTRY.values() if "cuda" in b.devices and b.benchmarked]
 
 
 def median_ms(fn) -> float:
@@ -76,11 +76,12 @@ def time_case(record: dict, dense, sides: dict, dtype: str) -> dict:
     return record
 
 
-def backend_sides(layer, x) -> dict:
-    """{backend name: the layer on it, applied to x} for every GPU backend that runs the layer."""
+def backend_sides(layer_on, packed, x) -> dict:
+    """{backend name: the packed layer on that backend applied to x} for every GPU backend that
+    runs the pack (``layer_on(name)`` builds the layer)."""
     return {
-        b.name: (lambda l=layer.with_backend(b.name): l(x))
-        for b in GPU_BACKENDS if b.problem(x.device, x.dtype, layer.packed()) is None
+        b.name: (lambda layer=layer_on(b.name): layer(x))
+        for b in GPU_BACKENDS if b.problem(x.device, x.dtype, packed) is None
     }
 
 
@@ -92,14 +93,16 @@ def conv_cases(convs, dtypes, gen):
             for structure, sparsity in MASKS:
                 weight = torch.randn(channels, channels, 3, 3, generator=gen)
                 weight = (weight * conv_mask(structure, channels, sparsity, gen)).to(DEVICE, dtype)
-                layer = sparsekit.SparseConv2d.from_weight(weight, padding=1, structure=structure, backend="reference")
+                packed = sparsekit.pack(weight, structure=structure)
                 record = {
                     "kind": "conv3x3", "origin": origin, "shape": [channels, channels, 3, 3],
                     "input": list(x.shape), "dtype": dtype_name, "structure": structure,
                     "sparsity": round(1 - weight.ne(0).float().mean().item(), 4),
-                    "blocks": layer.summary()["blocks"], "flop_limit": weight.numel() / weight.count_nonzero().item(),
+                    "blocks": packed.num_blocks, "flop_limit": weight.numel() / weight.count_nonzero().item(),
                 }
-                sides = backend_sides(layer, x)
+                layer_on = lambda name, w=weight, p=packed: sparsekit.SparseConv2d.from_weight(  # noqa: E731
+                    w, padding=1, backend=name, packed=p)
+                sides = backend_sides(layer_on, packed, x)
                 yield record, (lambda x=x, w=weight: F.conv2d(x, w, None, 1, 1)), sides, dtype_name
 
 
@@ -112,15 +115,17 @@ def linear_cases(linears, gen):
         mask = tiles.repeat_interleave(LINEAR_BLOCK, 0).repeat_interleave(LINEAR_BLOCK, 1)
         weight = (torch.randn(out_features, in_features, generator=gen) * mask).to(DEVICE, dtype)
         x = torch.randn(batch, in_features, generator=gen).to(DEVICE, dtype)
-        layer = sparsekit.SparseLinear.from_weight(weight, structure="group", backend="reference")
-        sides = backend_sides(layer, x)
+        packed = sparsekit.pack(weight, structure="group")
+        layer_on = lambda name, w=weight, p=packed: sparsekit.SparseLinear.from_weight(  # noqa: E731
+            w, backend=name, packed=p)
+        sides = backend_sides(layer_on, packed, x)
         if GPU:  # torch's BSR kernel is Triton compiled for CUDA only
             bsr, x_t = weight.to_sparse_bsr((LINEAR_BLOCK, LINEAR_BLOCK)), x.T.contiguous()
             sides["bsr"] = lambda b=bsr, xt=x_t: bsr_dense_mm(b, xt).T
         record = {
             "kind": "linear", "origin": "block-sparse linear", "shape": [out_features, in_features],
             "input": list(x.shape), "dtype": str(dtype).removeprefix("torch."), "structure": "group",
-            "sparsity": round(1 - mask.float().mean().item(), 4), "blocks": layer.summary()["blocks"],
+            "sparsity": round(1 - mask.float().mean().item(), 4), "blocks": packed.num_blocks,
             "bsr_block": LINEAR_BLOCK, "flop_limit": weight.numel() / weight.count_nonzero().item(),
         }
         yield record, (lambda x=x, w=weight: F.linear(x, w)), sides, record["dtype"]

@@ -39,8 +39,8 @@ def compile(  # noqa: A001 - the package's verb, as in torch.compile
     in its weights). ``example_inputs``: a tensor or tuple of positional inputs; with them the
     plan of every layer (dense, or a packed ``structure`` on a ``backend``) is first checked
     against the dense layer on the input it receives (a candidate that differs or raises is
-    dropped with a warning), then chosen by measured latency (``measure=False``: by the cost
-    model); ``verify=True`` checks the result and attaches the report as
+    dropped with a warning; a layer the inputs never reach stays dense), then chosen by measured
+    latency (``measure=False``: by the cost model); ``verify=True`` checks the result and attaches the report as
     ``compiled.sparsekit_report``, raising ``SparsekitError`` on a mismatch. Without them plans
     follow the cost model and nothing is checked (a warning says so). ``backend``: ``"auto"``,
     ``"dense"`` or a name of ``sparsekit.backends``. ``inplace=True`` modifies ``model`` itself
@@ -81,8 +81,13 @@ def compile(  # noqa: A001 - the package's verb, as in torch.compile
         module = compiled.get_submodule(name)
         bn_name = pairs.get(name)
         weight, bias = folded_weight(module, compiled.get_submodule(bn_name) if bn_name else None)
-        layer = choose_layer(module, weight, bias, structure, competitors, layer_inputs.get(name),
-                             name, measure=measure)
+        layer_input = layer_inputs.get(name)
+        unreached = bool(inputs) and layer_input is None  # no input to check a plan on
+        if unreached:
+            warnings.warn(f"sparsekit.compile: the example inputs never reach layer {name!r}, so it "
+                          "stays dense", SparsekitWarning, stacklevel=2)
+        layer = choose_layer(module, weight, bias, "dense" if unreached else structure, competitors,
+                             layer_input, name, measure=measure)
         layer.config["source"] = {"layer": name, "batchnorm": bn_name}
         compiled.set_submodule(name, layer)
         if bn_name:

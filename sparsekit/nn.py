@@ -5,8 +5,9 @@ is described by a JSON-able ``config`` from which an empty twin is made (``from_
 loading a state_dict. ``backend="dense"`` keeps the weight dense and calls ``F.conv2d`` /
 ``F.linear``; any other backend (see ``sparsekit.backends``) packs it and calls the sparsekit
 ops. A packed layer keeps its backend's own layout of the pack (``Backend.prepack``) as a cache:
-built on first use, again after ``load_state_dict`` or moving the layer (``.to()``), and never
-part of the state_dict.
+built with the layer, after moving it (``.to()``) and by ``ready()`` (``sparsekit.load`` calls
+it), dropped by ``load_state_dict`` and then rebuilt on first use; never part of the
+state_dict.
 """
 
 import torch
@@ -69,6 +70,13 @@ class _SparseLayer(nn.Module):
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
         _forget_prepacked(self, None)  # the buffers are new tensors now
+        return self if any(b.is_meta for b in self.buffers()) else self.ready()  # meta: no data
+
+    def ready(self):
+        """This layer, its backend checked against its pack (SparsekitError if it cannot run
+        it) and its prepacked layout built, so that a trace finds it made."""
+        if not self.is_dense:
+            self.check_backend().prepacked()
         return self
 
     def supports(self, backend: str) -> bool:
@@ -81,7 +89,7 @@ class _SparseLayer(nn.Module):
             raise SparsekitError(f"backend: a {self.backend!r} layer cannot move to {backend!r}")
         twin = from_config(self.config | {"backend": backend})
         twin.load_state_dict(self.state_dict())
-        return twin.check_backend()
+        return twin.ready()
 
     def check_backend(self):
         """This layer, after checking that its backend can run its pack (SparsekitError if not)."""
@@ -102,7 +110,7 @@ class _SparseLayer(nn.Module):
             if bias is not None:
                 self.bias.copy_(bias)
         _forget_prepacked(self, None)
-        return self.check_backend()
+        return self.ready()
 
     def summary(self) -> dict:
         """Structure, blocks, density inside blocks, FLOPs relative to dense, kept weights."""
@@ -123,19 +131,25 @@ class _SparseLayer(nn.Module):
         )
 
 
-def _packed_config(weight, bias, structure, backend, groups, name):
-    """(config entries, PackedWeight or None) for a weight under ``backend``."""
-    config = {"dtype": str(weight.dtype), "bias": bias is not None, "backend": backend}
+def _packed_config(weight, bias, structure, backend, groups, name, packed):
+    """(config entries, PackedWeight or None) for a weight under ``backend`` (``"auto"``: the
+    first backend ``auto`` allows for the weight's device and dtype and the pack), packed by the
+    ``structure`` planner unless ``packed`` is a pack of it already made."""
+    config = {"dtype": str(weight.dtype), "bias": bias is not None}
     if backend == "dense":
-        return config | {"structure": "dense"}, None
-    if backend not in backends.names():
-        raise SparsekitError(f"backend: {backend!r} is not dense or one of {', '.join(backends.names())}")
-    packed = pack(weight, None, structure=structure, groups=groups, name=name)
+        return config | {"backend": backend, "structure": "dense"}, None
+    if backend != "auto" and backend not in backends.names():
+        choices = ", ".join(("auto", "dense", *backends.names()))
+        raise SparsekitError(f"backend: {backend!r} is not one of {choices}")
+    if packed is None:
+        packed = pack(weight, None, structure=structure, groups=groups, name=name)
+    if backend == "auto":
+        backend = backends.resolve(backend, weight.device, weight.dtype, packed).name
     sizes = {
         "values": packed.values.numel(), "row_idx": packed.row_idx.numel(),
         "col_idx": packed.col_idx.numel(), "blocks": packed.num_blocks,
     }
-    return config | {"structure": packed.structure, "sizes": sizes}, packed
+    return config | {"backend": backend, "structure": packed.structure, "sizes": sizes}, packed
 
 
 def _pad_amounts(padding, kernel_size, dilation) -> tuple[int, int, int, int]:
@@ -164,12 +178,15 @@ class SparseConv2d(_SparseLayer):
     @classmethod
     def from_weight(
         cls, weight, bias=None, *, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
-        padding_mode="zeros", structure="auto", backend="cpu", relu=False, name="weight",
+        padding_mode="zeros", structure="auto", backend="auto", relu=False, name="weight",
+        packed=None,
     ) -> "SparseConv2d":
         """A layer computing ``conv2d(x, weight, bias, ...)`` (then ReLU if ``relu``), the zeros
-        of ``weight`` being its mask. ``padding`` takes ints, ``"same"`` or ``"valid"``."""
+        of ``weight`` being its mask. ``padding`` takes ints, ``"same"`` or ``"valid"``;
+        ``backend``: ``"dense"``, ``"auto"`` or a backend's name; ``packed``: a pack of
+        ``weight`` already made, reused instead of planning again."""
         kernel_size = tuple(weight.shape[2:])
-        entries, packed = _packed_config(weight, bias, structure, backend, groups, name)
+        entries, packed = _packed_config(weight, bias, structure, backend, groups, name, packed)
         config = entries | {
             "type": "SparseConv2d", "in_channels": weight.shape[1] * groups,
             "out_channels": weight.shape[0], "kernel_size": list(kernel_size),
@@ -212,9 +229,12 @@ class SparseLinear(_SparseLayer):
 
     @classmethod
     def from_weight(
-        cls, weight, bias=None, *, structure="auto", backend="cpu", relu=False, name="weight"
+        cls, weight, bias=None, *, structure="auto", backend="auto", relu=False, name="weight",
+        packed=None,
     ) -> "SparseLinear":
-        entries, packed = _packed_config(weight, bias, structure, backend, 1, name)
+        """A layer computing ``linear(x, weight, bias)`` (then ReLU if ``relu``); the other
+        arguments as for ``SparseConv2d.from_weight``."""
+        entries, packed = _packed_config(weight, bias, structure, backend, 1, name, packed)
         config = entries | {
             "type": "SparseLinear", "in_features": weight.shape[1],
             "out_features": weight.shape[0], "relu": relu,

@@ -45,6 +45,8 @@ def _check_args(input, weight, bias, backend: str, op: str, prepacked):
         raise SparsekitError(
             f"{op}: bias must be a [{weight.out_features}] tensor of the input's dtype and device"
         )
+    if prepacked is not None and backend == "auto":
+        raise SparsekitError(f"{op}: a prepacked layout belongs to one backend; name it")
     try:  # a prepacked layout comes from a layer, which checked its pack against its backend
         return backends.resolve(backend, input.device, input.dtype, None if prepacked is not None else weight)
     except SparsekitError as error:

@@ -16,6 +16,7 @@ from torch import nn
 from . import backends, timing, tolerance
 from .backends import Backend
 from .errors import SparsekitError, SparsekitWarning
+from .formats import pack
 from .nn import SparseConv2d, SparseLinear
 from .planners import PLANNERS
 
@@ -38,14 +39,14 @@ def competing_backends(backend: str, device: torch.device, dtype: torch.dtype) -
     return [backends.resolve(backend, device, dtype)]
 
 
-def _build(module, weight, bias, structure, backend, name):
+def _build(module, weight, bias, backend, name, packed=None):
     if isinstance(module, nn.Conv2d):
         return SparseConv2d.from_weight(
             weight, bias, stride=module.stride, padding=module.padding, dilation=module.dilation,
-            groups=module.groups, padding_mode=module.padding_mode, structure=structure,
-            backend=backend, name=name,
+            groups=module.groups, padding_mode=module.padding_mode, backend=backend, name=name,
+            packed=packed,
         )
-    return SparseLinear.from_weight(weight, bias, structure=structure, backend=backend, name=name)
+    return SparseLinear.from_weight(weight, bias, backend=backend, name=name, packed=packed)
 
 
 def _problem(candidate, layer_input, expected) -> str | None:
@@ -80,12 +81,16 @@ def choose_layer(module, weight, bias, structure, competitors, layer_input, name
     """The layer to use for ``module`` (see the module doc): ``weight`` and ``bias`` are its
     effective (masked, BatchNorm-folded) parameters, ``competitors`` the backends whose plans
     compete, ``layer_input`` the input it receives on the example inputs (or None)."""
-    dense = _build(module, weight, bias, "dense", "dense", name)
+    dense = _build(module, weight, bias, "dense", name)
     if structure == "dense" or not competitors:
         return dense
+    groups = getattr(module, "groups", 1)
     structures = PACKED_STRUCTURES if structure == "auto" else (structure,)
-    plans = [_build(module, weight, bias, s, "reference", name) for s in structures]
-    candidates = [p.with_backend(b.name) for b in competitors for p in plans if b.supports(p.packed())]
+    plans = [pack(weight, structure=s, groups=groups, name=name) for s in structures]
+    candidates = [
+        _build(module, weight, bias, b.name, name, plan)
+        for b in competitors for plan in plans if b.supports(plan)
+    ]
     dropped = []
     if layer_input is not None:
         with torch.inference_mode():

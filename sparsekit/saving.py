@@ -80,8 +80,8 @@ def load(path, model: nn.Module) -> nn.Module:
     except RuntimeError as error:
         raise SparsekitError(f"load: the saved tensors do not fit the model: {error}") from error
     for name in meta["layers"]:
-        rebuilt.get_submodule(name).check_backend()
-    return rebuilt.eval()
+        rebuilt.get_submodule(name).ready()
+    return rebuilt.eval().requires_grad_(False)  # as compile() returns it: an inference model
 
 
 def _replace(model: nn.Module, name: str, expected: type, replacement: nn.Module) -> None:

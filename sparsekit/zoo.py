@@ -184,11 +184,14 @@ def calibrate_batchnorm(model: nn.Module, batches, masks=None) -> nn.Module:
         norm.reset_running_stats()
         norm.momentum = None  # a cumulative average over the batches
         norm.train()
-    with torch.no_grad():
-        for batch in batches:
-            target(*(batch if isinstance(batch, tuple) else (batch,)))
-    for norm, momentum in zip(norms, momenta):
-        norm.momentum = momentum
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                target(*(batch if isinstance(batch, tuple) else (batch,)))
+    finally:
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+            norm.eval()
     if target is not model:
         statistics = {k: v for k, v in target.state_dict().items() if k.rpartition(".")[2] in STATISTICS}
         model.load_state_dict(statistics, strict=False)

@@ -338,3 +338,21 @@ def test_progress_bar_shows_by_default_on_a_terminal(monkeypatch, capsys):
         monkeypatch.setattr("sys.stderr.isatty", lambda terminal=terminal: terminal)
         sparsekit.compile(model, masks, torch.randn(2, 3, 6, 6), measure=False)
         assert ("sparsekit.compile" in capsys.readouterr().err) == terminal
+
+
+def test_a_layer_the_example_inputs_never_reach_stays_dense_with_a_warning():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused = nn.Conv2d(32, 128, 3), nn.Conv2d(32, 128, 3)
+
+        def forward(self, x):
+            return self.used(x) if x.shape[0] > 1 else self.unused(x)
+
+    model = Branchy().eval()
+    rows = (torch.rand(128, 1, 1, 1) < 0.25).expand(128, 32, 3, 3).float()  # a plan worth packing
+    masks = {"used.weight": rows, "unused.weight": rows}
+    x = torch.randn(2, 32, 8, 8)
+    with pytest.warns(SparsekitWarning, match="never reach layer 'unused', so it stays dense"):
+        compiled = sparsekit.compile(model, masks, x, measure=False)
+    assert compiled.unused.is_dense and not compiled.used.is_dense

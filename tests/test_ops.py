@@ -230,8 +230,17 @@ def test_torch_backend_refuses_blocks_of_partial_kernels():
     weight[:, 0, 1, 1] = 1.0  # the centre tap only: the group plan stores one column per row
     packed = pack(weight, structure="group")
     assert not ops.supports(packed, "torch") and ops.supports(pack(weight, structure="kernel"), "torch")
+    x = torch.randn(1, 3, 5, 5)
     with pytest.raises(SparsekitError, match="whole kernels"):
-        ops.block_conv2d(torch.randn(1, 3, 5, 5), packed, backend="torch")
+        ops.block_conv2d(x, packed, backend="torch")
+    with pytest.raises(SparsekitError, match="whole kernels"):  # the op itself, as a trace runs it
+        backends.get("torch").block_conv2d(x, packed, None, (1, 1), (0, 0), (1, 1), False)
+
+
+def test_a_prepacked_layout_needs_its_backend_named():
+    packed = packed_conv(4, 3, (3, 3), 1, torch.float32)
+    with pytest.raises(SparsekitError, match="prepacked layout belongs to one backend"):
+        ops.block_conv2d(torch.randn(1, 3, 5, 5), packed, prepacked=packed)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

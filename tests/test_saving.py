@@ -75,3 +75,13 @@ def test_loading_checks_that_each_backend_can_run_its_pack(tmp_path):
 def test_saving_an_uncompiled_model_is_an_error(tmp_path):
     with pytest.raises(SparsekitError, match="compile it first"):
         sparsekit.save(zoo.create("resnet18"), tmp_path)
+
+
+def test_a_loaded_model_traces_and_exports_before_it_ever_ran(compiled_resnet, tmp_path):
+    compiled, x = compiled_resnet
+    sparsekit.save(compiled, tmp_path)
+    loaded = sparsekit.load(tmp_path, zoo.create("resnet18").eval())  # its layouts made by load
+    exported = torch.export.export(loaded, (x,))
+    traced = torch.compile(sparsekit.load(tmp_path, zoo.create("resnet18").eval()),
+                           backend="aot_eager", fullgraph=True)
+    assert torch.equal(exported.module()(x), compiled(x)) and torch.equal(traced(x), compiled(x))

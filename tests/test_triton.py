@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import sparsekit
-from sparsekit import PackedWeight, SparsekitError, backends, ops, pack
+from sparsekit import PackedWeight, SparsekitError, backends, ops, pack, zoo
 from sparsekit.geometry import output_memory_format
 
 from .helpers import (
@@ -124,12 +124,14 @@ def test_compile_with_the_triton_backend_is_verified():
         nn.Conv2d(3, 256, 3, padding=1), nn.BatchNorm2d(256), nn.ReLU(), nn.Conv2d(256, 256, 3),
         nn.BatchNorm2d(256), nn.ReLU(), nn.Flatten(), nn.Linear(256 * 2 * 2, 10),
     ).eval().to(DEVICE)
-    x = torch.randn(1, 3, 4, 4, device=DEVICE)
+    x = torch.randn(2, 3, 4, 4, device=DEVICE)
     mask = torch.zeros(256, 256, 3, 3, device=DEVICE)
     mask[::2] = 1  # half the output channels: packed by the cost model (no timing here)
+    zoo.calibrate_batchnorm(model, [torch.randn(8, 3, 4, 4, device=DEVICE)], {"3.weight": mask})
     compiled = sparsekit.compile(model, {"3.weight": mask}, x, backend="triton", measure=False)
     report = compiled.sparsekit_report
-    assert report.ok and any(layer.backend == "triton" for layer in report.layers)
+    assert report.ok and report.discriminating
+    assert any(layer.backend == "triton" for layer in report.layers)
 
 
 @pytest.mark.skipif(GPU, reason="the device check is for machines without a GPU")

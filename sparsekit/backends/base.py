@@ -19,6 +19,7 @@ class Backend:
     # device types on which `auto` may pick it: those where it has passed its tests on real
     # hardware; on any other device it runs only when asked for by name
     auto_on: tuple[str, ...] = ()
+    benchmarked = True  # whether the bench suites time it against dense
     op_prefix: str = ""
     unsupported_reason = ""  # what supports() asks of a pack, for error messages
 

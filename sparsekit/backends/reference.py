@@ -63,6 +63,7 @@ class ReferenceBackend(Backend):
     name = "reference"
     devices = ("cpu", "cuda")
     dtypes = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+    benchmarked = False  # slow by design
     op_prefix = "reference_"
 
 

@@ -12,10 +12,14 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..errors import SparsekitError
 from ..geometry import block_conv2d_shape, block_linear_shape, output_memory_format
 from ..tensor_memo import memoize
 from . import schema
 from .base import Backend
+
+
+WHOLE_KERNELS_ONLY = "backend 'torch' runs blocks of whole kernels only: channel or kernel plans"
 
 
 def whole_kernel_blocks(col_idx: torch.Tensor, block_ptr: torch.Tensor, kernel_area: int) -> bool:
@@ -55,9 +59,16 @@ def _epilogue(acc: torch.Tensor, bias, relu: bool, dtype) -> torch.Tensor:
     return acc.to(dtype)
 
 
+def _whole_kernels(col_idx, block_ptr, kernel_area: int) -> bool:
+    return memoize("whole kernels", (col_idx, block_ptr),
+                   lambda: whole_kernel_blocks(col_idx, block_ptr, kernel_area))
+
+
 def block_conv2d(input, values, row_idx, col_idx, block_ptr, out_channels, kernel_size, stride,
                  padding, dilation, groups, bias, relu):
     kernel_area = kernel_size[0] * kernel_size[1]
+    if not _whole_kernels(col_idx, block_ptr, kernel_area):  # also where a trace skipped supports()
+        raise SparsekitError(f"sparsekit::torch_block_conv2d: {WHOLE_KERNELS_ONLY}")
     # torch's CPU bf16 conv2d returns wrong values for some shapes (stride 2 along a width-1
     # output, seen with torch 2.13), so on CPU bf16 runs in fp32, where the C++ kernel is the
     # fast path anyway
@@ -103,11 +114,10 @@ class TorchBackend(Backend):
     dtypes = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
     auto_on = ("cpu",)
     op_prefix = "torch_"
-    unsupported_reason = "backend 'torch' runs blocks of whole kernels only: channel or kernel plans"
+    unsupported_reason = WHOLE_KERNELS_ONLY
 
     def supports(self, packed):
-        cols, ptr, area = packed.col_idx, packed.block_ptr, math.prod(packed.kernel_size)
-        return memoize("whole kernels", (cols, ptr), lambda: whole_kernel_blocks(cols, ptr, area))
+        return _whole_kernels(packed.col_idx, packed.block_ptr, math.prod(packed.kernel_size))
 
 
 BACKEND = TorchBackend()
