@@ -12,8 +12,6 @@ from .errors import SparsekitError
 from .planners import STRUCTURES
 from .transforms import global_magnitude_masks, refill_masks
 
-BACKEND_CHOICES = ("auto", "dense", *backends.names())
-
 
 def demo(args) -> int:
     torch.manual_seed(args.seed)
@@ -79,7 +77,7 @@ def main(argv=None) -> int:
     d.add_argument("--sparsity", type=float, default=0.8)
     d.add_argument("--transform", default="refill", choices=["refill", "none"])
     d.add_argument("--structure", default="auto", choices=STRUCTURES)
-    d.add_argument("--backend", default="auto", choices=BACKEND_CHOICES)
+    d.add_argument("--backend", default="auto", choices=backends.choices())
     d.add_argument("--batch", type=int, default=16)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", type=Path, help="also save the compiled model here")
@@ -90,7 +88,7 @@ def main(argv=None) -> int:
     c.add_argument("--mask", required=True, type=Path, help=".pt or .safetensors file of masks")
     c.add_argument("--weights", type=Path, help=".pt or .safetensors state_dict of the model")
     c.add_argument("--structure", default="auto", choices=STRUCTURES)
-    c.add_argument("--backend", default="auto", choices=BACKEND_CHOICES)
+    c.add_argument("--backend", default="auto", choices=backends.choices())
     c.add_argument("--batch", type=int, default=16, help="batch of the example input")
     c.add_argument("--out", required=True, type=Path)
     c.set_defaults(run=compile_command)

@@ -136,11 +136,8 @@ def _packed_config(weight, bias, structure, backend, groups, name, packed):
     first backend ``auto`` allows for the weight's device and dtype and the pack), packed by the
     ``structure`` planner unless ``packed`` is a pack of it already made."""
     config = {"dtype": str(weight.dtype), "bias": bias is not None}
-    if backend == "dense":
+    if backends.check_choice(backend) == "dense":
         return config | {"backend": backend, "structure": "dense"}, None
-    if backend != "auto" and backend not in backends.names():
-        choices = ", ".join(("auto", "dense", *backends.names()))
-        raise SparsekitError(f"backend: {backend!r} is not one of {choices}")
     if packed is None:
         packed = pack(weight, None, structure=structure, groups=groups, name=name)
     if backend == "auto":

@@ -15,7 +15,7 @@ from torch import nn
 
 from . import backends, timing, tolerance
 from .backends import Backend
-from .errors import SparsekitError, SparsekitWarning
+from .errors import SparsekitWarning
 from .formats import pack
 from .nn import SparseConv2d, SparseLinear
 from .planners import PLANNERS
@@ -29,13 +29,10 @@ def competing_backends(backend: str, device: torch.device, dtype: torch.dtype) -
     """The backends whose packed plans compete with dense: every one ``auto`` may pick for the
     model's device and dtype, the one named (SparsekitError if it cannot run there), or none for
     ``"dense"``."""
-    if backend == "dense":
+    if backends.check_choice(backend) == "dense":
         return []
     if backend == "auto":
         return backends.auto(device, dtype)
-    if backend not in backends.names():
-        choices = ", ".join(("auto", "dense", *backends.names()))
-        raise SparsekitError(f"backend: {backend!r} is not one of {choices}")
     return [backends.resolve(backend, device, dtype)]
 
 

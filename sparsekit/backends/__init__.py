@@ -32,6 +32,19 @@ def names() -> tuple[str, ...]:
     return tuple(REGISTRY)
 
 
+def choices() -> tuple[str, ...]:
+    """Every value a ``backend`` argument of ``compile`` and of the layers takes: ``"auto"``,
+    ``"dense"`` (no pack) and the backends' names."""
+    return ("auto", "dense", *REGISTRY)
+
+
+def check_choice(name: str) -> str:
+    """``name``, if it is one of ``choices()`` (SparsekitError listing them otherwise)."""
+    if name not in choices():
+        raise SparsekitError(f"backend: {name!r} is not one of {', '.join(choices())}")
+    return name
+
+
 def get(name: str) -> Backend:
     """The backend called ``name`` (SparsekitError listing the names otherwise)."""
     try:
