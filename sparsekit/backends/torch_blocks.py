@@ -18,7 +18,6 @@ from ..tensor_memo import memoize
 from . import schema
 from .base import Backend
 
-
 WHOLE_KERNELS_ONLY = "backend 'torch' runs blocks of whole kernels only: channel or kernel plans"
 
 
