@@ -30,17 +30,20 @@ CPU = torch.device("cpu")
 
 FULL_CONVS = [(256, 8, 64), (512, 4, 64), (256, 16, 16), (512, 16, 16)]  # (channels, size, batch)
 QUICK_CONVS = [(32, 4, 2)]
-SPARSITIES = {"group": (0.5, 0.8, 0.9), "channel": (0.5, 0.8), "kernel": (0.9,)}
+SPARSITIES = {"group": (0.5, 0.8, 0.9), "channel": (0.5, 0.8), "kernel": (0.9,), "unstructured": (0.8, 0.9)}
 
 
 def conv_cases(shapes, quick: bool, gen):
     for channels, size, batch in shapes:
         x = torch.randn(batch, channels, size, size, generator=gen)
+        x_last = x.contiguous(memory_format=torch.channels_last)
         for structure, sparsities in SPARSITIES.items():
             for sparsity in sparsities[:1] if quick else sparsities:
                 weight = torch.randn(channels, channels, 3, 3, generator=gen)
                 weight *= conv_mask(structure, channels, sparsity, gen)
-                layer = sparsekit.SparseConv2d.from_weight(weight, padding=1, structure=structure)
+                plan = "auto" if structure == "unstructured" else structure
+                layer = sparsekit.SparseConv2d.from_weight(weight, padding=1, structure=plan)
+                dense, dense_format = _faster_dense(x, x_last, weight)
                 for backend in backends.auto(CPU, weight.dtype, layer.packed()):  # all auto would time
                     twin = layer.with_backend(backend.name)
                     yield {
@@ -48,7 +51,19 @@ def conv_cases(shapes, quick: bool, gen):
                         "structure": structure, "sparsity": round(1 - weight.ne(0).float().mean().item(), 4),
                         "plan": layer.summary()["structure"], "backend": twin.backend,
                         "blocks": layer.summary()["blocks"], "flop_limit": weight.numel() / weight.count_nonzero().item(),
-                    }, (lambda x=x, w=weight: F.conv2d(x, w, None, 1, 1)), (lambda x=x, l=twin: l(x)), None
+                        "dense_format": dense_format,
+                    }, dense, (lambda x=x, l=twin: l(x)), None
+
+
+def _faster_dense(x, x_last, weight):
+    """torch's conv in its faster memory format for this shape (NCHW or channels_last), picked
+    by a first timing, and the format's name."""
+    w_last = weight.contiguous(memory_format=torch.channels_last)
+    sides = {"nchw": lambda: F.conv2d(x, weight, None, 1, 1),
+             "channels_last": lambda: F.conv2d(x_last, w_last, None, 1, 1)}
+    times = {name: timing.median_seconds(fn, min_run_time=0.05) for name, fn in sides.items()}
+    faster = min(times, key=times.get)
+    return sides[faster], faster
 
 
 def linear_cases(quick: bool, gen):
@@ -143,7 +158,8 @@ def plot(records: list[dict], path: Path) -> None:
     figure, axes = plt.subplots(figsize=(7, 4.5))
     layers = [r for r in records if r["kind"] == "conv3x3"]
     timed = sorted({r["backend"] for r in layers}, key=backends.names().index)
-    for color, (structure, marker) in enumerate((("group", "o"), ("channel", "s"), ("kernel", "^"))):
+    for color, (structure, marker) in enumerate((("group", "o"), ("channel", "s"), ("kernel", "^"),
+                                                          ("unstructured", "D"))):
         for backend in timed:  # the first backend filled, the others hollow
             fill = f"C{color}" if backend == timed[0] else "none"
             points = [(r["sparsity"], r["speedup"]) for r in layers

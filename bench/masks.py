@@ -6,8 +6,11 @@ from torch import nn
 
 def conv_mask(structure: str, channels: int, sparsity: float, gen) -> torch.Tensor:
     """A [C, C, 3, 3] mask: row groups of 32 with their own columns (group), whole output
-    channels (channel) or row groups of 32 sharing whole kernels (kernel)."""
+    channels (channel), row groups of 32 sharing whole kernels (kernel) or independent weights
+    (unstructured, what magnitude pruning gives)."""
     keep = 1 - sparsity
+    if structure == "unstructured":
+        return (torch.rand(channels, channels, 3, 3, generator=gen) < keep).float()
     if structure == "channel":
         rows = torch.rand(channels, generator=gen).argsort()[: round(keep * channels)]
         mask = torch.zeros(channels, channels, 3, 3)

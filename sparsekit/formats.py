@@ -83,7 +83,6 @@ class PackedWeight:
         cols = math.prod(self.weight_shape[1:])
         stored, nnz = self.values.numel(), int(torch.count_nonzero(self.values))
         blocks = [Block(r.cpu(), c.cpu()) for r, c, _ in self.blocks()]
-        rows_per_group = self.out_features // self.groups
         return {
             "weight_shape": list(self.weight_shape),
             "groups": self.groups,
@@ -93,7 +92,7 @@ class PackedWeight:
             "stored": stored,
             "density": nnz / stored if stored else 1.0,
             "flops_ratio": stored / (self.out_features * cols),
-            "cost": cost.plan_cost(blocks, rows_per_group) / cost.dense_cost(self.out_features, cols),
+            "cost": cost.plan_cost(blocks) / cost.dense_cost(self.out_features, cols),
         }
 
     def __repr__(self) -> str:

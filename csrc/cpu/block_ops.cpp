@@ -61,8 +61,12 @@ std::vector<at::Tensor> bind_blocks(BlockConvParams& p, const at::Tensor& input,
 }
 
 void run(const BlockConvParams& p) {
-  at::parallel_for(0, cpu::num_tiles(p.shape), 1, [&](int64_t begin, int64_t end) {
-    cpu::block_conv2d_tiles(p, begin, end);
+  cpu::BlockConv conv(p);
+  at::parallel_for(0, conv.num_channels(), 1, [&](int64_t begin, int64_t end) {
+    conv.pack_input(begin, end);
+  });
+  at::parallel_for(0, conv.num_tiles(), 1, [&](int64_t begin, int64_t end) {
+    conv.run_tiles(begin, end);
   });
 }
 

@@ -58,8 +58,7 @@ class BlockPlan:
         """Estimated time relative to the dense layer, under the cost model of ``cost``."""
         if self.structure == "dense":
             return 1.0
-        rows_per_group = self.out // self.groups
-        return cost.plan_cost(self.blocks, rows_per_group) / cost.dense_cost(self.out, self.cols)
+        return cost.plan_cost(self.blocks) / cost.dense_cost(self.out, self.cols)
 
     def summary(self) -> dict:
         return {

@@ -1,38 +1,38 @@
 """The cost model that ranks block plans when nothing has been measured.
 
 Unit: multiply-adds of the dense layer per output position (pixel or batch row); the dense
-layer, run by the vendor library, costs ``out * cols``. A packed plan costs
+layer, run by the vendor library, costs ``out * cols``. The CPU kernel reads its input from
+padded planes without gathers (``csrc/cpu/kernels/block_conv.h``) and runs blocks that own the
+same rows as one, in register tiles of 6, 4, 2 and 1 rows; a tile's cost per column is
+``ROW_TILE_COST[rows]``: a 6-row tile does 24 vector FMAs per 4 input loads, a 1-row tile only
+4, so thin blocks cost more per MAC than tall ones. A packed plan costs
 
-    MAC_COST * sum over blocks of round_up(rows, ROW_TILE) * cols    its GEMMs, rows padded to
-                                                                     the register tile
-  + GATHER_COST * sum over groups of |columns used by its blocks|    the implicit im2col: the
-                                                                     kernels gather each used
-                                                                     column once per tile
+    sum over row groups of |its columns| * sum over its register tiles of ROW_TILE_COST[rows]
 
-so a packed layer must skip enough work to pay for its gather, and many thin blocks lose to a few
-tall ones of the same FLOPs. The constants are fits of the CPU kernel on 2 cores against oneDNN
-(fp32, 3x3 convs with 64-512 channels on 4x4 to 32x32 maps: a gathered element costs 43-51 dense
-MACs, a block MAC 1.1-1.4); compile() replaces the estimate by measured latency whenever it has
-example inputs.
+The constants are per-MAC costs relative to oneDNN's dense conv, fits on 2 cores (fp32, 3x3 convs
+with 256 channels on 16x16 maps: blocks of 1, 2, 4 and 6+ rows); compile() replaces the estimate
+by measured latency whenever it has example inputs.
 """
 
-import torch
-
-ROW_TILE = 4
-MAC_COST = 1.3
-GATHER_COST = 50
+ROW_TILES = (6, 4, 2, 1)  # the kernel's register tiles, tallest first
+ROW_TILE_COST = {6: 6 * 1.35, 4: 4 * 1.45, 2: 2 * 1.8, 1: 1 * 3.0}
 
 
-def plan_cost(blocks, rows_per_group: int | None = None) -> float:
-    """Cost of ``blocks`` (objects with ``rows``/``cols`` index tensors) of one layer whose
-    groups have ``rows_per_group`` rows (``None``: the blocks are all in one group)."""
-    macs = sum(-(-b.rows.numel() // ROW_TILE) * ROW_TILE * b.cols.numel() for b in blocks)
-    used_cols = {}
+def _row_cost(rows: int) -> float:
+    total = 0.0
+    for tile in ROW_TILES:
+        total += (rows // tile) * ROW_TILE_COST[tile]
+        rows %= tile
+    return total
+
+
+def plan_cost(blocks) -> float:
+    """Cost of ``blocks`` (objects with ``rows``/``cols`` index tensors) of one layer."""
+    columns = {}  # blocks owning the same rows run as one
     for b in blocks:
-        group = int(b.rows[0]) // rows_per_group if rows_per_group else 0
-        used_cols.setdefault(group, []).append(b.cols)
-    gathered = sum(torch.cat(cols).unique().numel() for cols in used_cols.values())
-    return MAC_COST * macs + GATHER_COST * gathered
+        key = tuple(b.rows.tolist())
+        columns[key] = columns.get(key, 0) + b.cols.numel()
+    return sum(_row_cost(len(rows)) * cols for rows, cols in columns.items())
 
 
 def dense_cost(out: int, cols: int) -> float:

@@ -96,9 +96,12 @@ int run_case(const Case& c, unsigned seed) {
   p.bias = c.bias ? bias.data() : nullptr;
   p.dtype = DType::Float32;
   p.relu = c.relu;
-  const int64_t tiles = cpu::num_tiles(p.shape);
-  cpu::block_conv2d_tiles(p, 0, tiles / 2);  // two ranges, as two threads would run them
-  cpu::block_conv2d_tiles(p, tiles / 2, tiles);
+  cpu::BlockConv conv(p);
+  const int64_t channels = conv.num_channels(), tiles = conv.num_tiles();
+  conv.pack_input(0, channels / 2);  // two ranges each, as two threads would run them
+  conv.pack_input(channels / 2, channels);
+  conv.run_tiles(0, tiles / 2);
+  conv.run_tiles(tiles / 2, tiles);
 
   double max_err = 0;
   for (int64_t n = 0; n < c.N; ++n)
@@ -164,6 +167,9 @@ int main() {
       {2, 4, 6, 6, 4, 3, 3, 1, 1, 1, 4, true, true},  // depthwise
       {1, 33, 1, 100, 70, 1, 1, 1, 0, 1, 1, false, true},  // linear-like, 100 positions
       {4, 16, 8, 8, 32, 5, 5, 2, 2, 1, 1, false, true},
+      {3, 6, 4, 4, 12, 3, 3, 1, 3, 2, 1, true, true},     // padding past the dilated kernel
+      {2, 4, 9, 7, 8, 1, 1, 1, 2, 1, 2, false, false},    // 1x1 with padding: reads all zeros
+      {2, 5, 11, 10, 6, 2, 2, 3, 1, 2, 1, true, true},    // stride 3, dilation 2, even kernel
   };
   int failures = check_rejects_bad_index();
   unsigned seed = 1;

@@ -2,15 +2,14 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 #include <type_traits>
-#include <vector>
 
 namespace sparsekit::cpu {
 namespace {
 
 constexpr int64_t TP = kTilePositions;
-static_assert(TP % 16 == 0, "tiles are whole 16-lane chunks");
-constexpr int kRowsPerMicro = 6;  // 6 rows x 64 positions = 24 of the 32 AVX-512 registers
+constexpr int kRows = 6;  // 6 rows x 4 vectors = 24 of the 32 AVX-512 registers
 
 // ---- element conversions (activations may be bf16 / fp16; all arithmetic is fp32) ----
 
@@ -38,235 +37,215 @@ uint16_t from_float<uint16_t>(float f) {  // round to nearest even, NaN stays Na
 template <>
 _Float16 from_float<_Float16>(float f) { return _Float16(f); }
 
-// ---- register-blocked micro-kernel: acc[m][0:TP] += sum_k w[m, k] * x[k][0:TP] ----
-// x[k] points at the gathered panel row of the block's k-th column.
+// ---- register-blocked micro-kernel: acc[m][0:TP] += sum_k w[m, k] * x[offset[k] + q0 + 0:TP] ----
 
 typedef float vec16 __attribute__((vector_size(64), aligned(4), may_alias));
 
 template <int M>
-inline __attribute__((always_inline)) void micro(int64_t kc, const float* w, int64_t ldw,
-                                                 const float* const* x_rows, float* const* acc) {
+inline __attribute__((always_inline)) void micro(const RowGroup& g, int64_t m, const float* x,
+                                                 const int64_t* offsets, float* acc) {
   vec16 c[M][4];
-  for (int m = 0; m < M; ++m)
-    for (int j = 0; j < 4; ++j) c[m][j] = *reinterpret_cast<const vec16*>(acc[m] + 16 * j);
-  for (int64_t k = 0; k < kc; ++k) {
-    const vec16* x = reinterpret_cast<const vec16*>(x_rows[k]);
-    const vec16 x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3];
-    for (int m = 0; m < M; ++m) {
-      const float a = w[m * ldw + k];
-      c[m][0] += a * x0;
-      c[m][1] += a * x1;
-      c[m][2] += a * x2;
-      c[m][3] += a * x3;
+  for (int r = 0; r < M; ++r)
+    for (int j = 0; j < 4; ++j)
+      c[r][j] = *reinterpret_cast<const vec16*>(acc + g.rows[m + r] * TP + 16 * j);
+  for (const Segment& s : g.segments) {
+    const float* w = s.weights + m * s.columns;
+    const int64_t* off = offsets + s.first_offset;
+    for (int64_t k = 0; k < s.columns; ++k) {
+      const vec16* v = reinterpret_cast<const vec16*>(x + off[k]);
+      const vec16 a0 = v[0], a1 = v[1], a2 = v[2], a3 = v[3];
+      for (int r = 0; r < M; ++r) {
+        const float b = w[r * s.columns + k];
+        c[r][0] += b * a0;
+        c[r][1] += b * a1;
+        c[r][2] += b * a2;
+        c[r][3] += b * a3;
+      }
     }
   }
-  for (int m = 0; m < M; ++m)
-    for (int j = 0; j < 4; ++j) *reinterpret_cast<vec16*>(acc[m] + 16 * j) = c[m][j];
+  for (int r = 0; r < M; ++r)
+    for (int j = 0; j < 4; ++j)
+      *reinterpret_cast<vec16*>(acc + g.rows[m + r] * TP + 16 * j) = c[r][j];
 }
 
 // One clone per ISA, picked at load time by the CPU's features (no illegal instruction on
 // machines without AVX-512).
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void tile_gemm(int64_t rows, int64_t kc, const float* w, int64_t ldw,
-               const float* const* x_rows, float* const* acc) {
+void group_tile(const RowGroup& g, const float* x, const int64_t* offsets, float* acc) {
+  const int64_t rows = int64_t(g.rows.size());
   int64_t m = 0;
-  for (; m + kRowsPerMicro <= rows; m += kRowsPerMicro)
-    micro<kRowsPerMicro>(kc, w + m * ldw, ldw, x_rows, acc + m);
+  for (; m + kRows <= rows; m += kRows) micro<kRows>(g, m, x, offsets, acc);
   if (m + 4 <= rows) {
-    micro<4>(kc, w + m * ldw, ldw, x_rows, acc + m);
+    micro<4>(g, m, x, offsets, acc);
     m += 4;
   }
   if (m + 2 <= rows) {
-    micro<2>(kc, w + m * ldw, ldw, x_rows, acc + m);
+    micro<2>(g, m, x, offsets, acc);
     m += 2;
   }
-  if (m < rows) micro<1>(kc, w + m * ldw, ldw, x_rows, acc + m);
+  if (m < rows) micro<1>(g, m, x, offsets, acc);
 }
 
-// Output positions of one tile, decoded once: where each output element goes, and for each
-// kernel offset (kh, kw) the input element each position reads (relative to its channel's
-// base), or -1 where it falls in the padding.
-constexpr int64_t kLanes = 16;  // positions per gather chunk (one AVX-512 register)
+int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
-struct TilePositions {
-  int64_t count = 0;
-  int64_t out_base[TP];          // n * out_stride[0] + oh * out_stride[2] + ow * out_stride[3]
-  std::vector<int64_t> source;   // [KH * KW][TP]
-  std::vector<uint8_t> contiguous;  // [KH * KW][TP / kLanes]: the chunk reads consecutive inputs
-};
-
-void decode_tile(const BlockConvParams& p, int64_t tile, TilePositions& t) {
-  const ConvShape& s = p.shape;
-  const int64_t plane = s.OH * s.OW, total = s.N * plane, kernel_area = s.KH * s.KW;
-  const int64_t q0 = tile * TP;
-  t.count = std::min(TP, total - q0);
-  t.source.assign(kernel_area * TP, -1);
-  for (int64_t i = 0; i < t.count; ++i) {
-    const int64_t q = q0 + i, n = q / plane, oh = (q % plane) / s.OW, ow = q % s.OW;
-    t.out_base[i] = n * p.out_stride[0] + oh * p.out_stride[2] + ow * p.out_stride[3];
-    for (int64_t kh = 0; kh < s.KH; ++kh) {
-      const int64_t ih = oh * s.stride_h - s.pad_h + kh * s.dil_h;
-      if (ih < 0 || ih >= s.H) continue;
-      for (int64_t kw = 0; kw < s.KW; ++kw) {
-        const int64_t iw = ow * s.stride_w - s.pad_w + kw * s.dil_w;
-        if (iw >= 0 && iw < s.W)
-          t.source[(kh * s.KW + kw) * TP + i] =
-              n * p.in_stride[0] + ih * p.in_stride[2] + iw * p.in_stride[3];
-      }
-    }
+// Input coordinate t*dil - pad of tap t, for output 0, split as phase + stride * shift; the
+// planes hold the input coordinates that outputs [0, out) read, with zeros shared between
+// consecutive rows (and images): the right padding of one is the left padding of the next.
+PlaneAxis plane_axis(int64_t in, int64_t out, int64_t taps, int64_t stride, int64_t pad,
+                     int64_t dil) {
+  PlaneAxis a;
+  a.stride = stride;
+  int64_t lo = 0, hi = 0;
+  for (int64_t t = 0; t < taps; ++t) {
+    const int64_t d = t * dil - pad, shift = floor_div(d, stride);
+    a.phase.push_back(d - shift * stride);
+    a.shift.push_back(shift);
+    lo = std::min(lo, shift), hi = std::max(hi, shift);
   }
-  t.contiguous.assign(kernel_area * (TP / kLanes), 0);
-  for (int64_t r = 0; r < kernel_area; ++r)
-    for (int64_t c = 0; c < TP / kLanes; ++c) {
-      const int64_t* chunk = t.source.data() + r * TP + c * kLanes;
-      bool consecutive = chunk[0] >= 0;
-      for (int64_t j = 1; j < kLanes && consecutive; ++j) consecutive = chunk[j] == chunk[0] + j;
-      t.contiguous[r * (TP / kLanes) + c] = consecutive;
-    }
-}
-
-// One panel row: dst[i] = src[source[i]], 0 where source[i] < 0 (padding and past the tile's
-// last position); chunks that read consecutive inputs are plain vector loads, the others
-// masked vector gathers. Cloned per ISA.
-template <typename T>
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void gather_row(const T* src, const int64_t* source, const uint8_t* contiguous, float* dst) {
-  for (int64_t c = 0; c < TP / kLanes; ++c) {
-    const int64_t* at = source + c * kLanes;
-    float* out = dst + c * kLanes;
-    if (contiguous[c]) {
-      const T* first = src + at[0];
-      for (int64_t j = 0; j < kLanes; ++j) out[j] = to_float(first[j]);
-    } else {
-      for (int64_t j = 0; j < kLanes; ++j) out[j] = at[j] >= 0 ? to_float(src[at[j]]) : 0.f;
-    }
-  }
-}
-
-// Implicit im2col of the columns cols[0:kc] (in channel_base's group) for the tile. Only this
-// tile x the used columns is ever materialised, never the full column matrix.
-template <typename T>
-void gather_panel(const BlockConvParams& p, const TilePositions& t, int64_t channel_base,
-                  const int32_t* cols, int64_t kc, float* panel) {
-  const T* x = static_cast<const T*>(p.input);
-  const int64_t kernel_area = p.shape.KH * p.shape.KW;
-  for (int64_t k = 0; k < kc; ++k) {
-    const int64_t col = cols[k];
-    const T* channel = x + (channel_base + col / kernel_area) * p.in_stride[1];
-    const int64_t offset = col % kernel_area;
-    gather_row(channel, t.source.data() + offset * TP,
-               t.contiguous.data() + offset * (TP / kLanes), panel + k * TP);
-  }
-}
-
-// Per call, per group: the columns some block uses (each gathered once per tile, however many
-// blocks share it), the blocks in index order, and each block column's slot in the panel.
-struct GroupColumns {
-  std::vector<int32_t> used;     // sorted
-  std::vector<int64_t> blocks;   // block indices, ascending
-};
-
-struct ColumnPlan {
-  std::vector<GroupColumns> groups;
-  std::vector<int32_t> slot;  // per entry of col_idx: its row in the group's panel
-  int64_t max_used = 0;
-};
-
-ColumnPlan plan_columns(const BlockConvParams& p) {
-  const ConvShape& s = p.shape;
-  const BlockIndex& b = p.blocks;
-  const int64_t rows_per_group = s.K / s.groups;
-  const int64_t cols = (s.C / s.groups) * s.KH * s.KW;
-  ColumnPlan plan;
-  plan.groups.resize(s.groups);
-  plan.slot.resize(b.col_ptr[b.num_blocks]);
-  for (int64_t blk = 0; blk < b.num_blocks; ++blk)
-    plan.groups[b.row_idx[b.row_ptr[blk]] / rows_per_group].blocks.push_back(blk);
-  std::vector<int32_t> slot_of(cols);
-  for (GroupColumns& g : plan.groups) {
-    if (g.blocks.empty()) continue;
-    std::fill(slot_of.begin(), slot_of.end(), -1);
-    for (int64_t blk : g.blocks)
-      for (int64_t j = b.col_ptr[blk]; j < b.col_ptr[blk + 1]; ++j) slot_of[b.col_idx[j]] = 0;
-    for (int64_t c = 0; c < cols; ++c)
-      if (slot_of[c] == 0) {
-        slot_of[c] = int32_t(g.used.size());
-        g.used.push_back(int32_t(c));
-      }
-    for (int64_t blk : g.blocks)
-      for (int64_t j = b.col_ptr[blk]; j < b.col_ptr[blk + 1]; ++j)
-        plan.slot[j] = slot_of[b.col_idx[j]];
-    plan.max_used = std::max(plan.max_used, int64_t(g.used.size()));
-  }
-  return plan;
-}
-
-template <typename T>
-void run_tiles(const BlockConvParams& p, int64_t tile_begin, int64_t tile_end) {
-  const ConvShape& s = p.shape;
-  const BlockIndex& b = p.blocks;
-  const T* values = static_cast<const T*>(p.values);
-  const T* bias = static_cast<const T*>(p.bias);
-  const int64_t channels_per_group = s.C / s.groups;
-  const ColumnPlan plan = plan_columns(p);
-
-  std::vector<float> acc(s.K * TP), panel(plan.max_used * TP), weights;
-  std::vector<float*> rows;
-  std::vector<const float*> x_rows;
-  TilePositions t;
-  for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
-    decode_tile(p, tile, t);
-    for (int64_t k = 0; k < s.K; ++k)
-      std::fill_n(acc.data() + k * TP, TP, bias ? to_float(bias[k]) : 0.f);
-
-    for (int64_t g = 0; g < s.groups; ++g) {
-      const GroupColumns& group = plan.groups[g];
-      if (group.blocks.empty()) continue;
-      gather_panel<T>(p, t, g * channels_per_group, group.used.data(),
-                      int64_t(group.used.size()), panel.data());
-      for (int64_t blk : group.blocks) {
-        const int64_t nr = b.row_ptr[blk + 1] - b.row_ptr[blk];
-        const int64_t nc = b.col_ptr[blk + 1] - b.col_ptr[blk];
-        rows.resize(nr);
-        for (int64_t r = 0; r < nr; ++r)
-          rows[r] = acc.data() + int64_t(b.row_idx[b.row_ptr[blk] + r]) * TP;
-        x_rows.resize(nc);
-        for (int64_t j = 0; j < nc; ++j)
-          x_rows[j] = panel.data() + int64_t(plan.slot[b.col_ptr[blk] + j]) * TP;
-        const T* tile_values = values + b.val_ptr[blk];
-        const float* w;
-        if constexpr (std::is_same_v<T, float>) {
-          w = tile_values;
-        } else {
-          weights.resize(nr * nc);
-          for (int64_t i = 0; i < nr * nc; ++i) weights[i] = to_float(tile_values[i]);
-          w = weights.data();
-        }
-        tile_gemm(nr, nc, w, nc, x_rows.data(), rows.data());
-      }
-    }
-
-    T* y = static_cast<T*>(p.output);
-    for (int64_t k = 0; k < s.K; ++k) {
-      const float* a = acc.data() + k * TP;
-      const int64_t channel_off = k * p.out_stride[1];
-      for (int64_t i = 0; i < t.count; ++i) {
-        const float v = p.relu ? std::max(a[i], 0.f) : a[i];
-        y[t.out_base[i] + channel_off] = from_float<T>(v);
-      }
-    }
-  }
+  a.lead = -lo;  // shift[0] <= 0: reads start at or before the data
+  const int64_t last_read = out - 1 + hi, fullest = (in + stride - 1) / stride;
+  a.data = std::max<int64_t>(0, std::min(last_read + 1, fullest));
+  const int64_t trail = last_read + 1 - a.data;
+  // Reads past the extent land in the next row's (image's) lead zeros: trail - overlap <= lead.
+  a.extent = std::max(a.data + std::max(a.lead, trail), out);
+  return a;
 }
 
 }  // namespace
 
-int64_t num_tiles(const ConvShape& s) { return (s.N * s.OH * s.OW + TP - 1) / TP; }
+BlockConv::BlockConv(const BlockConvParams& p) : p_(p) {
+  const ConvShape& s = p.shape;
+  h_ = plane_axis(s.H, s.OH, s.KH, s.stride_h, s.pad_h, s.dil_h);
+  w_ = plane_axis(s.W, s.OW, s.KW, s.stride_w, s.pad_w, s.dil_w);
+  image_ = h_.extent * w_.extent;
+  positions_ = s.N * image_;
+  // A valid position's reads wrap at most into the next image's lead rows (plus one row).
+  plane_ = positions_ + (h_.lead + 1) * w_.extent;
+  const int64_t phases = h_.stride * w_.stride;
 
-void block_conv2d_tiles(const BlockConvParams& p, int64_t tile_begin, int64_t tile_end) {
-  switch (p.dtype) {
-    case DType::Float32: return run_tiles<float>(p, tile_begin, tile_end);
-    case DType::BFloat16: return run_tiles<uint16_t>(p, tile_begin, tile_end);
-    case DType::Float16: return run_tiles<_Float16>(p, tile_begin, tile_end);
+  // Column offsets, in the blocks' own column order.
+  const BlockIndex& b = p.blocks;
+  const int64_t kernel_area = s.KH * s.KW, channels_per_group = s.C / s.groups;
+  const int64_t rows_per_group = s.K / s.groups;
+  offsets_.resize(b.col_ptr[b.num_blocks]);
+  for (int64_t blk = 0; blk < b.num_blocks; ++blk) {
+    const int64_t channel0 = (b.row_idx[b.row_ptr[blk]] / rows_per_group) * channels_per_group;
+    for (int64_t j = b.col_ptr[blk]; j < b.col_ptr[blk + 1]; ++j) {
+      const int64_t col = b.col_idx[j], kh = (col % kernel_area) / s.KW, kw = col % s.KW;
+      const int64_t plane = (channel0 + col / kernel_area) * phases +
+                            h_.phase[kh] * w_.stride + w_.phase[kw];
+      offsets_[j] = plane * plane_ + (h_.shift[kh] + h_.lead) * w_.extent + w_.shift[kw] +
+                    w_.lead;
+    }
+  }
+  // Positions of the last tile past the grid read at most an image and a tile past the last
+  // plane: zeros there, results dropped. The buffer is reused from call to call, not refilled:
+  // pack_input writes every float of the planes.
+  static thread_local std::vector<float> buffer;
+  const int64_t floats = s.C * phases * plane_ + image_ + TP;
+  if (int64_t(buffer.size()) < floats) buffer.resize(floats);
+  planes_ = buffer.data();
+  std::fill_n(planes_ + s.C * phases * plane_, image_ + TP, 0.f);
+
+  // Tiles in fp32: the input's own values when it is fp32, else converted once per call.
+  const float* values = static_cast<const float*>(p.values);
+  if (p.dtype != DType::Float32) {
+    const int64_t n = b.val_ptr[b.num_blocks];
+    weights_.resize(n);
+    if (p.dtype == DType::BFloat16)
+      for (int64_t i = 0; i < n; ++i) weights_[i] = to_float(static_cast<const uint16_t*>(p.values)[i]);
+    else
+      for (int64_t i = 0; i < n; ++i) weights_[i] = to_float(static_cast<const _Float16*>(p.values)[i]);
+    values = weights_.data();
+  }
+
+  // Blocks with the same row sequence form one group (in order of their first block).
+  std::map<std::vector<int32_t>, size_t> group_of;
+  for (int64_t blk = 0; blk < b.num_blocks; ++blk) {
+    std::vector<int32_t> rows(b.row_idx + b.row_ptr[blk], b.row_idx + b.row_ptr[blk + 1]);
+    auto [it, fresh] = group_of.try_emplace(rows, groups_.size());
+    if (fresh) groups_.push_back({std::move(rows), {}});
+    groups_[it->second].segments.push_back(
+        {values + b.val_ptr[blk], b.col_ptr[blk + 1] - b.col_ptr[blk], b.col_ptr[blk]});
+  }
+}
+
+int64_t BlockConv::num_channels() const { return p_.shape.C; }
+
+int64_t BlockConv::num_tiles() const { return (positions_ + TP - 1) / TP; }
+
+// Every float of channels [begin, end)'s planes: plane (c, phase_h, phase_w) holds input rows
+// phase_h, phase_h + stride_h, ... and columns likewise, between zeros.
+template <typename T>
+void BlockConv::pack_channels(int64_t begin, int64_t end) {
+  const ConvShape& s = p_.shape;
+  const T* x = static_cast<const T*>(p_.input);
+  const int64_t sh = h_.stride, sw = w_.stride, width = w_.extent;
+  for (int64_t c = begin; c < end; ++c)
+    for (int64_t rh = 0; rh < sh; ++rh)
+      for (int64_t rw = 0; rw < sw; ++rw) {
+        float* plane = planes_ + ((c * sh + rh) * sw + rw) * plane_;
+        std::fill_n(plane, plane_, 0.f);
+        const int64_t rows = std::min(h_.data, (s.H - rh + sh - 1) / sh);
+        const int64_t cols = std::min(w_.data, (s.W - rw + sw - 1) / sw);
+        for (int64_t n = 0; n < s.N; ++n)
+          for (int64_t a = 0; a < rows; ++a) {
+            const T* src = x + n * p_.in_stride[0] + c * p_.in_stride[1] +
+                           (a * sh + rh) * p_.in_stride[2] + rw * p_.in_stride[3];
+            float* dst = plane + n * image_ + (a + h_.lead) * width + w_.lead;
+            const int64_t step = sw * p_.in_stride[3];
+            for (int64_t b = 0; b < cols; ++b) dst[b] = to_float(src[b * step]);
+          }
+      }
+}
+
+void BlockConv::pack_input(int64_t begin, int64_t end) {
+  switch (p_.dtype) {
+    case DType::Float32: return pack_channels<float>(begin, end);
+    case DType::BFloat16: return pack_channels<uint16_t>(begin, end);
+    case DType::Float16: return pack_channels<_Float16>(begin, end);
+  }
+}
+
+// Bias, ReLU and the output, written once per element for the tile's positions, in the
+// output's memory order (channels innermost when it is channels_last).
+template <typename T>
+void BlockConv::store_tile(int64_t tile, const float* acc) const {
+  const ConvShape& s = p_.shape;
+  T* y = static_cast<T*>(p_.output);
+  const T* bias = static_cast<const T*>(p_.bias);
+  int64_t count = 0, lane[TP], out_base[TP];
+  for (int64_t i = 0; i < TP; ++i) {
+    const int64_t q = tile * TP + i, n = q / image_;
+    const int64_t oh = (q % image_) / w_.extent, ow = q % w_.extent;
+    if (n >= s.N || oh >= s.OH || ow >= s.OW) continue;  // padding between rows and images
+    lane[count] = i;
+    out_base[count++] = n * p_.out_stride[0] + oh * p_.out_stride[2] + ow * p_.out_stride[3];
+  }
+  auto store = [&](int64_t j, int64_t k) {
+    const float v = acc[k * TP + lane[j]] + (bias ? to_float(bias[k]) : 0.f);
+    y[out_base[j] + k * p_.out_stride[1]] = from_float<T>(p_.relu ? std::max(v, 0.f) : v);
+  };
+  if (p_.out_stride[1] == 1) {
+    for (int64_t j = 0; j < count; ++j)
+      for (int64_t k = 0; k < s.K; ++k) store(j, k);
+  } else {
+    for (int64_t k = 0; k < s.K; ++k)
+      for (int64_t j = 0; j < count; ++j) store(j, k);
+  }
+}
+
+void BlockConv::run_tiles(int64_t begin, int64_t end) const {
+  std::vector<float> acc(p_.shape.K * TP);
+  for (int64_t tile = begin; tile < end; ++tile) {
+    std::fill(acc.begin(), acc.end(), 0.f);
+    for (const RowGroup& g : groups_)
+      group_tile(g, planes_ + tile * TP, offsets_.data(), acc.data());
+    switch (p_.dtype) {
+      case DType::Float32: store_tile<float>(tile, acc.data()); break;
+      case DType::BFloat16: store_tile<uint16_t>(tile, acc.data()); break;
+      case DType::Float16: store_tile<_Float16>(tile, acc.data()); break;
+    }
   }
 }
 

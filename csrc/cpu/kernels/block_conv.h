@@ -1,18 +1,75 @@
 // Torch-free CPU kernel for the gathered dense-block convolution (and linear, its 1x1 case).
+//
+// No gathers in the inner loop: the input is first copied once per call into zero-padded fp32
+// planes, one per (channel, stride phase), laid out so that for every position q of a padded
+// output grid and every weight column, the input element read is planes[offset(column) + q]. A
+// tile of 64 consecutive grid positions then reads 64 consecutive floats per column, and the
+// micro-kernel broadcasts weights over them. Grid positions outside the output (the zeros shared
+// between rows and between images) are computed and dropped.
 #pragma once
+
+#include <vector>
 
 #include "../../common/block_params.h"
 
 namespace sparsekit::cpu {
 
-// Output positions (flattened over N, OH, OW) handled by one tile.
+// Output grid positions handled by one tile (four 16-lane vectors).
 constexpr int64_t kTilePositions = 64;
 
-int64_t num_tiles(const ConvShape& shape);
+// One axis (height or width) of the planes. An output coordinate o reads, for kernel tap t,
+// plane coordinate o + shift[t] + lead in the planes of stride phase phase[t].
+struct PlaneAxis {
+  int64_t stride = 1;  // conv stride: number of phases
+  int64_t lead = 0;    // zeros before the data
+  int64_t data = 0;    // input coordinates (of the fullest phase) that are read
+  int64_t extent = 0;  // plane coordinates per row (image): data and shared zeros
+  std::vector<int64_t> phase, shift;
+};
 
-// Computes tiles [tile_begin, tile_end): every output channel of those positions, so disjoint
-// ranges can run on different threads and each output element is written once, by one thread,
-// with blocks summed in a fixed order (deterministic).
-void block_conv2d_tiles(const BlockConvParams& p, int64_t tile_begin, int64_t tile_end);
+// Blocks that own the same output rows, merged: one register-blocked pass over all their
+// columns, the accumulators kept in registers from the first column to the last.
+struct Segment {
+  const float* weights;  // the block's tile, row-major
+  int64_t columns;
+  int64_t first_offset;  // its columns' plane offsets start at offsets[first_offset]
+};
+struct RowGroup {
+  std::vector<int32_t> rows;
+  std::vector<Segment> segments;
+};
+
+class BlockConv {
+ public:
+  // Plans the call: plane geometry, column offsets, merged row groups. p must outlive this, and
+  // the planes live in a buffer of the constructing thread, reused by its next call.
+  explicit BlockConv(const BlockConvParams& p);
+
+  // Fills the planes of input channels [begin, end) of num_channels() (any thread split).
+  int64_t num_channels() const;
+  void pack_input(int64_t begin, int64_t end);
+
+  // Computes tiles [begin, end): every output channel of their positions, so disjoint ranges
+  // can run on different threads; each output element is written once, with blocks summed in
+  // a fixed order (deterministic).
+  int64_t num_tiles() const;
+  void run_tiles(int64_t begin, int64_t end) const;
+
+ private:
+  template <typename T>
+  void pack_channels(int64_t begin, int64_t end);
+  template <typename T>
+  void store_tile(int64_t tile, const float* acc) const;
+
+  const BlockConvParams& p_;
+  PlaneAxis h_, w_;
+  int64_t image_ = 0;      // grid positions per image: h_.extent * w_.extent
+  int64_t positions_ = 0;  // N * image_
+  int64_t plane_ = 0;      // floats per plane: the images and the zeros wrapped reads reach
+  float* planes_ = nullptr;
+  std::vector<int64_t> offsets_;
+  std::vector<float> weights_;  // the block tiles in fp32 when the input is not fp32
+  std::vector<RowGroup> groups_;
+};
 
 }  // namespace sparsekit::cpu
