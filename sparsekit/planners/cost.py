@@ -3,19 +3,18 @@
 Unit: multiply-adds of the dense layer per output position (pixel or batch row); the dense
 layer, run by the vendor library, costs ``out * cols``. The CPU kernel reads its input from
 padded planes without gathers (``csrc/cpu/kernels/block_conv.h``) and runs blocks that own the
-same rows as one, in register tiles of 6, 4, 2 and 1 rows; a tile's cost per column is
-``ROW_TILE_COST[rows]``: a 6-row tile does 24 vector FMAs per 4 input loads, a 1-row tile only
-4, so thin blocks cost more per MAC than tall ones. A packed plan costs
+same rows as one, in register tiles of 6, 4, 2 and 1 rows. A packed plan costs
 
     sum over row groups of |its columns| * sum over its register tiles of ROW_TILE_COST[rows]
 
-The constants are per-MAC costs relative to oneDNN's dense conv, fits on 2 cores (fp32, 3x3 convs
-with 256 channels on 16x16 maps: blocks of 1, 2, 4 and 6+ rows); compile() replaces the estimate
-by measured latency whenever it has example inputs.
+Measured per kept MAC against oneDNN's dense conv (2 cores, fp32, 3x3 conv, 256 channels, 16x16
+maps, batch 16, 80% kernel-wise masks whose blocks have R rows): R = 1: 2.3; R = 2, 4, 6, 12, 32:
+1.40-1.45. A lone row loads four input vectors for four FMAs and is load-bound; two rows or more
+are not. compile() replaces the estimate by measured latency whenever it has example inputs.
 """
 
 ROW_TILES = (6, 4, 2, 1)  # the kernel's register tiles, tallest first
-ROW_TILE_COST = {6: 6 * 1.35, 4: 4 * 1.45, 2: 2 * 1.8, 1: 1 * 3.0}
+ROW_TILE_COST = {6: 6 * 1.4, 4: 4 * 1.4, 2: 2 * 1.4, 1: 2.3}
 
 
 def _row_cost(rows: int) -> float:
