@@ -166,7 +166,7 @@ def plot(records: list[dict], path: Path) -> None:
                       if r["structure"] == structure and r["backend"] == backend]
             if points:
                 axes.scatter(*zip(*points), marker=marker, facecolors=fill, edgecolors=f"C{color}",
-                             label=f"{structure}-wise plans, backend {backend}")
+                             label=f"{structure} masks, backend {backend}")
     s = torch.linspace(0, 0.92, 100)
     axes.plot(s, 1 / (1 - s), "k--", linewidth=1, label="limit 1/(1-s)")
     axes.axhline(1, color="grey", linewidth=0.8)
