@@ -60,12 +60,19 @@ std::vector<at::Tensor> bind_blocks(BlockConvParams& p, const at::Tensor& input,
   return keep;
 }
 
+// Below this many multiply-adds a call runs on the calling thread: two parallel regions cost
+// more than the work (and much more when the machine is oversubscribed).
+constexpr int64_t kParallelMacs = int64_t(1) << 22;
+
 void run(const BlockConvParams& p) {
   cpu::BlockConv conv(p);
-  at::parallel_for(0, conv.num_channels(), 1, [&](int64_t begin, int64_t end) {
+  const int64_t macs = p.blocks.val_ptr[p.blocks.num_blocks] * conv.num_tiles() * cpu::kTilePositions;
+  const bool serial = macs < kParallelMacs;
+  const int64_t channels = conv.num_channels(), tiles = conv.num_tiles();
+  at::parallel_for(0, channels, serial ? channels : 1, [&](int64_t begin, int64_t end) {
     conv.pack_input(begin, end);
   });
-  at::parallel_for(0, conv.num_tiles(), 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, tiles, serial ? tiles : 1, [&](int64_t begin, int64_t end) {
     conv.run_tiles(begin, end);
   });
 }
