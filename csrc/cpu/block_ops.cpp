@@ -66,9 +66,8 @@ constexpr int64_t kParallelMacs = int64_t(1) << 22;
 
 void run(const BlockConvParams& p) {
   cpu::BlockConv conv(p);
-  const int64_t macs = p.blocks.val_ptr[p.blocks.num_blocks] * conv.num_tiles() * cpu::kTilePositions;
-  const bool serial = macs < kParallelMacs;
   const int64_t channels = conv.num_channels(), tiles = conv.num_tiles();
+  const bool serial = p.blocks.val_ptr[p.blocks.num_blocks] * tiles * cpu::kTilePositions < kParallelMacs;
   at::parallel_for(0, channels, serial ? channels : 1, [&](int64_t begin, int64_t end) {
     conv.pack_input(begin, end);
   });

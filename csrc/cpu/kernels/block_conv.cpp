@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
-#include <type_traits>
 
 namespace sparsekit::cpu {
 namespace {
