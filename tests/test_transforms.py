@@ -11,7 +11,8 @@ from torch import nn
 import sparsekit
 from sparsekit import SparsekitError, zoo
 from sparsekit.transforms import (
-    STRBatchNorm2d, acceleration_rate, bn_channel_mask, convert_to_str_bn, imp, kernel_mask, regroup,
+    STRBatchNorm2d, acceleration_rate, bn_channel_mask, convert_to_str_bn, imp, kernel_mask,
+    layerwise_magnitude_masks, regroup,
 )
 
 from .helpers import assert_model_close, random_pattern
@@ -163,6 +164,22 @@ def test_imp_reaches_the_sparsity_and_rewinds(post):
     assert torch.equal(conv.weight_orig.detach(), rewind["layer2.0.conv1.weight"])
     assert torch.equal(conv.weight_mask, last["layer2.0.conv1.weight"])
     assert "conv1.weight" not in last
+
+
+def test_layerwise_magnitude_masks_prune_each_layer_by_magnitude():
+    model = zoo.create("resnet18")
+    with torch.no_grad():  # one layer at a far smaller scale: a global threshold would empty it
+        model.layer1[0].conv1.weight.mul_(1e-3)
+    masks = layerwise_magnitude_masks(model, 0.8)
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    assert sorted(masks) == sorted(f"{n}.weight" for n in convs[1:])  # the first conv stays dense
+    for name, mask in masks.items():
+        weight = model.get_parameter(name).detach().abs()
+        assert mask.shape == weight.shape
+        assert int(mask.sum()) == weight.numel() - round(0.8 * weight.numel()), name
+        assert weight[mask.bool()].min() >= weight[~mask.bool()].max(), name  # kept the largest
+    with pytest.raises(SparsekitError, match="sparsity"):
+        layerwise_magnitude_masks(model, 1.0)
 
 
 def test_imp_arguments():

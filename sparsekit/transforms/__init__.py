@@ -4,7 +4,7 @@ They change the function on purpose (IMP-Refill and Refill+, IMP-Regroup, kernel
 channel masks, IMP with rewinding); ``sparsekit.compile`` then packs whatever mask it is given.
 """
 
-from .imp import global_magnitude_masks, imp, prunable_convs
+from .imp import global_magnitude_masks, imp, layerwise_magnitude_masks, prunable_convs
 from .kernel import acceleration_rate, kernel_mask
 from .refill import refill, refill_masks
 from .regroup import regroup
@@ -12,6 +12,6 @@ from .str_bn import STRBatchNorm2d, bn_channel_mask, convert_to_str_bn
 
 __all__ = [
     "STRBatchNorm2d", "acceleration_rate", "bn_channel_mask", "convert_to_str_bn",
-    "global_magnitude_masks", "imp", "kernel_mask", "prunable_convs", "refill", "refill_masks",
+    "global_magnitude_masks", "imp", "kernel_mask", "layerwise_magnitude_masks", "prunable_convs", "refill", "refill_masks",
     "regroup",
 ]

@@ -38,6 +38,23 @@ def global_magnitude_masks(model: nn.Module, rate: float, masks: dict | None = N
     return {k: current[k] * (scores[k] > threshold) for k in current}
 
 
+def layerwise_magnitude_masks(model: nn.Module, sparsity: float) -> dict:
+    """L1 pruning of ``sparsity`` of each of ``prunable_convs``' weights on its own (the first
+    conv and the classifier stay dense): what pruning freshly initialised weights needs, where
+    a global threshold would empty the layers with a small initial scale. Returns ``{param
+    name: 0/1 float mask}``."""
+    if not 0.0 <= sparsity < 1.0:
+        raise SparsekitError(f"sparsity {sparsity!r} must lie in [0, 1)")
+    masks = {}
+    for name, conv in prunable_convs(model):
+        scores = conv.weight.detach().abs().flatten()
+        count = int(round(sparsity * scores.numel()))
+        mask = torch.ones_like(scores)
+        mask[scores.argsort()[:count]] = 0  # exactly `count` pruned, ties broken by position
+        masks[f"{name}.weight"] = mask.view_as(conv.weight)
+    return masks
+
+
 def _post_process(post, model, masks, **kwargs) -> dict:
     if post is None:
         return masks
