@@ -11,8 +11,29 @@ TORCH_LIBRARY_IMPL(sparsekit, CPU, m) {
   m.impl("block_linear", TORCH_FN(sparsekit::block_linear_cpu));
 }
 
-// Importing sparsekit._C runs the registrations above; the module itself holds nothing.
+namespace {
+
+// phase_profile(on: bool) -> dict: the CPU kernels' phase totals since the last
+// phase_profile(True) (see ops.h), then profiling on or off.
+PyObject* phase_profile(PyObject*, PyObject* arg) {
+  const int on = PyObject_IsTrue(arg);
+  if (on < 0) return nullptr;
+  const sparsekit::PhaseTotals t = sparsekit::phase_totals();
+  sparsekit::set_phase_profile(on);
+  return Py_BuildValue("{s:L,s:d,s:d,s:d,s:d,s:L}", "calls", (long long)t.calls, "pack_s",
+                       t.pack_ns * 1e-9, "tiles_s", t.tiles_ns * 1e-9, "micro_s",
+                       t.micro_ns * 1e-9, "store_s", t.store_ns * 1e-9, "grid_positions",
+                       (long long)t.grid_positions);
+}
+
+PyMethodDef methods[] = {
+    {"phase_profile", phase_profile, METH_O, "CPU kernel phase totals; profiling on or off."},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
+
+// Importing sparsekit._C runs the registrations above; the module holds the phase profile.
 PyMODINIT_FUNC PyInit__C(void) {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module);
 }

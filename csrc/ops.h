@@ -18,4 +18,14 @@ at::Tensor block_linear_cpu(const at::Tensor& input, const at::Tensor& values,
                             const at::Tensor& block_ptr, int64_t out_features,
                             const std::optional<at::Tensor>& bias, bool relu);
 
+// Phase profile of the CPU kernels, for the bench's breakdown: set_phase_profile(true) zeroes
+// the totals and starts adding every call's; set_phase_profile(false) stops. pack and tiles
+// are wall times of the call's two parallel regions; micro and store split the tiles' time
+// summed over threads; grid counts the output grid positions computed (padding included).
+struct PhaseTotals {
+  int64_t calls, pack_ns, tiles_ns, micro_ns, store_ns, grid_positions;
+};
+void set_phase_profile(bool on);
+PhaseTotals phase_totals();
+
 }  // namespace sparsekit

@@ -165,18 +165,43 @@ def test_empty_batch():
     assert ops.block_linear(torch.randn(0, 3), lin).shape == (0, 4)
 
 
-def test_cpu_kernel_is_deterministic_across_thread_counts():
-    packed = packed_conv(64, 32, (3, 3), 1, torch.float32, structure="group", density=0.3, kind="random")
-    x = torch.randn(4, 32, 15, 15)
+@pytest.mark.parametrize("op", ["conv", "linear"])
+def test_cpu_kernel_is_deterministic_across_thread_counts(op):
+    if op == "conv":
+        packed = packed_conv(64, 32, (3, 3), 1, torch.float32, structure="group", density=0.3, kind="random")
+        x = torch.randn(4, 32, 15, 15)
+        run = lambda: ops.block_conv2d(x, packed, padding=1)  # noqa: E731
+    else:  # one tile of positions: its rows are split among the threads
+        weight = torch.randn(1024, 1024) * (torch.rand(1024, 1024) < 0.3)
+        packed, x = pack(weight, structure="group"), torch.randn(8, 1024)
+        run = lambda: ops.block_linear(x, packed)  # noqa: E731
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = ops.block_conv2d(x, packed, padding=1)
+        one = run()
         torch.set_num_threads(max(2, threads))
-        many = ops.block_conv2d(x, packed, padding=1)
+        many = run()
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, many)
+    if op == "linear":
+        torch.testing.assert_close(many, F.linear(x, weight), atol=1e-3, rtol=1e-4)
+
+
+def test_cpu_phase_profile_counts_the_calls_inside_it_only():
+    from sparsekit.backends import cpu
+
+    packed = packed_conv(64, 32, (3, 3), 1, torch.float32, structure="group", density=0.3, kind="random")
+    x = torch.randn(2, 32, 6, 5)
+    ops.block_conv2d(x, packed, padding=1)  # outside: not counted
+    with cpu.phase_profile() as totals:
+        for _ in range(3):
+            ops.block_conv2d(x, packed, padding=1)
+    ops.block_conv2d(x, packed, padding=1)
+    assert totals["calls"] == 3
+    assert totals["pack_s"] > 0 and totals["tiles_s"] > 0 and totals["micro_s"] > 0 and totals["store_s"] > 0
+    # Padded grid: 6 + 1 shared zero rows by 5 + 1 columns per image, in whole 64-position tiles.
+    assert totals["grid_positions"] == 3 * 64 * -(-2 * 7 * 6 // 64)
 
 
 SAMPLES = [  # (input shape, weight shape, groups, dtype, bias, channels_last input)

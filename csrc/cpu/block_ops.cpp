@@ -3,6 +3,9 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <atomic>
+#include <chrono>
+
 #include "../ops.h"
 #include "kernels/block_conv.h"
 
@@ -64,19 +67,60 @@ std::vector<at::Tensor> bind_blocks(BlockConvParams& p, const at::Tensor& input,
 // more than the work (and much more when the machine is oversubscribed).
 constexpr int64_t kParallelMacs = int64_t(1) << 22;
 
+// Totals of the calls made while a phase profile is open (phase_profile); atomics, as the
+// threads of a call add their own.
+std::atomic<bool> profiling{false};
+std::atomic<int64_t> calls{0}, pack_ns{0}, tiles_ns{0}, micro_ns{0}, store_ns{0}, grid{0};
+
+int64_t since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() -
+                                                              start).count();
+}
+
 void run(const BlockConvParams& p) {
   cpu::BlockConv conv(p);
   const int64_t channels = conv.num_channels(), tiles = conv.num_tiles();
   const bool serial = p.blocks.val_ptr[p.blocks.num_blocks] * tiles * cpu::kTilePositions < kParallelMacs;
+  const int64_t threads = at::get_num_threads();
+  // Too few tiles to balance the threads (a few per thread): each tile's rows are split too.
+  const int64_t items =
+      tiles * (serial || tiles >= 4 * threads ? 1 : conv.split_rows((4 * threads + tiles - 1) / tiles));
+  const bool timed = profiling.load(std::memory_order_relaxed);
+  const auto start = std::chrono::steady_clock::now();
   at::parallel_for(0, channels, serial ? channels : 1, [&](int64_t begin, int64_t end) {
     conv.pack_input(begin, end);
   });
-  at::parallel_for(0, tiles, serial ? tiles : 1, [&](int64_t begin, int64_t end) {
-    conv.run_tiles(begin, end);
+  if (!timed) {
+    at::parallel_for(0, items, serial ? items : 1, [&](int64_t begin, int64_t end) {
+      conv.run_tiles(begin, end);
+    });
+    return;
+  }
+  pack_ns += since(start);
+  const auto packed = std::chrono::steady_clock::now();
+  at::parallel_for(0, items, serial ? items : 1, [&](int64_t begin, int64_t end) {
+    cpu::TileTimes times;
+    conv.run_tiles(begin, end, &times);
+    micro_ns += times.micro_ns;
+    store_ns += times.store_ns;
   });
+  tiles_ns += since(packed);
+  grid += tiles * cpu::kTilePositions;
+  ++calls;
 }
 
 }  // namespace
+
+void set_phase_profile(bool on) {
+  if (on)
+    for (auto* total : {&calls, &pack_ns, &tiles_ns, &micro_ns, &store_ns, &grid}) *total = 0;
+  profiling = on;
+}
+
+PhaseTotals phase_totals() {
+  return {calls.load(), pack_ns.load(), tiles_ns.load(), micro_ns.load(), store_ns.load(),
+          grid.load()};
+}
 
 at::Tensor block_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
                             const at::Tensor& row_idx, const at::Tensor& col_idx,

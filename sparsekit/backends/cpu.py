@@ -1,8 +1,11 @@
 """Backend ``"cpu"``: the C++ kernels of ``sparsekit._C`` on CPU tensors (fp32, bf16, fp16 with
 fp32 accumulation; register-blocked, AVX-512 / AVX2 clones chosen at load)."""
 
+from contextlib import contextmanager
+
 import torch
 
+from ..errors import SparsekitError
 from . import extension
 from .base import Backend
 
@@ -21,3 +24,21 @@ class CpuBackend(Backend):
 
 
 BACKEND = CpuBackend()
+
+
+@contextmanager
+def phase_profile():
+    """Profiles the C++ CPU kernels' calls made inside the block; yields a dict that is filled on
+    exit with their totals: ``calls``; ``pack_s`` and ``tiles_s``, the wall time of copying the
+    input into the padded planes and of the tiles; ``micro_s`` and ``store_s``, the tiles' time
+    summed over threads, split between the register-blocked passes and the epilogue (bias,
+    ReLU, output writes); ``grid_positions``, the output grid positions computed (the padding
+    between rows and images included)."""
+    if MISSING:
+        raise SparsekitError(f"phase_profile: {MISSING}")
+    totals = {}
+    extension._C.phase_profile(True)
+    try:
+        yield totals
+    finally:
+        totals.update(extension._C.phase_profile(False))

@@ -10,10 +10,11 @@ from . import schema
 schema.define_ops("")  # no Python implementation: the extension registers its kernels
 
 try:
-    from .. import _C  # noqa: F401  (registers the kernels)
+    from .. import _C  # registers the kernels
 
     ERROR = None
 except ImportError as error:  # a source checkout that was not built
+    _C = None
     ERROR = error
 
 

@@ -1,8 +1,10 @@
 #include "block_conv.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <map>
+#include <numeric>
 
 namespace sparsekit::cpu {
 namespace {
@@ -167,6 +169,49 @@ BlockConv::BlockConv(const BlockConvParams& p) : p_(p) {
     groups_[it->second].segments.push_back(
         {values + b.val_ptr[blk], b.col_ptr[blk + 1] - b.col_ptr[blk], b.col_ptr[blk]});
   }
+  split_rows(1);
+}
+
+int64_t BlockConv::split_rows(int64_t parts) {
+  const int64_t K = p_.shape.K, n = int64_t(groups_.size());
+  // Connected components of the groups, two groups being linked when they share a row.
+  std::vector<int64_t> parent(n), owner(K, -1);
+  std::iota(parent.begin(), parent.end(), 0);
+  auto root = [&](int64_t g) {
+    while (parent[g] != g) g = parent[g] = parent[parent[g]];
+    return g;
+  };
+  for (int64_t g = 0; g < n; ++g)
+    for (int32_t r : groups_[g].rows) {
+      if (owner[r] >= 0) parent[root(g)] = root(owner[r]);
+      owner[r] = g;
+    }
+  std::map<int64_t, std::pair<int64_t, std::vector<size_t>>> components;  // root -> (work, groups)
+  for (int64_t g = 0; g < n; ++g) {
+    auto& [work, members] = components[root(g)];
+    for (const Segment& s : groups_[g].segments) work += s.columns * int64_t(groups_[g].rows.size());
+    members.push_back(size_t(g));
+  }
+  // Largest components first, each to the least loaded set (ties: the first, deterministic).
+  std::vector<std::pair<int64_t, std::vector<size_t>>> order;
+  for (auto& entry : components) order.push_back(std::move(entry.second));
+  std::stable_sort(order.begin(), order.end(),
+                   [](const auto& a, const auto& b) { return a.first > b.first; });
+  parts_.assign(std::max<int64_t>(1, std::min<int64_t>(parts, int64_t(order.size()))), Part{});
+  std::vector<int64_t> load(parts_.size(), 0);
+  for (const auto& [work, members] : order) {
+    const size_t to = std::min_element(load.begin(), load.end()) - load.begin();
+    load[to] += work;
+    parts_[to].groups.insert(parts_[to].groups.end(), members.begin(), members.end());
+  }
+  // Groups in their original order inside a set: a row's blocks sum in the same order always.
+  for (Part& part : parts_) {
+    std::sort(part.groups.begin(), part.groups.end());
+    for (size_t g : part.groups)
+      for (int32_t r : groups_[g].rows) owner[r] = &part - parts_.data();
+  }
+  for (int64_t r = 0; r < K; ++r) parts_[std::max<int64_t>(owner[r], 0)].rows.push_back(int32_t(r));
+  return num_parts();
 }
 
 int64_t BlockConv::num_channels() const { return p_.shape.C; }
@@ -209,7 +254,7 @@ void BlockConv::pack_input(int64_t begin, int64_t end) {
 // Bias, ReLU and the output, written once per element for the tile's positions, in the
 // output's memory order (channels innermost when it is channels_last).
 template <typename T>
-void BlockConv::store_tile(int64_t tile, const float* acc) const {
+void BlockConv::store_tile(int64_t tile, const Part& part, const float* acc) const {
   const ConvShape& s = p_.shape;
   T* y = static_cast<T*>(p_.output);
   const T* bias = static_cast<const T*>(p_.bias);
@@ -227,23 +272,35 @@ void BlockConv::store_tile(int64_t tile, const float* acc) const {
   };
   if (p_.out_stride[1] == 1) {
     for (int64_t j = 0; j < count; ++j)
-      for (int64_t k = 0; k < s.K; ++k) store(j, k);
+      for (int32_t k : part.rows) store(j, k);
   } else {
-    for (int64_t k = 0; k < s.K; ++k)
+    for (int32_t k : part.rows)
       for (int64_t j = 0; j < count; ++j) store(j, k);
   }
 }
 
-void BlockConv::run_tiles(int64_t begin, int64_t end) const {
+void BlockConv::run_tiles(int64_t begin, int64_t end, TileTimes* times) const {
+  using clock = std::chrono::steady_clock;
+  const auto ns = [](clock::time_point a, clock::time_point b) {
+    return int64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(b - a).count());
+  };
   std::vector<float> acc(p_.shape.K * TP);
-  for (int64_t tile = begin; tile < end; ++tile) {
-    std::fill(acc.begin(), acc.end(), 0.f);
-    for (const RowGroup& g : groups_)
-      group_tile(g, planes_ + tile * TP, offsets_.data(), acc.data());
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t tile = item / num_parts();
+    const Part& part = parts_[item % num_parts()];
+    const auto start = times ? clock::now() : clock::time_point();
+    for (int32_t k : part.rows) std::fill_n(acc.data() + k * TP, TP, 0.f);
+    for (size_t g : part.groups)
+      group_tile(groups_[g], planes_ + tile * TP, offsets_.data(), acc.data());
+    const auto computed = times ? clock::now() : clock::time_point();
     switch (p_.dtype) {
-      case DType::Float32: store_tile<float>(tile, acc.data()); break;
-      case DType::BFloat16: store_tile<uint16_t>(tile, acc.data()); break;
-      case DType::Float16: store_tile<_Float16>(tile, acc.data()); break;
+      case DType::Float32: store_tile<float>(tile, part, acc.data()); break;
+      case DType::BFloat16: store_tile<uint16_t>(tile, part, acc.data()); break;
+      case DType::Float16: store_tile<_Float16>(tile, part, acc.data()); break;
+    }
+    if (times) {
+      times->micro_ns += ns(start, computed);
+      times->store_ns += ns(computed, clock::now());
     }
   }
 }

@@ -8,6 +8,7 @@
 // between rows and between images) are computed and dropped.
 #pragma once
 
+#include <cstddef>
 #include <vector>
 
 #include "../../common/block_params.h"
@@ -39,6 +40,12 @@ struct RowGroup {
   std::vector<Segment> segments;
 };
 
+// Where run_tiles spends its time, in nanoseconds of the calling thread (for profiling).
+struct TileTimes {
+  int64_t micro_ns = 0;  // the register-blocked passes
+  int64_t store_ns = 0;  // bias, ReLU and the output writes
+};
+
 class BlockConv {
  public:
   // Plans the call: plane geometry, column offsets, merged row groups. p must outlive this, and
@@ -49,17 +56,31 @@ class BlockConv {
   int64_t num_channels() const;
   void pack_input(int64_t begin, int64_t end);
 
-  // Computes tiles [begin, end): every output channel of their positions, so disjoint ranges
-  // can run on different threads; each output element is written once, with blocks summed in
-  // a fixed order (deterministic).
+  // Splits the output rows into up to `parts` sets, each the rows of whole row groups that
+  // share no row with another set (rows no group owns join the first), balanced by work, so
+  // that calls with fewer tiles than threads still spread; returns the number of sets made.
+  // Blocks are summed in the same order whatever the split: results do not change.
+  int64_t split_rows(int64_t parts);
+
+  // Computes work items [begin, end) of num_tiles() * num_parts(): item i is row set
+  // i % num_parts() of tile i / num_parts(), so disjoint ranges can run on different threads;
+  // each output element is written once, with blocks summed in a fixed order (deterministic).
+  // times, when given, receives the split of the work.
   int64_t num_tiles() const;
-  void run_tiles(int64_t begin, int64_t end) const;
+  int64_t num_parts() const { return int64_t(parts_.size()); }
+  void run_tiles(int64_t begin, int64_t end, TileTimes* times = nullptr) const;
 
  private:
   template <typename T>
   void pack_channels(int64_t begin, int64_t end);
+  // The row groups and output rows of one row set.
+  struct Part {
+    std::vector<std::size_t> groups;
+    std::vector<int32_t> rows;
+  };
+
   template <typename T>
-  void store_tile(int64_t tile, const float* acc) const;
+  void store_tile(int64_t tile, const Part& part, const float* acc) const;
 
   const BlockConvParams& p_;
   PlaneAxis h_, w_;
@@ -70,6 +91,7 @@ class BlockConv {
   std::vector<int64_t> offsets_;
   std::vector<float> weights_;  // the block tiles in fp32 when the input is not fp32
   std::vector<RowGroup> groups_;
+  std::vector<Part> parts_;  // one set of every group and row until split_rows
 };
 
 }  // namespace sparsekit::cpu
