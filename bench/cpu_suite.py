@@ -1,11 +1,16 @@
 """CPU benchmark suite: sparsekit against torch dense (oneDNN) and torch BSR, in one run.
 
-Per layer: 3x3 convs (256/512 channels) with group-wise, channel-wise and kernel-wise masks at
-several sparsities, and a 4096x4096 linear at 80% 32x32-block sparsity (also against
-``to_sparse_bsr``); end to end: VGG-16 (BN) and ResNet-18 at 32x32 compiled from refilled
-(channel) masks of 80% global L1 pruning. Every figure is a median of many runs on all of
-torch's threads (best of three medians taken in alternation with the other side), and every
-ratio is against dense measured in the same run.
+Per layer: 3x3 convs (256/512 channels) with group-wise, channel-wise, kernel-wise and
+unstructured masks at several sparsities, in fp32 and bf16, and a 4096x4096 linear at 80%
+32x32-block sparsity (also against ``to_sparse_bsr``); end to end: ResNet-18 and VGG-16 (BN) at
+32x32 (batch 16) and ResNet-50 at 224x224 (batch 4), channels_last, compiled with measured plans
+from layer-wise L1 masks (first conv and classifier dense) at 80%, refilled and plain, and plain
+at 90%. Every figure is a median of many runs on all of torch's threads (best of three medians
+taken in alternation with the other side), and every ratio is against dense, in its faster
+memory format, measured in the same run. Beside each: the FLOP limit, the fraction of the
+machine's fp32 peak (``bench.peak``), and for the C++ kernels where the time goes (input
+packing, micro-kernel, epilogue) and how many output grid positions they compute per real one;
+end to end, the same per layer.
 
     python -m bench.cpu_suite            # full: writes bench/results/cpu-<date>.{json,md,png}
     python -m bench.cpu_suite --quick    # seconds: tiny shapes, for CI
@@ -21,9 +26,11 @@ import torch.nn.functional as F
 
 import sparsekit
 from sparsekit import backends, timing, zoo
-from sparsekit.transforms import global_magnitude_masks, refill_masks
+from sparsekit.backends import cpu
+from sparsekit.transforms import layerwise_magnitude_masks, refill_masks
 
 from .masks import conv_mask, flop_limit
+from .peak import fp32_peak_macs
 from .report import suite_arguments, write_results
 
 CPU = torch.device("cpu")
@@ -31,39 +38,76 @@ CPU = torch.device("cpu")
 FULL_CONVS = [(256, 8, 64), (512, 4, 64), (256, 16, 16), (512, 16, 16)]  # (channels, size, batch)
 QUICK_CONVS = [(32, 4, 2)]
 SPARSITIES = {"group": (0.5, 0.8, 0.9), "channel": (0.5, 0.8), "kernel": (0.9,), "unstructured": (0.8, 0.9)}
+DTYPES = (torch.float32, torch.bfloat16)
+PROFILED_CALLS = 5  # calls of a C++ kernel profiled for its phase breakdown
 
 
 def conv_cases(shapes, quick: bool, gen):
     for channels, size, batch in shapes:
-        x = torch.randn(batch, channels, size, size, generator=gen)
-        x_last = x.contiguous(memory_format=torch.channels_last)
+        x32 = torch.randn(batch, channels, size, size, generator=gen)
         for structure, sparsities in SPARSITIES.items():
             for sparsity in sparsities[:1] if quick else sparsities:
-                weight = torch.randn(channels, channels, 3, 3, generator=gen)
-                weight *= conv_mask(structure, channels, sparsity, gen)
+                weight32 = torch.randn(channels, channels, 3, 3, generator=gen)
+                weight32 *= conv_mask(structure, channels, sparsity, gen)
                 plan = "auto" if structure == "unstructured" else structure
-                layer = sparsekit.SparseConv2d.from_weight(weight, padding=1, structure=plan)
-                dense, dense_format = _faster_dense(x, x_last, weight)
-                for backend in backends.auto(CPU, weight.dtype, layer.packed()):  # all auto would time
-                    twin = layer.with_backend(backend.name)
-                    yield {
-                        "kind": "conv3x3", "shape": [channels, channels, 3, 3], "input": list(x.shape),
-                        "structure": structure, "sparsity": round(1 - weight.ne(0).float().mean().item(), 4),
-                        "plan": layer.summary()["structure"], "backend": twin.backend,
-                        "blocks": layer.summary()["blocks"], "flop_limit": weight.numel() / weight.count_nonzero().item(),
-                        "dense_format": dense_format,
-                    }, dense, (lambda x=x, l=twin: l(x)), None
+                for dtype in DTYPES:
+                    x, weight = x32.to(dtype), weight32.to(dtype)
+                    layer = sparsekit.SparseConv2d.from_weight(weight, padding=1, structure=plan)
+                    dense, dense_format = _faster_dense(lambda x, w: F.conv2d(x, w, None, 1, 1), x, weight)
+                    for backend in backends.auto(CPU, dtype, layer.packed()):  # all auto would time
+                        twin = layer.with_backend(backend.name)
+                        yield {
+                            "kind": "conv3x3", "shape": [channels, channels, 3, 3], "input": list(x.shape),
+                            "dtype": str(dtype).removeprefix("torch."), "structure": structure,
+                            "sparsity": round(1 - weight.ne(0).float().mean().item(), 4),
+                            "plan": layer.summary()["structure"], "backend": twin.backend,
+                            "blocks": layer.summary()["blocks"],
+                            "flop_limit": weight.numel() / weight.count_nonzero().item(),
+                            "dense_format": dense_format, "dense_macs": weight.numel() * batch * size * size,
+                            "output_positions": batch * size * size,
+                        }, dense, (lambda x=x, l=twin: l(x)), None
 
 
-def _faster_dense(x, x_last, weight):
-    """torch's conv in its faster memory format for this shape (NCHW or channels_last), picked
-    by a first timing, and the format's name."""
-    w_last = weight.contiguous(memory_format=torch.channels_last)
-    sides = {"nchw": lambda: F.conv2d(x, weight, None, 1, 1),
-             "channels_last": lambda: F.conv2d(x_last, w_last, None, 1, 1)}
-    times = {name: timing.median_seconds(fn, min_run_time=0.05) for name, fn in sides.items()}
+def _faster_dense(fn, x, *weights):
+    """``fn(x, *weights)`` (a dense layer or model) in its faster memory format for this shape,
+    NCHW or channels_last (``x``, 4-d ``weights`` and a module ``fn`` converted), picked by a
+    first timing; returns it as a function of no argument, and the format's name."""
+    def in_format(memory_format):
+        def convert(t):
+            return t.contiguous(memory_format=memory_format) if t.dim() == 4 else t
+        if isinstance(fn, torch.nn.Module):
+            return fn.to(memory_format=memory_format), convert(x), ()
+        return fn, convert(x), tuple(map(convert, weights))
+
+    formats = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+    times = {}
+    for name, memory_format in formats.items():  # one at a time: a module converts in place
+        f, xs, ws = in_format(memory_format)
+        times[name] = timing.median_seconds(f, xs, *ws, min_run_time=0.05)
     faster = min(times, key=times.get)
-    return sides[faster], faster
+    f, xs, ws = in_format(formats[faster])
+    return (lambda: f(xs, *ws)), faster
+
+
+def kernel_phases(run, calls: int = PROFILED_CALLS) -> dict:
+    """Per call of ``run`` (a function of no argument calling the C++ CPU kernels): ms packing
+    the input, in the micro-kernel and in the epilogue (the tiles' wall time split by their
+    thread time), and the output grid positions computed."""
+    with torch.no_grad():
+        run()
+        with cpu.phase_profile() as totals:
+            for _ in range(calls):
+                run()
+    if not totals["calls"]:
+        return {}
+    tiles_ms = 1e3 * totals["tiles_s"] / calls
+    thread_s = totals["micro_s"] + totals["store_s"]
+    return {
+        "pack_ms": 1e3 * totals["pack_s"] / calls,
+        "micro_ms": tiles_ms * totals["micro_s"] / thread_s if thread_s else 0.0,
+        "epilogue_ms": tiles_ms * totals["store_s"] / thread_s if thread_s else 0.0,
+        "grid_positions": totals["grid_positions"] // calls,
+    }
 
 
 def linear_cases(quick: bool, gen):
@@ -76,39 +120,77 @@ def linear_cases(quick: bool, gen):
     layer = sparsekit.SparseLinear.from_weight(weight, structure="group")
     bsr = weight.to_sparse_bsr((block, block))
     yield {
-        "kind": "linear", "shape": [features, features], "input": list(x.shape), "structure": "group",
-        "sparsity": round(1 - mask.float().mean().item(), 4), "plan": layer.summary()["structure"],
-        "backend": layer.backend, "blocks": layer.summary()["blocks"], "bsr_block": block,
-        "flop_limit": weight.numel() / weight.count_nonzero().item(),
+        "kind": "linear", "shape": [features, features], "input": list(x.shape), "dtype": "float32",
+        "structure": "group", "sparsity": round(1 - mask.float().mean().item(), 4),
+        "plan": layer.summary()["structure"], "backend": layer.backend, "blocks": layer.summary()["blocks"],
+        "bsr_block": block, "flop_limit": weight.numel() / weight.count_nonzero().item(),
+        "dense_macs": weight.numel() * batch, "output_positions": batch,
     }, (lambda: F.linear(x, weight)), (lambda: layer(x)), (lambda: F.linear(x, bsr))
 
 
+MODELS = [("resnet18", 16), ("vgg16_bn", 16), ("resnet50", 4)]
+MODEL_MASKS = [("refill", 0.8), ("unstructured", 0.8), ("unstructured", 0.9)]
+
+
 def model_cases(quick: bool, gen):
-    """End to end: the dense model (its cost is the dense masked model's) against the compiled
-    one, whose BatchNorm statistics are calibrated under the masks so that its check against the
-    dense masked model can fail; plans are chosen by measurement except in quick mode (cost
-    model)."""
-    for name, batch in ([("wrn32_2", 2)] if quick else [("vgg16_bn", 16), ("resnet18", 16)]):
+    """End to end: the dense model (its cost is the dense masked model's, in its faster memory
+    format) against the compiled channels_last one, whose BatchNorm statistics are calibrated
+    under the masks so that its check against the dense masked model can fail; plans are chosen
+    by measurement except in quick mode (cost model)."""
+    cases = [("wrn32_2", 2, "refill", 0.8)] if quick else [(*m, *k) for m in MODELS for k in MODEL_MASKS]
+    for name, batch, kind, sparsity in cases:
         model = zoo.create(name).eval()
         shape = zoo.INPUT_SHAPES[name]
         x = torch.randn(batch, *shape, generator=gen)
-        masks = refill_masks(model, global_magnitude_masks(model, 0.8))
+        masks = layerwise_magnitude_masks(model, sparsity)
+        if kind == "refill":
+            masks = refill_masks(model, masks)
         zoo.calibrate_batchnorm(model, [torch.randn(8, *shape, generator=gen) for _ in range(2)], masks)
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
         compiled = sparsekit.compile(model, masks, x, measure=not quick)
         report = compiled.sparsekit_report
         if not report.discriminating:
             raise AssertionError(f"{name}: the reference output hardly depends on the input: {report.spread}")
         kept = sum(m.sum().item() for m in masks.values()) / sum(m.numel() for m in masks.values())
+        dense, dense_format = _faster_dense(model, x)
         yield {
-            "kind": "model", "shape": name, "input": list(x.shape), "structure": "refill (channels)",
-            "sparsity": round(1 - kept, 4), "plan": "per layer", "backend": "per layer",
-            "blocks": sum(l.blocks for l in report.layers),
-            "flop_limit": flop_limit(model, masks, x),
+            "kind": "model", "shape": name, "input": list(x.shape), "dtype": "float32",
+            "structure": f"layer-wise {kind} {sparsity:.0%}", "sparsity": round(1 - kept, 4),
+            "plan": "per layer", "backend": "per layer", "blocks": sum(l.blocks for l in report.layers),
+            "flop_limit": flop_limit(model, masks, x), "dense_format": dense_format,
+            "dense_macs": sum(l.macs for l in report.layers),
             "slower_layers": [l.name for l in report.layers if l.speedup and l.speedup < 1],
-        }, (lambda m=model, x=x: m(x)), (lambda c=compiled, x=x: c(x)), None
+            "layers": layer_breakdown(compiled, report, masks, x),
+        }, dense, (lambda c=compiled, x=x: c(x)), None
 
 
-def run(quick: bool, seed: int = 0) -> list[dict]:
+def layer_breakdown(compiled, report, masks, x) -> list[dict]:
+    """Per compiled layer: its plan, the times compile measured (dense and sparse, ms), its
+    mask's FLOP limit (whatever plan was chosen) and, for layers on the C++ kernels, their
+    phase breakdown on the layer's own input."""
+    inputs = {}
+    hooks = [compiled.get_submodule(l.name).register_forward_pre_hook(
+        lambda module, args, name=l.name: inputs.setdefault(name, args[0])) for l in report.layers]
+    with torch.no_grad():
+        compiled(x)
+    for hook in hooks:
+        hook.remove()
+    rows = []
+    for l in report.layers:
+        layer, layer_input = compiled.get_submodule(l.name), inputs[l.name]
+        mask = masks.get(f"{l.name}.weight")
+        row = {"layer": l.name, "input": list(layer_input.shape), "structure": l.structure, "backend": l.backend,
+               "blocks": l.blocks, "flop_limit": 1.0 if mask is None else mask.numel() / mask.sum().item(),
+               "dense_ms": l.dense_ms, "sparse_ms": l.sparse_ms, "dense_macs": l.macs}
+        if l.backend == "cpu":
+            row |= kernel_phases(lambda: layer(layer_input))
+            row["output_positions"] = layer_input.shape[0] * layer(layer_input).shape[2:].numel()
+        rows.append(row)
+    return rows
+
+
+def run(quick: bool, peak_macs: float, seed: int = 0) -> list[dict]:
     gen = torch.Generator().manual_seed(seed)
     min_run_time = 0.01 if quick else 0.2
     records = []
@@ -120,23 +202,63 @@ def run(quick: bool, seed: int = 0) -> list[dict]:
         record["speedup"] = record["dense_ms"] / record["sparse_ms"]
         if bsr is not None:
             record["speedup_vs_bsr"] = record["bsr_ms"] / record["sparse_ms"]
+        if record["backend"] == "cpu":
+            record |= kernel_phases(sparse)
+        add_peak_fractions(record, peak_macs)
+        for layer in record.get("layers", ()):
+            add_peak_fractions(layer, peak_macs)
         records.append(record)
         print(_row(record), flush=True)
     return records
 
 
+def add_peak_fractions(r: dict, peak_macs: float) -> None:
+    """The fraction of the fp32 peak that dense and sparse reach (kept multiply-adds per second;
+    padding taps counted, as in the FLOP limit), and the micro-kernel's own, on the grid
+    positions it computes, when its phases were profiled."""
+    kept = r["dense_macs"] / r["flop_limit"]
+    if r.get("dense_ms"):
+        r["dense_peak"] = r["dense_macs"] / (r["dense_ms"] / 1e3) / peak_macs
+    if r.get("sparse_ms"):
+        r["sparse_peak"] = kept / (r["sparse_ms"] / 1e3) / peak_macs
+    if r.get("micro_ms"):
+        r["grid_per_position"] = r["grid_positions"] / r["output_positions"]
+        r["micro_peak"] = kept * r["grid_per_position"] / (r["micro_ms"] / 1e3) / peak_macs
+
+
+def _phases(r: dict) -> str:
+    if "micro_ms" not in r:
+        return " | |"
+    return (f" {r['pack_ms']:.2f} / {r['micro_ms']:.2f} / {r['epilogue_ms']:.2f} | "
+            f"{r['grid_per_position']:.2f} ({r['micro_peak']:.0%}) |")
+
+
 def _row(r: dict) -> str:
     bsr = f"{r['bsr_ms']:.2f}" if "bsr_ms" in r else ""
-    return (f"| {r['kind']} | {r['shape']} | {r['input']} | {r['structure']} | {r['sparsity']:.2f} | "
+    return (f"| {r['kind']} | {r['shape']} | {r['input']} | {r['dtype']} | {r['structure']} | {r['sparsity']:.2f} | "
             f"{r['plan']} | {r['backend']} | {r['dense_ms']:.2f} | {r['sparse_ms']:.2f} | {bsr} | {r['speedup']:.2f}x "
-            f"| {r['flop_limit']:.2f}x |")
+            f"| {r['flop_limit']:.2f}x | {r['speedup'] / r['flop_limit']:.0%} | {r['dense_peak']:.0%} / "
+            f"{r['sparse_peak']:.0%} |" + _phases(r))
 
 
-HEADER = ("| kind | shape | input | mask | sparsity | plan | backend | dense ms | sparsekit ms | torch BSR ms "
-          "| speedup | FLOP limit |\n" + "| --- " * 12 + "|")
+HEADER = ("| kind | shape | input | dtype | mask | sparsity | plan | backend | dense ms | sparsekit ms | torch BSR ms "
+          "| speedup | FLOP limit | of limit | % peak dense / sparse | pack / micro / epilogue ms "
+          "| grid per position (micro % peak) |\n" + "| --- " * 17 + "|")
 
 
-def environment(command: str) -> dict:
+def _layer_row(model: dict, l: dict) -> str:
+    timed = l["dense_ms"] and l["sparse_ms"]  # compile measured them (not in quick mode)
+    times = f"{l['dense_ms']:.2f} | {l['sparse_ms']:.2f} | {l['dense_ms'] / l['sparse_ms']:.2f}x" if timed else "| |"
+    peak = f"{l['sparse_peak']:.0%}" if "sparse_peak" in l else ""
+    return (f"| {model['shape']} | {model['structure']} | {l['layer']} | {l['input']} | {l['structure']} | "
+            f"{l['backend']} | {times} | {l['flop_limit']:.2f}x | {peak} |" + _phases(l))
+
+
+LAYER_HEADER = ("| model | mask | layer | input | plan | backend | dense ms | sparsekit ms | speedup | FLOP limit "
+                "| % peak | pack / micro / epilogue ms | grid per position (micro % peak) |\n" + "| --- " * 13 + "|")
+
+
+def environment(command: str, peak_macs: float) -> dict:
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
@@ -144,7 +266,8 @@ def environment(command: str) -> dict:
         pass
     return {
         "device": f"{cpu} ({torch.backends.cpu.get_cpu_capability()})", "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "sparsekit": sparsekit.__version__, "dtype": "float32",
+        "torch": torch.__version__, "sparsekit": sparsekit.__version__,
+        "dtypes": [str(d).removeprefix("torch.") for d in DTYPES], "fp32_peak_gmacs": peak_macs / 1e9,
         "date": datetime.date.today().isoformat(), "command": command,
     }
 
@@ -156,7 +279,7 @@ def plot(records: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    layers = [r for r in records if r["kind"] == "conv3x3"]
+    layers = [r for r in records if r["kind"] == "conv3x3" and r["dtype"] == "float32"]
     timed = sorted({r["backend"] for r in layers}, key=backends.names().index)
     for color, (structure, marker) in enumerate((("group", "o"), ("channel", "s"), ("kernel", "^"),
                                                           ("unstructured", "D"))):
@@ -179,12 +302,16 @@ def plot(records: list[dict], path: Path) -> None:
 
 def main(argv=None) -> list[dict]:
     args, command = suite_arguments(argv, __doc__.splitlines()[0], "bench.cpu_suite", "tiny shapes, seconds (for CI)")
-    env = environment(command)
-    title = f"{env['device']}, {env['threads']} threads, torch {env['torch']}, fp32"
+    peak_macs = fp32_peak_macs()
+    env = environment(command, peak_macs)
+    title = (f"{env['device']}, {env['threads']} threads, torch {env['torch']}, fp32 peak "
+             f"{env['fp32_peak_gmacs']:.0f} GMAC/s (`python -m bench.peak`)")
     print(f"{title}\n{HEADER}")
-    records = run(args.quick)
+    records = run(args.quick, peak_macs)
     stem = args.out / f"cpu-{env['date']}{'-quick' if args.quick else ''}"
-    write_results(stem, env, title, HEADER, list(map(_row, records)), records)
+    layers = [_layer_row(r, l) for r in records for l in r.get("layers", ())]
+    write_results(stem, env, title, HEADER, list(map(_row, records)), records,
+                  extra=f"\n## End to end, per layer\n\n{LAYER_HEADER}\n" + "\n".join(layers) + "\n")
     plot(records, stem.with_suffix(".png"))
     return records
 

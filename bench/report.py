@@ -17,8 +17,10 @@ def suite_arguments(argv, description: str, module: str, quick_help: str):
     return args, f"python -m {module}" + (" --quick" if args.quick else "")
 
 
-def write_results(stem: Path, env: dict, title: str, header: str, rows: list[str], records: list[dict]) -> None:
-    """``stem``.json and ``stem``.md; ``title`` heads the table, followed by the command."""
+def write_results(stem: Path, env: dict, title: str, header: str, rows: list[str], records: list[dict],
+                  extra: str = "") -> None:
+    """``stem``.json and ``stem``.md; ``title`` heads the table, followed by the command, and
+    ``extra`` (markdown) follows it."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps({"environment": env, "results": records}, indent=1))
-    stem.with_suffix(".md").write_text(f"{title}; `{env['command']}`\n\n{header}\n" + "\n".join(rows) + "\n")
+    stem.with_suffix(".md").write_text(f"{title}; `{env['command']}`\n\n{header}\n" + "\n".join(rows) + "\n" + extra)

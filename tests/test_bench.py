@@ -8,13 +8,22 @@ def test_cpu_suite_quick_mode_writes_results(tmp_path):
     (json_file,) = tmp_path.glob("cpu-*-quick.json")
     saved = json.loads(json_file.read_text())
     assert saved["environment"]["command"] == "python -m bench.cpu_suite --quick"
-    assert {"device", "threads", "torch", "dtype", "date"} <= set(saved["environment"])
+    assert {"device", "threads", "torch", "dtypes", "fp32_peak_gmacs", "date"} <= set(saved["environment"])
     kinds = {r["kind"] for r in saved["results"]}
     assert kinds == {"conv3x3", "linear", "model"} and len(saved["results"]) == len(records)
+    assert {r["dtype"] for r in saved["results"]} == {"float32", "bfloat16"}
     for r in saved["results"]:
         assert r["dense_ms"] > 0 and r["sparse_ms"] > 0 and r["flop_limit"] > 1
         assert abs(r["speedup"] - r["dense_ms"] / r["sparse_ms"]) < 1e-9
+        assert r["dense_peak"] > 0 and r["sparse_peak"] > 0
+        if r["backend"] == "cpu":  # the C++ kernels' phases, profiled
+            assert r["micro_ms"] > 0 and r["pack_ms"] > 0 and r["epilogue_ms"] > 0
+            assert r["grid_positions"] >= r["output_positions"]
     assert any("bsr_ms" in r for r in saved["results"])
+    (model,) = [r for r in saved["results"] if r["kind"] == "model"]
+    assert model["dense_format"] in ("nchw", "channels_last")
+    masked = [layer for layer in model["layers"] if layer["flop_limit"] > 1]
+    assert masked and any("micro_ms" in layer for layer in model["layers"])
     assert (tmp_path / json_file.name.replace(".json", ".png")).stat().st_size > 1000
     assert "| kind |" in (tmp_path / json_file.name.replace(".json", ".md")).read_text()
 
