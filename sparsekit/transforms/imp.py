@@ -49,8 +49,8 @@ def layerwise_magnitude_masks(model: nn.Module, sparsity: float) -> dict:
     for name, conv in prunable_convs(model):
         scores = conv.weight.detach().abs().flatten()
         count = int(round(sparsity * scores.numel()))
-        mask = torch.ones_like(scores)
-        mask[scores.argsort()[:count]] = 0  # exactly `count` pruned, ties broken by position
+        mask = torch.ones_like(scores, dtype=torch.float32)
+        mask[scores.argsort(stable=True)[:count]] = 0  # exactly `count` pruned, ties by position
         masks[f"{name}.weight"] = mask.view_as(conv.weight)
     return masks
 
