@@ -40,11 +40,12 @@ def _library() -> ctypes.CDLL:
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise RuntimeError("measuring the peak needs a C compiler (cc or gcc)")
-    folder = Path(tempfile.mkdtemp(prefix="sparsekit-peak-"))
-    (folder / "peak.c").write_text(SOURCE)
-    subprocess.run([compiler, "-O3", "-march=native", "-shared", "-fPIC", "-o", str(folder / "peak.so"),
-                    str(folder / "peak.c")], check=True)
-    library = ctypes.CDLL(str(folder / "peak.so"))
+    with tempfile.TemporaryDirectory(prefix="sparsekit-peak-") as name:  # loaded, the file may go
+        folder = Path(name)
+        (folder / "peak.c").write_text(SOURCE)
+        subprocess.run([compiler, "-O3", "-march=native", "-shared", "-fPIC", "-o", str(folder / "peak.so"),
+                        str(folder / "peak.c")], check=True)
+        library = ctypes.CDLL(str(folder / "peak.so"))
     library.fma_chains.argtypes, library.fma_chains.restype = [ctypes.c_long], ctypes.c_float
     return library
 
@@ -55,13 +56,14 @@ def fp32_peak_macs(threads: int | None = None, seconds: float = 0.5) -> float:
     library = _library()
     threads = threads or torch.get_num_threads()
     iterations = 1000
-    while True:  # about `seconds` per run
+    while True:  # calibrated on a tenth of `seconds`, then scaled to `seconds` per run
         start = time.perf_counter()
         library.fma_chains(iterations)
-        if time.perf_counter() - start > seconds / 10:
+        elapsed = time.perf_counter() - start
+        if elapsed > seconds / 10:
             break
         iterations *= 4
-    iterations = int(iterations * seconds / 10 / (time.perf_counter() - start))
+    iterations = int(iterations * seconds / elapsed)
     best = 0.0
     for _ in range(3):
         workers = [threading.Thread(target=library.fma_chains, args=(iterations,)) for _ in range(threads)]

@@ -83,8 +83,8 @@ void run(const BlockConvParams& p) {
   const bool serial = p.blocks.val_ptr[p.blocks.num_blocks] * tiles * cpu::kTilePositions < kParallelMacs;
   const int64_t threads = at::get_num_threads();
   // Too few tiles to balance the threads (a few per thread): each tile's rows are split too.
-  const int64_t items =
-      tiles * (serial || tiles >= 4 * threads ? 1 : conv.split_rows((4 * threads + tiles - 1) / tiles));
+  const bool split = !serial && threads > 1 && tiles < 4 * threads;
+  const int64_t items = tiles * (split ? conv.split_rows((4 * threads + tiles - 1) / tiles) : 1);
   const bool timed = profiling.load(std::memory_order_relaxed);
   const auto start = std::chrono::steady_clock::now();
   at::parallel_for(0, channels, serial ? channels : 1, [&](int64_t begin, int64_t end) {

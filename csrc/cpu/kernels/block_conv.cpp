@@ -169,7 +169,12 @@ BlockConv::BlockConv(const BlockConvParams& p) : p_(p) {
     groups_[it->second].segments.push_back(
         {values + b.val_ptr[blk], b.col_ptr[blk + 1] - b.col_ptr[blk], b.col_ptr[blk]});
   }
-  split_rows(1);
+  // One set of every group and row until split_rows: no grouping work on the common path.
+  parts_.assign(1, Part{});
+  parts_[0].groups.resize(groups_.size());
+  std::iota(parts_[0].groups.begin(), parts_[0].groups.end(), size_t(0));
+  parts_[0].rows.resize(p.shape.K);
+  std::iota(parts_[0].rows.begin(), parts_[0].rows.end(), int32_t(0));
 }
 
 int64_t BlockConv::split_rows(int64_t parts) {

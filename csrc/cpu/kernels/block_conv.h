@@ -91,7 +91,7 @@ class BlockConv {
   std::vector<int64_t> offsets_;
   std::vector<float> weights_;  // the block tiles in fp32 when the input is not fp32
   std::vector<RowGroup> groups_;
-  std::vector<Part> parts_;  // one set of every group and row until split_rows
+  std::vector<Part> parts_;
 };
 
 }  // namespace sparsekit::cpu
