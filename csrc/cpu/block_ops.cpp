@@ -3,11 +3,15 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
+#include <memory>
+#include <mutex>
 
 #include "../ops.h"
 #include "kernels/block_conv.h"
+#include "kernels/tap_conv.h"
 
 namespace sparsekit {
 namespace {
@@ -77,18 +81,19 @@ int64_t since(std::chrono::steady_clock::time_point start) {
                                                               start).count();
 }
 
-void run(const BlockConvParams& p) {
-  cpu::BlockConv conv(p);
-  const int64_t channels = conv.num_channels(), tiles = conv.num_tiles();
-  const bool serial = p.blocks.val_ptr[p.blocks.num_blocks] * tiles * cpu::kTilePositions < kParallelMacs;
+template <typename Kernel, typename... Weights>
+void run_kernel(const BlockConvParams& p, std::chrono::steady_clock::time_point start,
+                const Weights&... weights) {
+  Kernel conv(p, weights...);
+  const int64_t units = conv.pack_units(), tiles = conv.num_tiles();
+  const bool serial = p.blocks.val_ptr[p.blocks.num_blocks] * conv.grid_positions() < kParallelMacs;
   const int64_t threads = at::get_num_threads();
   // Too few tiles to balance the threads (a few per thread): each tile's rows are split too.
   const bool split = !serial && threads > 1 && tiles < 4 * threads;
   const int64_t items = tiles * (split ? conv.split_rows((4 * threads + tiles - 1) / tiles) : 1);
   const bool timed = profiling.load(std::memory_order_relaxed);
-  const auto start = std::chrono::steady_clock::now();
-  at::parallel_for(0, channels, serial ? channels : 1, [&](int64_t begin, int64_t end) {
-    conv.pack_input(begin, end);
+  at::parallel_for(0, units, serial ? units : 1, [&](int64_t begin, int64_t end) {
+    conv.pack(begin, end);
   });
   if (!timed) {
     at::parallel_for(0, items, serial ? items : 1, [&](int64_t begin, int64_t end) {
@@ -105,8 +110,84 @@ void run(const BlockConvParams& p) {
     store_ns += times.store_ns;
   });
   tiles_ns += since(packed);
-  grid += tiles * cpu::kTilePositions;
+  grid += conv.grid_positions();
   ++calls;
+}
+
+// The exact-position kernel's packed weights, kept per pack: a layer calls with the same
+// tensors every time, so its weights are transposed into panels once. An entry holds weak
+// references to the pack's tensors and their versions and data pointers: it is never matched
+// to a tensor written to since, nor to another tensor at a reused address, and entries whose
+// tensors were freed are dropped at the next lookup.
+class TapWeightsCache {
+ public:
+  using Pack = std::array<const at::Tensor*, 4>;  // values, row_idx, col_idx, block_ptr
+
+  std::shared_ptr<const cpu::TapWeights> get(const BlockConvParams& p, const Pack& pack) {
+    const bool cacheable = std::none_of(pack.begin(), pack.end(),
+                                        [](const at::Tensor* t) { return t->is_inference(); });
+    const Key key = make_key(p, pack);
+    if (cacheable) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      entries_.erase(std::remove_if(entries_.begin(), entries_.end(), [](const Entry& e) {
+                       return std::any_of(e.tensors.begin(), e.tensors.end(),
+                                          [](const Weak& w) { return w.expired(); });
+                     }), entries_.end());
+      for (const Entry& e : entries_)
+        if (e.key == key && same_tensors(e, pack)) return e.weights;
+    }
+    auto weights = std::make_shared<cpu::TapWeights>(p);
+    at::parallel_for(0, weights->pack_units(), 1, [&](int64_t begin, int64_t end) {
+      weights->pack(p, begin, end);
+    });
+    if (cacheable) {
+      auto weak = [&](size_t i) { return Weak(pack[i]->getIntrusivePtr()); };
+      std::lock_guard<std::mutex> lock(mutex_);
+      entries_.push_back({key, {weak(0), weak(1), weak(2), weak(3)}, weights});
+    }
+    return weights;
+  }
+
+ private:
+  using Weak = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
+  // What the panels depend on besides the tensors' identity: their versions and data, and the
+  // kernel geometry that places columns.
+  using Key = std::array<int64_t, 14>;
+  struct Entry {
+    Key key;
+    std::array<Weak, 4> tensors;
+    std::shared_ptr<const cpu::TapWeights> weights;
+  };
+
+  static Key make_key(const BlockConvParams& p, const Pack& pack) {
+    Key key{p.shape.C, p.shape.K, p.shape.KH, p.shape.KW, p.shape.groups, int64_t(p.dtype)};
+    for (size_t i = 0; i < pack.size(); ++i) {
+      key[6 + 2 * i] = pack[i]->is_inference() ? 0 : pack[i]->_version();
+      key[7 + 2 * i] = reinterpret_cast<int64_t>(pack[i]->const_data_ptr());
+    }
+    return key;
+  }
+  static bool same_tensors(const Entry& e, const Pack& pack) {
+    for (size_t i = 0; i < pack.size(); ++i)
+      if (e.tensors[i]._unsafe_get_target() != pack[i]->unsafeGetTensorImpl()) return false;
+    return true;
+  }
+
+  std::mutex mutex_;
+  std::vector<Entry> entries_;
+};
+
+// Blocks of many rows run on the exact-position kernel; lone rows and small blocks, which
+// would leave its 16-row panels mostly empty, on the planes kernel.
+void run(const BlockConvParams& p, const TapWeightsCache::Pack& pack) {
+  static TapWeightsCache cache;
+  const auto start = std::chrono::steady_clock::now();
+  if (cpu::TapConv::suits(p)) {
+    const auto weights = cache.get(p, pack);
+    run_kernel<cpu::TapConv>(p, start, *weights);
+  } else {
+    run_kernel<cpu::BlockConv>(p, start);
+  }
 }
 
 }  // namespace
@@ -162,7 +243,7 @@ at::Tensor block_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
   for (int d = 0; d < 4; ++d) p.in_stride[d] = input.stride(d), p.out_stride[d] = out.stride(d);
   p.output = out.data_ptr();
   p.relu = relu;
-  run(p);
+  run(p, {&values, &row_idx, &col_idx, &block_ptr});
   return out;
 }
 
@@ -191,7 +272,7 @@ at::Tensor block_linear_cpu(const at::Tensor& input, const at::Tensor& values,
   p.output = out.data_ptr();
   p.out_stride[0] = 0, p.out_stride[1] = 1, p.out_stride[2] = 0, p.out_stride[3] = out_features;
   p.relu = relu;
-  run(p);
+  run(p, {&values, &row_idx, &col_idx, &block_ptr});
   return out;
 }
 

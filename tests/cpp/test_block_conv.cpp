@@ -1,12 +1,15 @@
-// The torch-free CPU kernel against a direct convolution of the unpacked weight.
+// The torch-free CPU kernels against a direct convolution of the unpacked weight.
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "common/block_params.h"
 #include "cpu/kernels/block_conv.h"
+#include "cpu/kernels/tap_conv.h"
 
 using namespace sparsekit;
 
@@ -14,7 +17,7 @@ namespace {
 
 struct Case {
   int64_t N, C, H, W, K, KH, KW, stride, pad, dil, groups;
-  bool relu, bias;
+  bool relu, bias, channels_last;
 };
 
 struct Packed {
@@ -53,7 +56,24 @@ Packed random_blocks(const Case& c, std::mt19937& rng) {
   return p;
 }
 
-int run_case(const Case& c, unsigned seed) {
+// A kernel for p, built as the glue builds it; the exact-position kernel's weights are packed
+// in two ranges, as two threads would.
+template <typename Kernel>
+std::unique_ptr<Kernel> make_kernel(const BlockConvParams& p,
+                                    std::unique_ptr<cpu::TapWeights>& weights) {
+  if constexpr (std::is_same_v<Kernel, cpu::TapConv>) {
+    weights = std::make_unique<cpu::TapWeights>(p);
+    const int64_t units = weights->pack_units();
+    weights->pack(p, 0, units / 2);
+    weights->pack(p, units / 2, units);
+    return std::make_unique<Kernel>(p, *weights);
+  } else {
+    return std::make_unique<Kernel>(p);
+  }
+}
+
+template <typename Kernel>
+int run_case(const char* kernel, const Case& c, unsigned seed) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> u(-1.f, 1.f);
   const int64_t OH = (c.H + 2 * c.pad - c.dil * (c.KH - 1) - 1) / c.stride + 1;
@@ -87,30 +107,35 @@ int run_case(const Case& c, unsigned seed) {
     return 1;
   }
   p.input = x.data();
-  const int64_t in_stride[4] = {c.C * c.H * c.W, c.H * c.W, c.W, 1};
-  const int64_t out_stride[4] = {c.K * OH * OW, OH * OW, OW, 1};
-  std::memcpy(p.in_stride, in_stride, sizeof(in_stride));
-  std::memcpy(p.out_stride, out_stride, sizeof(out_stride));
+  const int64_t nchw_in[4] = {c.C * c.H * c.W, c.H * c.W, c.W, 1};
+  const int64_t nhwc_in[4] = {c.C * c.H * c.W, 1, c.W * c.C, c.C};
+  const int64_t nchw_out[4] = {c.K * OH * OW, OH * OW, OW, 1};
+  const int64_t nhwc_out[4] = {c.K * OH * OW, 1, OW * c.K, c.K};
+  const int64_t* in_stride = c.channels_last ? nhwc_in : nchw_in;
+  const int64_t* out_stride = c.channels_last ? nhwc_out : nchw_out;
+  std::memcpy(p.in_stride, in_stride, sizeof(p.in_stride));
+  std::memcpy(p.out_stride, out_stride, sizeof(p.out_stride));
   p.output = y.data();
   p.values = pk.values.data();
   p.bias = c.bias ? bias.data() : nullptr;
   p.dtype = DType::Float32;
   p.relu = c.relu;
-  cpu::BlockConv conv(p);
-  const int64_t channels = conv.num_channels(), tiles = conv.num_tiles();
-  conv.pack_input(0, channels / 2);  // two ranges each, as two threads would run them
-  conv.pack_input(channels / 2, channels);
-  conv.run_tiles(0, tiles / 2);
-  conv.run_tiles(tiles / 2, tiles);
+  std::unique_ptr<cpu::TapWeights> weights;
+  auto conv = make_kernel<Kernel>(p, weights);
+  const int64_t units = conv->pack_units(), tiles = conv->num_tiles();
+  conv->pack(0, units / 2);  // two ranges each, as two threads would run them
+  conv->pack(units / 2, units);
+  conv->run_tiles(0, tiles / 2);
+  conv->run_tiles(tiles / 2, tiles);
 
   // The rows split into sets (as a call with few tiles runs): the same bits.
   std::vector<float> y_split(y.size(), NAN);
   p.output = y_split.data();
-  cpu::BlockConv split(p);
-  const int64_t parts = split.split_rows(3), items = split.num_tiles() * parts;
-  split.pack_input(0, channels);
-  split.run_tiles(0, items / 2);
-  split.run_tiles(items / 2, items);
+  auto split = make_kernel<Kernel>(p, weights);
+  const int64_t parts = split->split_rows(3), items = split->num_tiles() * parts;
+  split->pack(0, units);
+  split->run_tiles(0, items / 2);
+  split->run_tiles(items / 2, items);
   const bool same = std::memcmp(y.data(), y_split.data(), y.size() * sizeof(float)) == 0;
 
   double max_err = 0;
@@ -127,17 +152,20 @@ int run_case(const Case& c, unsigned seed) {
                 const int64_t iw = ow * c.stride - c.pad + kw * c.dil;
                 if (ih < 0 || ih >= c.H || iw < 0 || iw >= c.W) continue;
                 acc += double(w[k * cols + (ci * c.KH + kh) * c.KW + kw]) *
-                       x[((n * c.C + g * cpg + ci) * c.H + ih) * c.W + iw];
+                       x[n * in_stride[0] + (g * cpg + ci) * in_stride[1] + ih * in_stride[2] +
+                         iw * in_stride[3]];
               }
           if (c.relu && acc < 0) acc = 0;
-          const double got = y[((n * c.K + k) * OH + oh) * OW + ow];
+          const double got =
+              y[n * out_stride[0] + k * out_stride[1] + oh * out_stride[2] + ow * out_stride[3]];
           max_err = std::fmax(max_err, std::fabs(got - acc));  // NaN (unwritten) stays NaN
           if (std::isnan(got)) max_err = INFINITY;
         }
   const bool ok = max_err <= 1e-4 && same;
-  std::printf("%s%s N=%lld C=%lld K=%lld %lldx%lld k=%lldx%lld s=%lld p=%lld d=%lld g=%lld: "
+  std::printf("%s%s %s%s N=%lld C=%lld K=%lld %lldx%lld k=%lldx%lld s=%lld p=%lld d=%lld g=%lld: "
               "%lld blocks in %lld row sets, max err %.3g\n",
-              ok ? "ok  " : "FAIL", same ? "" : " (split rows differ)", (long long)c.N, (long long)c.C, (long long)c.K,
+              ok ? "ok  " : "FAIL", same ? "" : " (split rows differ)", kernel,
+              c.channels_last ? " channels_last" : "", (long long)c.N, (long long)c.C, (long long)c.K,
               (long long)c.H, (long long)c.W, (long long)c.KH, (long long)c.KW,
               (long long)c.stride, (long long)c.pad, (long long)c.dil, (long long)c.groups,
               (long long)nb, (long long)parts, max_err);
@@ -171,20 +199,25 @@ int check_rejects_bad_index() {
 
 int main() {
   const Case cases[] = {
-      {2, 8, 7, 7, 16, 3, 3, 1, 1, 1, 1, true, true},
-      {1, 3, 5, 9, 7, 3, 3, 2, 0, 1, 1, false, true},
-      {3, 6, 9, 9, 6, 3, 3, 1, 2, 2, 2, false, false},
-      {2, 4, 6, 6, 4, 3, 3, 1, 1, 1, 4, true, true},  // depthwise
-      {1, 33, 1, 100, 70, 1, 1, 1, 0, 1, 1, false, true},  // linear-like, 100 positions
-      {4, 16, 8, 8, 32, 5, 5, 2, 2, 1, 1, false, true},
-      {3, 6, 4, 4, 12, 3, 3, 1, 3, 2, 1, true, true},     // padding past the dilated kernel
-      {2, 4, 9, 7, 8, 1, 1, 1, 2, 1, 2, false, false},    // 1x1 with padding: reads all zeros
-      {2, 5, 11, 10, 6, 2, 2, 3, 1, 2, 1, true, true},    // stride 3, dilation 2, even kernel
+      {2, 8, 7, 7, 16, 3, 3, 1, 1, 1, 1, true, true, false},
+      {1, 3, 5, 9, 7, 3, 3, 2, 0, 1, 1, false, true, true},
+      {3, 6, 9, 9, 6, 3, 3, 1, 2, 2, 2, false, false, false},
+      {2, 4, 6, 6, 4, 3, 3, 1, 1, 1, 4, true, true, true},  // depthwise
+      {1, 33, 1, 100, 70, 1, 1, 1, 0, 1, 1, false, true, false},  // linear-like, 100 positions
+      {4, 16, 8, 8, 32, 5, 5, 2, 2, 1, 1, false, true, true},
+      {3, 6, 4, 4, 12, 3, 3, 1, 3, 2, 1, true, true, false},     // padding past the dilated kernel
+      {2, 4, 9, 7, 8, 1, 1, 1, 2, 1, 2, false, false, true},     // 1x1 with padding: all zeros
+      {2, 5, 11, 10, 6, 2, 2, 3, 1, 2, 1, true, true, false},    // stride 3, dilation 2, even kernel
+      {3, 10, 5, 6, 150, 3, 3, 1, 1, 1, 1, true, true, true},    // panels in chunks of 4, 3 + 2
+      {2, 12, 4, 4, 140, 3, 3, 1, 1, 1, 2, false, true, false},  // 70 rows a group: 3 + 2
   };
-  int failures = check_rejects_bad_index();
+  int failures = check_rejects_bad_index(), runs = 1;
   unsigned seed = 1;
-  for (const Case& c : cases) failures += run_case(c, seed++);
-  std::printf("%d passed, %d failed\n", int(sizeof(cases) / sizeof(cases[0])) + 1 - failures,
-              failures);
+  for (const Case& c : cases) {
+    failures += run_case<cpu::BlockConv>("planes", c, seed);
+    failures += run_case<cpu::TapConv>("taps  ", c, seed++);
+    runs += 2;
+  }
+  std::printf("%d passed, %d failed\n", runs - failures, failures);
   return failures == 0 ? 0 : 1;
 }

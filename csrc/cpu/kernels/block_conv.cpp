@@ -2,9 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstring>
-#include <map>
-#include <numeric>
+
+#include "elements.h"
 
 namespace sparsekit::cpu {
 namespace {
@@ -12,46 +11,19 @@ namespace {
 constexpr int64_t TP = kTilePositions;
 constexpr int kRows = 6;  // 6 rows x 4 vectors = 24 of the 32 AVX-512 registers
 
-// ---- element conversions (activations may be bf16 / fp16; all arithmetic is fp32) ----
-
-inline float to_float(float v) { return v; }
-inline float to_float(uint16_t bf16_bits) {
-  uint32_t u = uint32_t(bf16_bits) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-inline float to_float(_Float16 v) { return float(v); }
-
-template <typename T>
-T from_float(float f);
-template <>
-float from_float<float>(float f) { return f; }
-template <>
-uint16_t from_float<uint16_t>(float f) {  // round to nearest even, NaN stays NaN
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40u);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return uint16_t(u >> 16);
-}
-template <>
-_Float16 from_float<_Float16>(float f) { return _Float16(f); }
-
 // ---- register-blocked micro-kernel: acc[m][0:TP] += sum_k w[m, k] * x[offset[k] + q0 + 0:TP] ----
 
-typedef float vec16 __attribute__((vector_size(64), aligned(4), may_alias));
-
 template <int M>
-inline __attribute__((always_inline)) void micro(const RowGroup& g, int64_t m, const float* x,
+inline __attribute__((always_inline)) void micro(const RowGroup& g, int64_t m, const float* values,
+                                                 const int64_t* val_ptr, const float* x,
                                                  const int64_t* offsets, float* acc) {
   vec16 c[M][4];
   for (int r = 0; r < M; ++r)
     for (int j = 0; j < 4; ++j)
       c[r][j] = *reinterpret_cast<const vec16*>(acc + g.rows[m + r] * TP + 16 * j);
   for (const Segment& s : g.segments) {
-    const float* w = s.weights + m * s.columns;
-    const int64_t* off = offsets + s.first_offset;
+    const float* w = values + val_ptr[s.block] + m * s.columns;
+    const int64_t* off = offsets + s.first_column;
     for (int64_t k = 0; k < s.columns; ++k) {
       const vec16* v = reinterpret_cast<const vec16*>(x + off[k]);
       const vec16 a0 = v[0], a1 = v[1], a2 = v[2], a3 = v[3];
@@ -72,19 +44,20 @@ inline __attribute__((always_inline)) void micro(const RowGroup& g, int64_t m, c
 // One clone per ISA, picked at load time by the CPU's features (no illegal instruction on
 // machines without AVX-512).
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void group_tile(const RowGroup& g, const float* x, const int64_t* offsets, float* acc) {
+void group_tile(const RowGroup& g, const float* values, const int64_t* val_ptr, const float* x,
+                const int64_t* offsets, float* acc) {
   const int64_t rows = int64_t(g.rows.size());
   int64_t m = 0;
-  for (; m + kRows <= rows; m += kRows) micro<kRows>(g, m, x, offsets, acc);
+  for (; m + kRows <= rows; m += kRows) micro<kRows>(g, m, values, val_ptr, x, offsets, acc);
   if (m + 4 <= rows) {
-    micro<4>(g, m, x, offsets, acc);
+    micro<4>(g, m, values, val_ptr, x, offsets, acc);
     m += 4;
   }
   if (m + 2 <= rows) {
-    micro<2>(g, m, x, offsets, acc);
+    micro<2>(g, m, values, val_ptr, x, offsets, acc);
     m += 2;
   }
-  if (m < rows) micro<1>(g, m, x, offsets, acc);
+  if (m < rows) micro<1>(g, m, values, val_ptr, x, offsets, acc);
 }
 
 int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
@@ -141,7 +114,7 @@ BlockConv::BlockConv(const BlockConvParams& p) : p_(p) {
   }
   // Positions of the last tile past the grid read at most an image and a tile past the last
   // plane: zeros there, results dropped. The buffer is reused from call to call, not refilled:
-  // pack_input writes every float of the planes.
+  // pack writes every float of the planes.
   static thread_local std::vector<float> buffer;
   const int64_t floats = s.C * phases * plane_ + image_ + TP;
   if (int64_t(buffer.size()) < floats) buffer.resize(floats);
@@ -149,7 +122,7 @@ BlockConv::BlockConv(const BlockConvParams& p) : p_(p) {
   std::fill_n(planes_ + s.C * phases * plane_, image_ + TP, 0.f);
 
   // Tiles in fp32: the input's own values when it is fp32, else converted once per call.
-  const float* values = static_cast<const float*>(p.values);
+  values_ = static_cast<const float*>(p.values);
   if (p.dtype != DType::Float32) {
     const int64_t n = b.val_ptr[b.num_blocks];
     weights_.resize(n);
@@ -157,69 +130,18 @@ BlockConv::BlockConv(const BlockConvParams& p) : p_(p) {
       for (int64_t i = 0; i < n; ++i) weights_[i] = to_float(static_cast<const uint16_t*>(p.values)[i]);
     else
       for (int64_t i = 0; i < n; ++i) weights_[i] = to_float(static_cast<const _Float16*>(p.values)[i]);
-    values = weights_.data();
+    values_ = weights_.data();
   }
-
-  // Blocks with the same row sequence form one group (in order of their first block).
-  std::map<std::vector<int32_t>, size_t> group_of;
-  for (int64_t blk = 0; blk < b.num_blocks; ++blk) {
-    std::vector<int32_t> rows(b.row_idx + b.row_ptr[blk], b.row_idx + b.row_ptr[blk + 1]);
-    auto [it, fresh] = group_of.try_emplace(rows, groups_.size());
-    if (fresh) groups_.push_back({std::move(rows), {}});
-    groups_[it->second].segments.push_back(
-        {values + b.val_ptr[blk], b.col_ptr[blk + 1] - b.col_ptr[blk], b.col_ptr[blk]});
-  }
-  // One set of every group and row until split_rows: no grouping work on the common path.
-  parts_.assign(1, Part{});
-  parts_[0].groups.resize(groups_.size());
-  std::iota(parts_[0].groups.begin(), parts_[0].groups.end(), size_t(0));
-  parts_[0].rows.resize(p.shape.K);
-  std::iota(parts_[0].rows.begin(), parts_[0].rows.end(), int32_t(0));
+  groups_ = group_blocks(b);
+  parts_ = one_row_set(groups_, s.K);  // split only when asked: no grouping work per call
 }
 
 int64_t BlockConv::split_rows(int64_t parts) {
-  const int64_t K = p_.shape.K, n = int64_t(groups_.size());
-  // Connected components of the groups, two groups being linked when they share a row.
-  std::vector<int64_t> parent(n), owner(K, -1);
-  std::iota(parent.begin(), parent.end(), 0);
-  auto root = [&](int64_t g) {
-    while (parent[g] != g) g = parent[g] = parent[parent[g]];
-    return g;
-  };
-  for (int64_t g = 0; g < n; ++g)
-    for (int32_t r : groups_[g].rows) {
-      if (owner[r] >= 0) parent[root(g)] = root(owner[r]);
-      owner[r] = g;
-    }
-  std::map<int64_t, std::pair<int64_t, std::vector<size_t>>> components;  // root -> (work, groups)
-  for (int64_t g = 0; g < n; ++g) {
-    auto& [work, members] = components[root(g)];
-    for (const Segment& s : groups_[g].segments) work += s.columns * int64_t(groups_[g].rows.size());
-    members.push_back(size_t(g));
-  }
-  // Largest components first, each to the least loaded set (ties: the first, deterministic).
-  std::vector<std::pair<int64_t, std::vector<size_t>>> order;
-  for (auto& entry : components) order.push_back(std::move(entry.second));
-  std::stable_sort(order.begin(), order.end(),
-                   [](const auto& a, const auto& b) { return a.first > b.first; });
-  parts_.assign(std::max<int64_t>(1, std::min<int64_t>(parts, int64_t(order.size()))), Part{});
-  std::vector<int64_t> load(parts_.size(), 0);
-  for (const auto& [work, members] : order) {
-    const size_t to = std::min_element(load.begin(), load.end()) - load.begin();
-    load[to] += work;
-    parts_[to].groups.insert(parts_[to].groups.end(), members.begin(), members.end());
-  }
-  // Groups in their original order inside a set: a row's blocks sum in the same order always.
-  for (Part& part : parts_) {
-    std::sort(part.groups.begin(), part.groups.end());
-    for (size_t g : part.groups)
-      for (int32_t r : groups_[g].rows) owner[r] = &part - parts_.data();
-  }
-  for (int64_t r = 0; r < K; ++r) parts_[std::max<int64_t>(owner[r], 0)].rows.push_back(int32_t(r));
+  parts_ = split_row_sets(groups_, p_.shape.K, parts);
   return num_parts();
 }
 
-int64_t BlockConv::num_channels() const { return p_.shape.C; }
+int64_t BlockConv::pack_units() const { return p_.shape.C; }
 
 int64_t BlockConv::num_tiles() const { return (positions_ + TP - 1) / TP; }
 
@@ -248,7 +170,7 @@ void BlockConv::pack_channels(int64_t begin, int64_t end) {
       }
 }
 
-void BlockConv::pack_input(int64_t begin, int64_t end) {
+void BlockConv::pack(int64_t begin, int64_t end) {
   switch (p_.dtype) {
     case DType::Float32: return pack_channels<float>(begin, end);
     case DType::BFloat16: return pack_channels<uint16_t>(begin, end);
@@ -259,7 +181,7 @@ void BlockConv::pack_input(int64_t begin, int64_t end) {
 // Bias, ReLU and the output, written once per element for the tile's positions, in the
 // output's memory order (channels innermost when it is channels_last).
 template <typename T>
-void BlockConv::store_tile(int64_t tile, const Part& part, const float* acc) const {
+void BlockConv::store_tile(int64_t tile, const RowSet& part, const float* acc) const {
   const ConvShape& s = p_.shape;
   T* y = static_cast<T*>(p_.output);
   const T* bias = static_cast<const T*>(p_.bias);
@@ -292,11 +214,12 @@ void BlockConv::run_tiles(int64_t begin, int64_t end, TileTimes* times) const {
   std::vector<float> acc(p_.shape.K * TP);
   for (int64_t item = begin; item < end; ++item) {
     const int64_t tile = item / num_parts();
-    const Part& part = parts_[item % num_parts()];
+    const RowSet& part = parts_[item % num_parts()];
     const auto start = times ? clock::now() : clock::time_point();
     for (int32_t k : part.rows) std::fill_n(acc.data() + k * TP, TP, 0.f);
     for (size_t g : part.groups)
-      group_tile(groups_[g], planes_ + tile * TP, offsets_.data(), acc.data());
+      group_tile(groups_[g], values_, p_.blocks.val_ptr, planes_ + tile * TP, offsets_.data(),
+                 acc.data());
     const auto computed = times ? clock::now() : clock::time_point();
     switch (p_.dtype) {
       case DType::Float32: store_tile<float>(tile, part, acc.data()); break;

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "../../common/block_params.h"
+#include "row_groups.h"
 
 namespace sparsekit::cpu {
 
@@ -28,18 +29,6 @@ struct PlaneAxis {
   std::vector<int64_t> phase, shift;
 };
 
-// Blocks that own the same output rows, merged: one register-blocked pass over all their
-// columns, the accumulators kept in registers from the first column to the last.
-struct Segment {
-  const float* weights;  // the block's tile, row-major
-  int64_t columns;
-  int64_t first_offset;  // its columns' plane offsets start at offsets[first_offset]
-};
-struct RowGroup {
-  std::vector<int32_t> rows;
-  std::vector<Segment> segments;
-};
-
 // Where run_tiles spends its time, in nanoseconds of the calling thread (for profiling).
 struct TileTimes {
   int64_t micro_ns = 0;  // the register-blocked passes
@@ -52,14 +41,12 @@ class BlockConv {
   // the planes live in a buffer of the constructing thread, reused by its next call.
   explicit BlockConv(const BlockConvParams& p);
 
-  // Fills the planes of input channels [begin, end) of num_channels() (any thread split).
-  int64_t num_channels() const;
-  void pack_input(int64_t begin, int64_t end);
+  // Fills the planes of input channels [begin, end) of pack_units() (any thread split).
+  int64_t pack_units() const;
+  void pack(int64_t begin, int64_t end);
 
-  // Splits the output rows into up to `parts` sets, each the rows of whole row groups that
-  // share no row with another set (rows no group owns join the first), balanced by work, so
-  // that calls with fewer tiles than threads still spread; returns the number of sets made.
-  // Blocks are summed in the same order whatever the split: results do not change.
+  // Splits the output rows into up to `parts` sets (split_row_sets), so that calls with fewer
+  // tiles than threads still spread; returns the number of sets made. Results do not change.
   int64_t split_rows(int64_t parts);
 
   // Computes work items [begin, end) of num_tiles() * num_parts(): item i is row set
@@ -68,19 +55,14 @@ class BlockConv {
   // times, when given, receives the split of the work.
   int64_t num_tiles() const;
   int64_t num_parts() const { return int64_t(parts_.size()); }
+  int64_t grid_positions() const { return num_tiles() * kTilePositions; }
   void run_tiles(int64_t begin, int64_t end, TileTimes* times = nullptr) const;
 
  private:
   template <typename T>
   void pack_channels(int64_t begin, int64_t end);
-  // The row groups and output rows of one row set.
-  struct Part {
-    std::vector<std::size_t> groups;
-    std::vector<int32_t> rows;
-  };
-
   template <typename T>
-  void store_tile(int64_t tile, const Part& part, const float* acc) const;
+  void store_tile(int64_t tile, const RowSet& part, const float* acc) const;
 
   const BlockConvParams& p_;
   PlaneAxis h_, w_;
@@ -89,9 +71,10 @@ class BlockConv {
   int64_t plane_ = 0;      // floats per plane: the images and the zeros wrapped reads reach
   float* planes_ = nullptr;
   std::vector<int64_t> offsets_;
-  std::vector<float> weights_;  // the block tiles in fp32 when the input is not fp32
+  const float* values_;         // the block tiles in fp32: p.values, or weights_
+  std::vector<float> weights_;  // the block tiles converted, when the input is not fp32
   std::vector<RowGroup> groups_;
-  std::vector<Part> parts_;
+  std::vector<RowSet> parts_;
 };
 
 }  // namespace sparsekit::cpu
