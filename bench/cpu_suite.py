@@ -90,9 +90,10 @@ def _faster_dense(fn, x, *weights):
 
 
 def kernel_phases(run, calls: int = PROFILED_CALLS) -> dict:
-    """Per call of ``run`` (a function of no argument calling the C++ CPU kernels): ms packing
-    the input, in the micro-kernel and in the epilogue (the tiles' wall time split by their
-    thread time), and the output grid positions computed."""
+    """Per call of ``run`` (a function of no argument calling the C++ CPU kernels): the kernel
+    that ran (``exact``: the exact-position kernel, ``planes``, or ``mixed``), ms packing the
+    input, in the micro-kernel and in the epilogue (the tiles' wall time split by their thread
+    time), and the output grid positions computed."""
     with torch.no_grad():
         run()
         with cpu.phase_profile() as totals:
@@ -102,7 +103,9 @@ def kernel_phases(run, calls: int = PROFILED_CALLS) -> dict:
         return {}
     tiles_ms = 1e3 * totals["tiles_s"] / calls
     thread_s = totals["micro_s"] + totals["store_s"]
+    kernel = {totals["calls"]: "exact", 0: "planes"}.get(totals["tap_calls"], "mixed")
     return {
+        "kernel": kernel,
         "pack_ms": 1e3 * totals["pack_s"] / calls,
         "micro_ms": tiles_ms * totals["micro_s"] / thread_s if thread_s else 0.0,
         "epilogue_ms": tiles_ms * totals["store_s"] / thread_s if thread_s else 0.0,
@@ -229,8 +232,8 @@ def add_peak_fractions(r: dict, peak_macs: float) -> None:
 
 def _phases(r: dict) -> str:
     if "micro_ms" not in r:
-        return " | |"
-    return (f" {r['pack_ms']:.2f} / {r['micro_ms']:.2f} / {r['epilogue_ms']:.2f} | "
+        return " | | |"
+    return (f" {r['kernel']} | {r['pack_ms']:.2f} / {r['micro_ms']:.2f} / {r['epilogue_ms']:.2f} | "
             f"{r['grid_per_position']:.2f} ({r['micro_peak']:.0%}) |")
 
 
@@ -243,8 +246,8 @@ def _row(r: dict) -> str:
 
 
 HEADER = ("| kind | shape | input | dtype | mask | sparsity | plan | backend | dense ms | sparsekit ms | torch BSR ms "
-          "| speedup | FLOP limit | of limit | % fp32 peak dense / sparse | pack / micro / epilogue ms "
-          "| grid per position (micro % peak) |\n" + "| --- " * 17 + "|")
+          "| speedup | FLOP limit | of limit | % fp32 peak dense / sparse | C++ kernel | pack / micro / epilogue ms "
+          "| grid per position (micro % peak) |\n" + "| --- " * 18 + "|")
 
 
 def _layer_row(model: dict, l: dict) -> str:
@@ -256,7 +259,8 @@ def _layer_row(model: dict, l: dict) -> str:
 
 
 LAYER_HEADER = ("| model | mask | layer | input | plan | backend | dense ms | sparsekit ms | speedup | FLOP limit "
-                "| % fp32 peak | pack / micro / epilogue ms | grid per position (micro % peak) |\n" + "| --- " * 13 + "|")
+                "| % fp32 peak | C++ kernel | pack / micro / epilogue ms | grid per position (micro % peak) |\n"
+                + "| --- " * 14 + "|")
 
 
 def environment(command: str, peak_macs: float) -> dict:

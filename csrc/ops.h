@@ -21,9 +21,10 @@ at::Tensor block_linear_cpu(const at::Tensor& input, const at::Tensor& values,
 // Phase profile of the CPU kernels, for the bench's breakdown: set_phase_profile(true) zeroes
 // the totals and starts adding every call's; set_phase_profile(false) stops. pack and tiles
 // are wall times of the call's two parallel regions; micro and store split the tiles' time
-// summed over threads; grid counts the output grid positions computed (padding included).
+// summed over threads; grid counts the output grid positions computed (padding included);
+// tap_calls counts the calls that ran on the exact-position kernel (the others: the planes one).
 struct PhaseTotals {
-  int64_t calls, pack_ns, tiles_ns, micro_ns, store_ns, grid_positions;
+  int64_t calls, pack_ns, tiles_ns, micro_ns, store_ns, grid_positions, tap_calls;
 };
 void set_phase_profile(bool on);
 PhaseTotals phase_totals();

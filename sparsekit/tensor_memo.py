@@ -8,7 +8,10 @@ _MEMO: dict[tuple, tuple] = {}
 
 def memoize(tag: str, tensors: tuple, compute):
     """``compute()`` the first time these very tensors come with ``tag``; again only once one
-    of them was modified in place. Entries go when the first of the tensors is freed."""
+    of them was modified in place. Entries go when the first of the tensors is freed. Inference
+    tensors have no version counter to tell a change: with any among them, nothing is kept."""
+    if any(t.is_inference() for t in tensors):
+        return compute()
     key = (tag, *map(id, tensors))
     versions = tuple(t._version for t in tensors)
     seen = _MEMO.get(key)

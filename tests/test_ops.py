@@ -198,10 +198,62 @@ def test_cpu_phase_profile_counts_the_calls_inside_it_only():
         for _ in range(3):
             ops.block_conv2d(x, packed, padding=1)
     ops.block_conv2d(x, packed, padding=1)
-    assert totals["calls"] == 3
+    assert totals["calls"] == 3 and totals["tap_calls"] == 0  # small blocks: the planes kernel
     assert totals["pack_s"] > 0 and totals["tiles_s"] > 0 and totals["micro_s"] > 0 and totals["store_s"] > 0
     # Padded grid: 6 + 1 shared zero rows by 5 + 1 columns per image, in whole 64-position tiles.
     assert totals["grid_positions"] == 3 * 64 * -(-2 * 7 * 6 // 64)
+
+
+def tap_kernel_conv(out_channels=48, in_channels=16, gen=None):
+    """A channel-pruned 3x3 conv (one block of 24 whole rows), which runs on the exact-position
+    kernel."""
+    weight = torch.randn(out_channels, in_channels, 3, 3, generator=gen)
+    weight[torch.randperm(out_channels, generator=gen)[: out_channels // 2]] = 0
+    return pack(weight, structure="channel")
+
+
+def test_cpu_exact_position_kernel_runs_at_exact_positions():
+    from sparsekit.backends import cpu
+
+    packed, x = tap_kernel_conv(), torch.randn(2, 16, 6, 5)
+    with cpu.phase_profile() as totals:
+        y = ops.block_conv2d(x, packed, padding=1)
+    assert totals["calls"] == totals["tap_calls"] == 1
+    assert totals["grid_positions"] == 24 * -(-2 * 6 * 5 // 24)  # whole 24-position tiles, no padding
+    assert_matches(y, expected_conv(x, packed, None, 1, 1, 1, False), torch.float32)
+
+
+def test_cpu_kernel_sees_weights_changed_in_place():
+    # The exact-position kernel keeps a pack's weights in its own layout between calls; writing
+    # to the pack (a version bump) must not leave it computing with the old ones.
+    packed, x = tap_kernel_conv(), torch.randn(2, 16, 7, 7).to(memory_format=torch.channels_last)
+    before = ops.block_conv2d(x, packed, padding=1)
+    assert_matches(before, expected_conv(x, packed, None, 1, 1, 1, False), torch.float32)
+    packed.values.mul_(-2)
+    after = ops.block_conv2d(x, packed, padding=1)
+    assert_matches(after, expected_conv(x, packed, None, 1, 1, 1, False), torch.float32)
+    torch.testing.assert_close(after, -2 * before)
+
+
+def test_cpu_kernel_never_reuses_the_layout_of_a_freed_pack():
+    # Packs made and freed one after the other, same shapes, often at the same addresses.
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, 5, 5, generator=gen)
+    for _ in range(8):
+        packed = tap_kernel_conv(gen=gen)
+        assert_matches(ops.block_conv2d(x, packed, padding=1), expected_conv(x, packed, None, 1, 1, 1, False),
+                       torch.float32)
+        del packed
+
+
+def test_cpu_kernel_runs_packs_made_in_inference_mode():
+    x = torch.randn(2, 16, 5, 5)
+    with torch.inference_mode():
+        packed = tap_kernel_conv()
+        y = ops.block_conv2d(x, packed, padding=1)
+        packed.values.mul_(-2)  # inference tensors have no version: such packs are never kept
+        y2 = ops.block_conv2d(x, packed, padding=1)
+    torch.testing.assert_close(y2, -2 * y)
 
 
 SAMPLES = [  # (input shape, weight shape, groups, dtype, bias, channels_last input)

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <memory>
 #include <mutex>
+#include <type_traits>
 
 #include "../ops.h"
 #include "kernels/block_conv.h"
@@ -74,7 +75,8 @@ constexpr int64_t kParallelMacs = int64_t(1) << 22;
 // Totals of the calls made while a phase profile is open (phase_profile); atomics, as the
 // threads of a call add their own.
 std::atomic<bool> profiling{false};
-std::atomic<int64_t> calls{0}, pack_ns{0}, tiles_ns{0}, micro_ns{0}, store_ns{0}, grid{0};
+std::atomic<int64_t> calls{0}, pack_ns{0}, tiles_ns{0}, micro_ns{0}, store_ns{0}, grid{0},
+    tap_calls{0};
 
 int64_t since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() -
@@ -112,6 +114,7 @@ void run_kernel(const BlockConvParams& p, std::chrono::steady_clock::time_point 
   tiles_ns += since(packed);
   grid += conv.grid_positions();
   ++calls;
+  if (std::is_same_v<Kernel, cpu::TapConv>) ++tap_calls;
 }
 
 // The exact-position kernel's packed weights, kept per pack: a layer calls with the same
@@ -194,13 +197,14 @@ void run(const BlockConvParams& p, const TapWeightsCache::Pack& pack) {
 
 void set_phase_profile(bool on) {
   if (on)
-    for (auto* total : {&calls, &pack_ns, &tiles_ns, &micro_ns, &store_ns, &grid}) *total = 0;
+    for (auto* total : {&calls, &pack_ns, &tiles_ns, &micro_ns, &store_ns, &grid, &tap_calls})
+      *total = 0;
   profiling = on;
 }
 
 PhaseTotals phase_totals() {
   return {calls.load(), pack_ns.load(), tiles_ns.load(), micro_ns.load(), store_ns.load(),
-          grid.load()};
+          grid.load(), tap_calls.load()};
 }
 
 at::Tensor block_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,

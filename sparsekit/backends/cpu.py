@@ -29,11 +29,13 @@ BACKEND = CpuBackend()
 @contextmanager
 def phase_profile():
     """Profiles the C++ CPU kernels' calls made inside the block; yields a dict that is filled on
-    exit with their totals: ``calls``; ``pack_s`` and ``tiles_s``, the wall time of copying the
-    input into the padded planes and of the tiles; ``micro_s`` and ``store_s``, the tiles' time
-    summed over threads, split between the register-blocked passes and the epilogue (bias,
-    ReLU, output writes); ``grid_positions``, the output grid positions computed (the padding
-    between rows and images included)."""
+    exit with their totals: ``calls``, and ``tap_calls`` of them on the exact-position kernel
+    (packs of many-row blocks; the others ran on the planes kernel); ``pack_s`` and ``tiles_s``,
+    the wall time of copying the input (and, the first time a pack is seen, its weights) into
+    the kernel's layout and of the tiles; ``micro_s`` and ``store_s``, the tiles' time summed
+    over threads, split between the register-blocked passes and the rest (position tables,
+    bias, ReLU, output writes); ``grid_positions``, the output positions computed (for the
+    planes kernel the padding between rows and images included)."""
     if MISSING:
         raise SparsekitError(f"phase_profile: {MISSING}")
     totals = {}

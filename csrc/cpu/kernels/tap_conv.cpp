@@ -145,8 +145,8 @@ TapWeights::TapWeights(const BlockConvParams& p) {
   }
   buffer_.resize(offset + 16);
   align_ = int64_t((64 - reinterpret_cast<uintptr_t>(buffer_.data()) % 64) % 64 / sizeof(float));
-  exclusive.resize(s.K);
-  for (int64_t k = 0; k < s.K; ++k) exclusive[k] = cover[k] == 1;
+  exclusive.resize(s.K), shared.resize(s.K);
+  for (int64_t k = 0; k < s.K; ++k) exclusive[k] = cover[k] == 1, shared[k] = cover[k] > 1;
   for (size_t gi = 0; gi < groups.size(); ++gi)
     for (TapChunk& chunk : panels[gi].chunks) {
       const auto first = groups[gi].rows.begin() + chunk.first_row;
@@ -216,10 +216,10 @@ TapConv::TapConv(const BlockConvParams& p, const TapWeights& w) : p_(p), w_(w) {
 
 int64_t TapConv::split_rows(int64_t parts) {
   if (parts > 1) sets_ = split_row_sets(w_.groups, p_.shape.K, parts);
-  rest_.assign(sets_.size(), {});
+  shared_.assign(sets_.size(), {});
   for (size_t i = 0; i < sets_.size(); ++i)
     for (int32_t r : sets_[i].rows)
-      if (!w_.exclusive[r]) rest_[i].push_back(r);
+      if (w_.shared[r]) shared_[i].push_back(r);
   return num_parts();
 }
 
@@ -345,7 +345,7 @@ void TapConv::run_tiles(int64_t begin, int64_t end, TileTimes* times) const {
         tt.tap[tt.count++] = int32_t(kh * s.KW + kw);
       }
     }
-    for (int32_t k : rest_[set_index])
+    for (int32_t k : shared_[set_index])
       for (int64_t i = 0; i < count; ++i) acc[i * s.K + k] = 0.f;
     int64_t micro_ns = 0;
     for (size_t g : set.groups)

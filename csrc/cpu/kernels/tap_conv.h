@@ -52,6 +52,7 @@ class TapWeights {
   std::vector<RowGroup> groups;
   std::vector<TapPanels> panels;
   std::vector<uint8_t> exclusive;  // per output row: owned by exactly one group
+  std::vector<uint8_t> shared;     // per output row: owned by several groups
 
  private:
   std::vector<float> buffer_;
@@ -114,7 +115,9 @@ class TapConv {
   std::vector<float> zeros_;  // what padding taps read: C zeros
   std::vector<float> bias_;   // fp32, zeros without bias
   std::vector<RowSet> sets_;
-  std::vector<std::vector<int32_t>> rest_;  // per set: its rows not owned by exactly one group
+  // Per set: its rows several groups own, zeroed in the accumulator for every tile (the rows no
+  // group owns stay zero from its allocation).
+  std::vector<std::vector<int32_t>> shared_;
 };
 
 }  // namespace sparsekit::cpu
