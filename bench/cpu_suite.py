@@ -7,7 +7,7 @@ unstructured masks at several sparsities, in fp32 and bf16, and a 4096x4096 line
 from layer-wise L1 masks (first conv and classifier dense) at 80%, refilled and plain, and plain
 at 90%. Every figure is a median of many runs on all of torch's threads (best of three medians
 taken in alternation with the other side), and every ratio is against dense, in its faster
-memory format, measured in the same run. Beside each: the FLOP limit, the fraction of the
+memory format (a single layer of sparsekit's in its own faster one), measured in the same run. Beside each: the FLOP limit, the fraction of the
 machine's fp32 peak (``bench.peak``), and for the C++ kernels where the time goes (input
 packing, micro-kernel, epilogue) and how many output grid positions they compute per real one;
 end to end, the same per layer.
@@ -53,9 +53,10 @@ def conv_cases(shapes, quick: bool, gen):
                 for dtype in DTYPES:
                     x, weight = x32.to(dtype), weight32.to(dtype)
                     layer = sparsekit.SparseConv2d.from_weight(weight, padding=1, structure=plan)
-                    dense, dense_format = _faster_dense(lambda x, w: F.conv2d(x, w, None, 1, 1), x, weight)
+                    dense, dense_format = _faster_format(lambda x, w: F.conv2d(x, w, None, 1, 1), x, weight)
                     for backend in backends.auto(CPU, dtype, layer.packed()):  # all auto would time
                         twin = layer.with_backend(backend.name)
+                        sparse, sparse_format = _faster_format(lambda x, l=twin: l(x), x)
                         yield {
                             "kind": "conv3x3", "shape": [channels, channels, 3, 3], "input": list(x.shape),
                             "dtype": str(dtype).removeprefix("torch."), "structure": structure,
@@ -63,13 +64,14 @@ def conv_cases(shapes, quick: bool, gen):
                             "plan": layer.summary()["structure"], "backend": twin.backend,
                             "blocks": layer.summary()["blocks"],
                             "flop_limit": weight.numel() / weight.count_nonzero().item(),
-                            "dense_format": dense_format, "dense_macs": weight.numel() * batch * size * size,
+                            "dense_format": dense_format, "sparse_format": sparse_format,
+                            "dense_macs": weight.numel() * batch * size * size,
                             "output_positions": batch * size * size,
-                        }, dense, (lambda x=x, l=twin: l(x)), None
+                        }, dense, sparse, None
 
 
-def _faster_dense(fn, x, *weights):
-    """``fn(x, *weights)`` (a dense layer or model) in its faster memory format for this shape,
+def _faster_format(fn, x, *weights):
+    """``fn(x, *weights)`` (a layer or model, dense or sparse) in its faster memory format for this shape,
     NCHW or channels_last (``x``, 4-d ``weights`` and a module ``fn`` converted), picked by a
     first timing; returns it as a function of no argument, and the format's name."""
     def in_format(memory_format):
@@ -156,7 +158,7 @@ def model_cases(quick: bool, gen):
         if not report.discriminating:
             raise AssertionError(f"{name}: the reference output hardly depends on the input: {report.spread}")
         kept = sum(m.sum().item() for m in masks.values()) / sum(m.numel() for m in masks.values())
-        dense, dense_format = _faster_dense(model, x)
+        dense, dense_format = _faster_format(model, x)
         yield {
             "kind": "model", "shape": name, "input": list(x.shape), "dtype": "float32",
             "structure": f"layer-wise {kind} {sparsity:.0%}", "sparsity": round(1 - kept, 4),

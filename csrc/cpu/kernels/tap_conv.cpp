@@ -194,7 +194,7 @@ TapConv::TapConv(const BlockConvParams& p, const TapWeights& w) : p_(p), w_(w) {
   if (copy_input_) {
     static thread_local std::vector<float> input;
     if (int64_t(input.size()) < s.N * s.H * s.W * s.C) input.resize(s.N * s.H * s.W * s.C);
-    x_ = input.data();
+    x_ = copy_ = input.data();
     x_stride_[0] = s.H * s.W * s.C, x_stride_[1] = s.W * s.C, x_stride_[2] = s.C;
   } else {
     x_ = static_cast<const float*>(p.input);
@@ -232,11 +232,10 @@ template <typename T>
 void TapConv::pack_rows(int64_t begin, int64_t end) {
   const ConvShape& s = p_.shape;
   const T* x = static_cast<const T*>(p_.input);
-  float* dst = const_cast<float*>(x_);
   for (int64_t row = begin; row < end; ++row) {
     const int64_t n = row / s.H, h = row % s.H;
     const T* src = x + n * p_.in_stride[0] + h * p_.in_stride[2];
-    float* out = dst + row * s.W * s.C;
+    float* out = copy_ + row * s.W * s.C;
     for (int64_t w = 0; w < s.W; ++w)
       for (int64_t c = 0; c < s.C; ++c)
         out[w * s.C + c] = to_float(src[w * p_.in_stride[3] + c * p_.in_stride[1]]);
@@ -267,7 +266,7 @@ TapConv::Position TapConv::position(int64_t q) const {
 
 // A chunk's results into the tile's accumulator [TP][K]: set where one group owns the rows,
 // added where several do. The accumulator stays in cache; the output is written once, after.
-void TapConv::gather_chunk(const RowGroup& group, const TapChunk& chunk, int64_t count,
+void TapConv::add_chunk(const RowGroup& group, const TapChunk& chunk, int64_t count,
                            const float* res, float* acc) const {
   const int64_t K = p_.shape.K;
   const int64_t used = std::min(chunk.panels * kPanelRows, int64_t(group.rows.size()) - chunk.first_row);
@@ -353,7 +352,7 @@ void TapConv::run_tiles(int64_t begin, int64_t end, TileTimes* times) const {
         const auto before = times ? clock::now() : clock::time_point();
         chunk_tile(w_.panels[g], chunk, w_.panel_data(), tt, res);
         if (times) micro_ns += ns(before, clock::now());
-        gather_chunk(w_.groups[g], chunk, count, res, acc.data());
+        add_chunk(w_.groups[g], chunk, count, res, acc.data());
       }
     switch (p_.dtype) {
       case DType::Float32: store<float>(set, at, count, acc.data()); break;

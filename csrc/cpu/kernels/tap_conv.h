@@ -100,7 +100,7 @@ class TapConv {
   Position position(int64_t q) const;
   template <typename T>
   void pack_rows(int64_t begin, int64_t end);
-  void gather_chunk(const RowGroup& group, const TapChunk& chunk, int64_t count,
+  void add_chunk(const RowGroup& group, const TapChunk& chunk, int64_t count,
                     const float* res, float* acc) const;
   template <typename T>
   void store(const RowSet& set, const Position* at, int64_t count, const float* acc) const;
@@ -109,7 +109,8 @@ class TapConv {
   const TapWeights& w_;
   std::vector<AxisClass> h_classes_, w_classes_;
   std::vector<int64_t> class_start_;  // first position of class (h, w), h-major; then the total
-  const float* x_;                    // fp32 channels-last input
+  const float* x_;                    // fp32 channels-last input: the caller's or copy_
+  float* copy_ = nullptr;             // the input's copy, when it is not read in place
   int64_t x_stride_[3];               // of n, h, w (channels: 1)
   bool copy_input_;
   std::vector<float> zeros_;  // what padding taps read: C zeros
