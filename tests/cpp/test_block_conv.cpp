@@ -131,7 +131,8 @@ int run_case(const char* kernel, const Case& c, unsigned seed) {
   // The rows split into sets (as a call with few tiles runs): the same bits.
   std::vector<float> y_split(y.size(), NAN);
   p.output = y_split.data();
-  auto split = make_kernel<Kernel>(p, weights);
+  std::unique_ptr<cpu::TapWeights> split_weights;
+  auto split = make_kernel<Kernel>(p, split_weights);
   const int64_t parts = split->split_rows(3), items = split->num_tiles() * parts;
   split->pack(0, units);
   split->run_tiles(0, items / 2);

@@ -119,12 +119,12 @@ TapWeights::TapWeights(const BlockConvParams& p) {
   groups = group_blocks(b);
   panels.resize(groups.size());
   int64_t offset = 0;
-  std::vector<int32_t> cover(s.K, 0);
+  owners.assign(s.K, 0);
   // Each group's columns sorted by tap (counting sort: stable), then its chunks.
   for (size_t gi = 0; gi < groups.size(); ++gi) {
     const RowGroup& g = groups[gi];
     TapPanels& pn = panels[gi];
-    for (int32_t r : g.rows) ++cover[r];
+    for (int32_t r : g.rows) ++owners[r];
     const int64_t channel0 = (g.rows[0] / rows_per_group) * channels_per_group;
     pn.tap_start.assign(taps + 1, 0);
     for (const Segment& sg : g.segments)
@@ -145,14 +145,12 @@ TapWeights::TapWeights(const BlockConvParams& p) {
   }
   buffer_.resize(offset + 16);
   align_ = int64_t((64 - reinterpret_cast<uintptr_t>(buffer_.data()) % 64) % 64 / sizeof(float));
-  exclusive.resize(s.K), shared.resize(s.K);
-  for (int64_t k = 0; k < s.K; ++k) exclusive[k] = cover[k] == 1, shared[k] = cover[k] > 1;
   for (size_t gi = 0; gi < groups.size(); ++gi)
     for (TapChunk& chunk : panels[gi].chunks) {
       const auto first = groups[gi].rows.begin() + chunk.first_row;
       const auto last = first + std::min<int64_t>(chunk.panels * kPanelRows,
                                                   groups[gi].rows.end() - first);
-      chunk.exclusive = std::all_of(first, last, [&](int32_t r) { return exclusive[r] != 0; });
+      chunk.exclusive = std::all_of(first, last, [&](int32_t r) { return owners[r] == 1; });
     }
 }
 
@@ -219,7 +217,7 @@ int64_t TapConv::split_rows(int64_t parts) {
   shared_.assign(sets_.size(), {});
   for (size_t i = 0; i < sets_.size(); ++i)
     for (int32_t r : sets_[i].rows)
-      if (w_.shared[r]) shared_[i].push_back(r);
+      if (w_.owners[r] > 1) shared_[i].push_back(r);
   return num_parts();
 }
 
@@ -277,7 +275,7 @@ void TapConv::add_chunk(const RowGroup& group, const TapChunk& chunk, int64_t co
     if (chunk.exclusive)
       for (int64_t j = 0; j < used; ++j) a[rows[j]] = r[j];
     else
-      for (int64_t j = 0; j < used; ++j) a[rows[j]] = w_.exclusive[rows[j]] ? r[j] : a[rows[j]] + r[j];
+      for (int64_t j = 0; j < used; ++j) a[rows[j]] = w_.owners[rows[j]] == 1 ? r[j] : a[rows[j]] + r[j];
   }
 }
 

@@ -51,8 +51,7 @@ class TapWeights {
 
   std::vector<RowGroup> groups;
   std::vector<TapPanels> panels;
-  std::vector<uint8_t> exclusive;  // per output row: owned by exactly one group
-  std::vector<uint8_t> shared;     // per output row: owned by several groups
+  std::vector<int32_t> owners;  // per output row: the groups that own it
 
  private:
   std::vector<float> buffer_;
