@@ -200,8 +200,22 @@ def test_cpu_phase_profile_counts_the_calls_inside_it_only():
     ops.block_conv2d(x, packed, padding=1)
     assert totals["calls"] == 3 and totals["tap_calls"] == 0  # small blocks: the planes kernel
     assert totals["pack_s"] > 0 and totals["tiles_s"] > 0 and totals["micro_s"] > 0 and totals["store_s"] > 0
-    # Padded grid: 6 + 1 shared zero rows by 5 + 1 columns per image, in whole 64-position tiles.
-    assert totals["grid_positions"] == 3 * 64 * -(-2 * 7 * 6 // 64)
+    # Padded grid: 6 + 1 shared zero rows by 5 + 1 columns per image, in whole 128-position tiles.
+    assert totals["grid_positions"] == 3 * 128 * -(-2 * 7 * 6 // 128)
+
+
+def test_cpu_planes_kernel_puts_a_batch_of_16_innermost():
+    """With 16 images, each output row (4 columns x 16 images) fills half a tile: the grid is
+    the rows with their shared zero column, not the images' padded planes."""
+    from sparsekit.backends import cpu
+
+    packed = packed_conv(24, 40, (3, 3), 1, torch.float32, structure="group", density=0.3, kind="random")
+    x = torch.randn(16, 40, 4, 4).contiguous(memory_format=torch.channels_last)
+    with cpu.phase_profile() as totals:
+        y = ops.block_conv2d(x, packed, padding=1)
+    assert totals["calls"] == 1 and totals["tap_calls"] == 0
+    assert totals["grid_positions"] == 128 * -(-4 * 5 * 16 // 128)  # stacked: 16 * 5 * 5 = 400
+    assert_matches(y, expected_conv(x, packed, None, 1, 1, 1, False), torch.float32)
 
 
 def tap_kernel_conv(out_channels=48, in_channels=16, gen=None):
@@ -223,11 +237,31 @@ def test_cpu_exact_position_kernel_runs_at_exact_positions():
     assert_matches(y, expected_conv(x, packed, None, 1, 1, 1, False), torch.float32)
 
 
-def test_cpu_kernel_sees_weights_changed_in_place():
-    # The exact-position kernel keeps a pack's weights in its own layout between calls; writing
-    # to the pack (a version bump) must not leave it computing with the old ones.
-    packed, x = tap_kernel_conv(), torch.randn(2, 16, 7, 7).to(memory_format=torch.channels_last)
-    before = ops.block_conv2d(x, packed, padding=1)
+def planes_kernel_conv(out_channels=48, in_channels=16, gen=None):
+    """An unstructured 3x3 conv (lone rows), which runs on the planes kernel."""
+    weight = torch.randn(out_channels, in_channels, 3, 3, generator=gen)
+    weight *= torch.rand(weight.shape, generator=gen) < 0.2
+    return pack(weight, structure="group")
+
+
+# Both CPU kernels keep a pack's weights in their own layout between calls.
+CPU_KERNELS = [("taps", tap_kernel_conv), ("planes", planes_kernel_conv)]
+
+
+def runs_on(kernel, packed, x):
+    from sparsekit.backends import cpu
+
+    with cpu.phase_profile() as totals:
+        y = ops.block_conv2d(x, packed, padding=1)
+    assert totals["tap_calls"] == (kernel == "taps")
+    return y
+
+
+@pytest.mark.parametrize("kernel,make", CPU_KERNELS)
+def test_cpu_kernel_sees_weights_changed_in_place(kernel, make):
+    # Writing to the pack (a version bump) must not leave the kernel computing with the old ones.
+    packed, x = make(), torch.randn(2, 16, 7, 7).to(memory_format=torch.channels_last)
+    before = runs_on(kernel, packed, x)
     assert_matches(before, expected_conv(x, packed, None, 1, 1, 1, False), torch.float32)
     packed.values.mul_(-2)
     after = ops.block_conv2d(x, packed, padding=1)
@@ -235,25 +269,38 @@ def test_cpu_kernel_sees_weights_changed_in_place():
     torch.testing.assert_close(after, -2 * before)
 
 
-def test_cpu_kernel_never_reuses_the_layout_of_a_freed_pack():
+@pytest.mark.parametrize("kernel,make", CPU_KERNELS)
+def test_cpu_kernel_never_reuses_the_layout_of_a_freed_pack(kernel, make):
     # Packs made and freed one after the other, same shapes, often at the same addresses.
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 16, 5, 5, generator=gen)
     for _ in range(8):
-        packed = tap_kernel_conv(gen=gen)
-        assert_matches(ops.block_conv2d(x, packed, padding=1), expected_conv(x, packed, None, 1, 1, 1, False),
+        packed = make(gen=gen)
+        assert_matches(runs_on(kernel, packed, x), expected_conv(x, packed, None, 1, 1, 1, False),
                        torch.float32)
         del packed
 
 
-def test_cpu_kernel_runs_packs_made_in_inference_mode():
+@pytest.mark.parametrize("kernel,make", CPU_KERNELS)
+def test_cpu_kernel_runs_packs_made_in_inference_mode(kernel, make):
     x = torch.randn(2, 16, 5, 5)
     with torch.inference_mode():
-        packed = tap_kernel_conv()
-        y = ops.block_conv2d(x, packed, padding=1)
+        packed = make()
+        y = runs_on(kernel, packed, x)
         packed.values.mul_(-2)  # inference tensors have no version: such packs are never kept
         y2 = ops.block_conv2d(x, packed, padding=1)
     torch.testing.assert_close(y2, -2 * y)
+
+
+def test_cpu_planes_kernel_keeps_a_layout_per_input_size():
+    # Its columns depend on the input's size: calls alternating between more sizes than a pack
+    # keeps layouts for, each with the layout of its own size.
+    gen = torch.Generator().manual_seed(0)
+    packed = planes_kernel_conv(gen=gen)
+    inputs = [torch.randn(n, 16, size, size, generator=gen) for n, size in [(1, 5), (16, 4), (3, 6), (17, 5), (2, 7), (1, 5)]]
+    for x in inputs + inputs[::-1]:
+        assert_matches(runs_on("planes", packed, x), expected_conv(x, packed, None, 1, 1, 1, False),
+                       torch.float32)
 
 
 SAMPLES = [  # (input shape, weight shape, groups, dtype, bias, channels_last input)

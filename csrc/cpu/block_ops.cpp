@@ -117,19 +117,27 @@ void run_kernel(const BlockConvParams& p, std::chrono::steady_clock::time_point 
   if (std::is_same_v<Kernel, cpu::TapConv>) ++tap_calls;
 }
 
-// The exact-position kernel's packed weights, kept per pack: a layer calls with the same
-// tensors every time, so its weights are transposed into panels once. An entry holds weak
-// references to the pack's tensors and their versions and data pointers: it is never matched
-// to a tensor written to since, nor to another tensor at a reused address, and entries whose
-// tensors were freed are dropped at the next lookup.
-class TapWeightsCache {
- public:
-  using Pack = std::array<const at::Tensor*, 4>;  // values, row_idx, col_idx, block_ptr
+using Pack = std::array<const at::Tensor*, 4>;  // values, row_idx, col_idx, block_ptr
 
-  std::shared_ptr<const cpu::TapWeights> get(const BlockConvParams& p, const Pack& pack) {
+// A kernel's weights laid out for it, kept per pack: a layer calls with the same tensors every
+// time, so its weights are laid out once (per call geometry, for a kernel whose layout depends
+// on it). An entry holds weak references to the pack's tensors and their versions and data
+// pointers: it is never matched to a tensor written to since, nor to another tensor at a
+// reused address, and entries whose tensors were freed are dropped at the next lookup. A pack
+// keeps at most kEntriesPerPack geometries, the oldest dropped first.
+template <typename Weights>
+class WeightsCache {
+ public:
+  // geometry: what the layout depends on besides the tensors; make() builds it.
+  template <typename Make>
+  std::shared_ptr<const Weights> get(std::vector<int64_t> geometry, const Pack& pack, Make make) {
     const bool cacheable = std::none_of(pack.begin(), pack.end(),
                                         [](const at::Tensor* t) { return t->is_inference(); });
-    const Key key = make_key(p, pack);
+    std::vector<int64_t>& key = geometry;
+    for (const at::Tensor* t : pack) {
+      key.push_back(t->is_inference() ? 0 : t->_version());
+      key.push_back(reinterpret_cast<int64_t>(t->const_data_ptr()));
+    }
     if (cacheable) {
       std::lock_guard<std::mutex> lock(mutex_);
       entries_.erase(std::remove_if(entries_.begin(), entries_.end(), [](const Entry& e) {
@@ -139,37 +147,29 @@ class TapWeightsCache {
       for (const Entry& e : entries_)
         if (e.key == key && same_tensors(e, pack)) return e.weights;
     }
-    auto weights = std::make_shared<cpu::TapWeights>(p);
-    at::parallel_for(0, weights->pack_units(), 1, [&](int64_t begin, int64_t end) {
-      weights->pack(p, begin, end);
-    });
+    std::shared_ptr<const Weights> weights = make();
     if (cacheable) {
       auto weak = [&](size_t i) { return Weak(pack[i]->getIntrusivePtr()); };
       std::lock_guard<std::mutex> lock(mutex_);
+      const auto count = std::count_if(entries_.begin(), entries_.end(),
+                                       [&](const Entry& e) { return same_tensors(e, pack); });
+      if (count >= kEntriesPerPack)
+        entries_.erase(std::find_if(entries_.begin(), entries_.end(),
+                                    [&](const Entry& e) { return same_tensors(e, pack); }));
       entries_.push_back({key, {weak(0), weak(1), weak(2), weak(3)}, weights});
     }
     return weights;
   }
 
  private:
+  static constexpr long kEntriesPerPack = 4;
   using Weak = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
-  // What the panels depend on besides the tensors' identity: their versions and data, and the
-  // kernel geometry that places columns.
-  using Key = std::array<int64_t, 14>;
   struct Entry {
-    Key key;
+    std::vector<int64_t> key;
     std::array<Weak, 4> tensors;
-    std::shared_ptr<const cpu::TapWeights> weights;
+    std::shared_ptr<const Weights> weights;
   };
 
-  static Key make_key(const BlockConvParams& p, const Pack& pack) {
-    Key key{p.shape.C, p.shape.K, p.shape.KH, p.shape.KW, p.shape.groups, int64_t(p.dtype)};
-    for (size_t i = 0; i < pack.size(); ++i) {
-      key[6 + 2 * i] = pack[i]->is_inference() ? 0 : pack[i]->_version();
-      key[7 + 2 * i] = reinterpret_cast<int64_t>(pack[i]->const_data_ptr());
-    }
-    return key;
-  }
   static bool same_tensors(const Entry& e, const Pack& pack) {
     for (size_t i = 0; i < pack.size(); ++i)
       if (e.tensors[i]._unsafe_get_target() != pack[i]->unsafeGetTensorImpl()) return false;
@@ -181,15 +181,29 @@ class TapWeightsCache {
 };
 
 // Blocks of many rows run on the exact-position kernel; lone rows and small blocks, which
-// would leave its 16-row panels mostly empty, on the planes kernel.
-void run(const BlockConvParams& p, const TapWeightsCache::Pack& pack) {
-  static TapWeightsCache cache;
+// would leave its 16-row panels mostly empty, on the planes kernel. The exact-position
+// kernel's panels depend on the kernel's geometry only, the planes kernel's columns on the
+// whole call's.
+void run(const BlockConvParams& p, const Pack& pack) {
   const auto start = std::chrono::steady_clock::now();
+  const ConvShape& s = p.shape;
   if (cpu::TapConv::suits(p)) {
-    const auto weights = cache.get(p, pack);
+    static WeightsCache<cpu::TapWeights> cache;
+    const auto weights = cache.get({s.C, s.K, s.KH, s.KW, s.groups, int64_t(p.dtype)}, pack, [&] {
+      auto w = std::make_shared<cpu::TapWeights>(p);
+      at::parallel_for(0, w->pack_units(), 1, [&](int64_t begin, int64_t end) {
+        w->pack(p, begin, end);
+      });
+      return w;
+    });
     run_kernel<cpu::TapConv>(p, start, *weights);
   } else {
-    run_kernel<cpu::BlockConv>(p, start);
+    static WeightsCache<cpu::PlanesWeights> cache;
+    const auto weights = cache.get(
+        {s.N, s.C, s.H, s.W, s.K, s.KH, s.KW, s.stride_h, s.stride_w, s.pad_h, s.pad_w, s.dil_h,
+         s.dil_w, s.groups, int64_t(p.dtype)},
+        pack, [&] { return std::make_shared<cpu::PlanesWeights>(p); });
+    run_kernel<cpu::BlockConv>(p, start, *weights);
   }
 }
 

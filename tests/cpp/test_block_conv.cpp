@@ -56,20 +56,22 @@ Packed random_blocks(const Case& c, std::mt19937& rng) {
   return p;
 }
 
-// A kernel for p, built as the glue builds it; the exact-position kernel's weights are packed
-// in two ranges, as two threads would.
+// A kernel for p, built as the glue builds it, on its own weights; the exact-position
+// kernel's weights are packed in two ranges, as two threads would.
+template <typename Kernel>
+using WeightsOf = std::conditional_t<std::is_same_v<Kernel, cpu::TapConv>, cpu::TapWeights,
+                                     cpu::PlanesWeights>;
+
 template <typename Kernel>
 std::unique_ptr<Kernel> make_kernel(const BlockConvParams& p,
-                                    std::unique_ptr<cpu::TapWeights>& weights) {
+                                    std::unique_ptr<WeightsOf<Kernel>>& weights) {
+  weights = std::make_unique<WeightsOf<Kernel>>(p);
   if constexpr (std::is_same_v<Kernel, cpu::TapConv>) {
-    weights = std::make_unique<cpu::TapWeights>(p);
     const int64_t units = weights->pack_units();
     weights->pack(p, 0, units / 2);
     weights->pack(p, units / 2, units);
-    return std::make_unique<Kernel>(p, *weights);
-  } else {
-    return std::make_unique<Kernel>(p);
   }
+  return std::make_unique<Kernel>(p, *weights);
 }
 
 template <typename Kernel>
@@ -120,7 +122,7 @@ int run_case(const char* kernel, const Case& c, unsigned seed) {
   p.bias = c.bias ? bias.data() : nullptr;
   p.dtype = DType::Float32;
   p.relu = c.relu;
-  std::unique_ptr<cpu::TapWeights> weights;
+  std::unique_ptr<WeightsOf<Kernel>> weights;
   auto conv = make_kernel<Kernel>(p, weights);
   const int64_t units = conv->pack_units(), tiles = conv->num_tiles();
   conv->pack(0, units / 2);  // two ranges each, as two threads would run them
@@ -131,7 +133,7 @@ int run_case(const char* kernel, const Case& c, unsigned seed) {
   // The rows split into sets (as a call with few tiles runs): the same bits.
   std::vector<float> y_split(y.size(), NAN);
   p.output = y_split.data();
-  std::unique_ptr<cpu::TapWeights> split_weights;
+  std::unique_ptr<WeightsOf<Kernel>> split_weights;
   auto split = make_kernel<Kernel>(p, split_weights);
   const int64_t parts = split->split_rows(3), items = split->num_tiles() * parts;
   split->pack(0, units);
@@ -211,6 +213,11 @@ int main() {
       {2, 5, 11, 10, 6, 2, 2, 3, 1, 2, 1, true, true, false},    // stride 3, dilation 2, even kernel
       {3, 10, 5, 6, 150, 3, 3, 1, 1, 1, 1, true, true, true},    // panels in chunks of 4, 3 + 2
       {2, 12, 4, 4, 140, 3, 3, 1, 1, 1, 2, false, true, false},  // 70 rows a group: 3 + 2
+      // Batches of 16 and more: the planes kernel puts the batch innermost, sweeping channel chunks.
+      {16, 40, 4, 4, 24, 3, 3, 1, 1, 1, 1, true, true, true},    // tiles across rows, 4 chunks
+      {32, 24, 8, 8, 20, 3, 3, 1, 1, 1, 1, false, true, false},  // two tiles per row, 3 chunks
+      {24, 5, 7, 7, 10, 3, 3, 2, 1, 1, 1, true, false, true},    // batch padded to 32, stride 2
+      {16, 6, 6, 6, 8, 3, 3, 1, 2, 2, 1, false, true, true},     // dilation 2: reads past rows
   };
   int failures = check_rejects_bad_index(), runs = 1;
   unsigned seed = 1;

@@ -1,7 +1,11 @@
+
 #include "block_conv.h"
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
+#include <cstring>
+#include <stdexcept>
 
 #include "elements.h"
 
@@ -9,56 +13,61 @@ namespace sparsekit::cpu {
 namespace {
 
 constexpr int64_t TP = kTilePositions;
-constexpr int kRows = 6;  // 6 rows x 4 vectors = 24 of the 32 AVX-512 registers
+constexpr int kVectors = TP / 16;
+constexpr int kRows = 3;  // 3 rows x 8 vectors = 24 of the 32 AVX-512 registers
+constexpr int64_t kPackChannels = 16;   // channels packed together: one cache line of channels_last
+constexpr int64_t kChunkColumns = 16;
+constexpr int64_t kChunkFloats = 8192;  // 32 KiB of input reads per tile and chunk: L1's size
 
-// ---- register-blocked micro-kernel: acc[m][0:TP] += sum_k w[m, k] * x[offset[k] + q0 + 0:TP] ----
+// ---- register-blocked micro-kernel: acc[rows[r]][0:TP] += sum_k w[k][r] * x[offset[k] + 0:TP],
+// over one group's columns in one channel chunk: column k is the record columns[k * (R + 1)],
+// its offset then the weights of the group's R rows (from row m) ----
+
+inline float weight_at(const int32_t* word) {
+  float w;
+  std::memcpy(&w, word, sizeof(w));
+  return w;
+}
 
 template <int M>
-inline __attribute__((always_inline)) void micro(const RowGroup& g, int64_t m, const float* values,
-                                                 const int64_t* val_ptr, const float* x,
-                                                 const int64_t* offsets, float* acc) {
-  vec16 c[M][4];
+inline __attribute__((always_inline)) void micro(const int32_t* rows, const int32_t* columns,
+                                                 int64_t count, int64_t m, int64_t R,
+                                                 const float* x, float* acc) {
+  vec16 c[M][kVectors];
   for (int r = 0; r < M; ++r)
-    for (int j = 0; j < 4; ++j)
-      c[r][j] = *reinterpret_cast<const vec16*>(acc + g.rows[m + r] * TP + 16 * j);
-  for (const Segment& s : g.segments) {
-    const float* w = values + val_ptr[s.block] + m * s.columns;
-    const int64_t* off = offsets + s.first_column;
-    for (int64_t k = 0; k < s.columns; ++k) {
-      const vec16* v = reinterpret_cast<const vec16*>(x + off[k]);
-      const vec16 a0 = v[0], a1 = v[1], a2 = v[2], a3 = v[3];
-      for (int r = 0; r < M; ++r) {
-        const float b = w[r * s.columns + k];
-        c[r][0] += b * a0;
-        c[r][1] += b * a1;
-        c[r][2] += b * a2;
-        c[r][3] += b * a3;
-      }
+    for (int j = 0; j < kVectors; ++j)
+      c[r][j] = *reinterpret_cast<const vec16*>(acc + rows[r] * TP + 16 * j);
+  for (const int32_t* rec = columns; rec < columns + count * (R + 1); rec += R + 1) {
+    const vec16* v = reinterpret_cast<const vec16*>(x + rec[0]);
+    vec16 a[kVectors];
+    for (int j = 0; j < kVectors; ++j) a[j] = v[j];
+    for (int r = 0; r < M; ++r) {
+      const float b = weight_at(rec + 1 + m + r);
+      for (int j = 0; j < kVectors; ++j) c[r][j] += b * a[j];
     }
   }
   for (int r = 0; r < M; ++r)
-    for (int j = 0; j < 4; ++j)
-      *reinterpret_cast<vec16*>(acc + g.rows[m + r] * TP + 16 * j) = c[r][j];
+    for (int j = 0; j < kVectors; ++j)
+      *reinterpret_cast<vec16*>(acc + rows[r] * TP + 16 * j) = c[r][j];
 }
 
 // One clone per ISA, picked at load time by the CPU's features (no illegal instruction on
 // machines without AVX-512).
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void group_tile(const RowGroup& g, const float* values, const int64_t* val_ptr, const float* x,
-                const int64_t* offsets, float* acc) {
-  const int64_t rows = int64_t(g.rows.size());
+void group_tile(const RowGroup& g, const int32_t* columns, int64_t count, const float* x,
+                float* acc) {
+  const int64_t R = int64_t(g.rows.size());
+  const int32_t* rows = g.rows.data();
   int64_t m = 0;
-  for (; m + kRows <= rows; m += kRows) micro<kRows>(g, m, values, val_ptr, x, offsets, acc);
-  if (m + 4 <= rows) {
-    micro<4>(g, m, values, val_ptr, x, offsets, acc);
-    m += 4;
-  }
-  if (m + 2 <= rows) {
-    micro<2>(g, m, values, val_ptr, x, offsets, acc);
+  for (; m + kRows <= R; m += kRows) micro<kRows>(rows + m, columns, count, m, R, x, acc);
+  if (m + 2 <= R) {
+    micro<2>(rows + m, columns, count, m, R, x, acc);
     m += 2;
   }
-  if (m < rows) micro<1>(g, m, values, val_ptr, x, offsets, acc);
+  if (m < R) micro<1>(rows + m, columns, count, m, R, x, acc);
 }
+
+int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
 int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
@@ -87,87 +96,175 @@ PlaneAxis plane_axis(int64_t in, int64_t out, int64_t taps, int64_t stride, int6
 
 }  // namespace
 
-BlockConv::BlockConv(const BlockConvParams& p) : p_(p) {
+PlanesWeights::PlanesWeights(const BlockConvParams& p) {
   const ConvShape& s = p.shape;
-  h_ = plane_axis(s.H, s.OH, s.KH, s.stride_h, s.pad_h, s.dil_h);
-  w_ = plane_axis(s.W, s.OW, s.KW, s.stride_w, s.pad_w, s.dil_w);
-  image_ = h_.extent * w_.extent;
-  positions_ = s.N * image_;
-  // A valid position's reads wrap at most into the next image's lead rows (plus one row).
-  plane_ = positions_ + (h_.lead + 1) * w_.extent;
-  const int64_t phases = h_.stride * w_.stride;
+  h = plane_axis(s.H, s.OH, s.KH, s.stride_h, s.pad_h, s.dil_h);
+  w = plane_axis(s.W, s.OW, s.KW, s.stride_w, s.pad_w, s.dil_w);
+  const int64_t phases = h.stride * w.stride;
 
-  // Column offsets, in the blocks' own column order.
+  // The layout computing fewer positions. Batch innermost: grid point (row, column) of the
+  // planes holds images [0, batch), output rows are OH grid rows of w.extent points, and tiles
+  // skip the zero columns when a row's OW points fill whole tiles.
+  image = h.extent * w.extent;
+  const int64_t padded = round_up(s.N, 16), row = s.OW * padded;
+  const int64_t whole_rows = row % TP == 0 ? row / TP : 0;
+  const int64_t inner = whole_rows ? s.OH * row : round_up(s.OH * w.extent * padded, TP);
+  batch_inner = inner < round_up(s.N * image, TP);
+  int64_t unit = 1;  // floats between grid points
+  if (batch_inner) {
+    batch = unit = padded, row_tiles = whole_rows;
+    positions = s.OH * w.extent * batch;
+    // Reads reach h.lead rows before the data and, from the zero columns, one row past it; the
+    // last tile's positions past the grid read at most a tile and a row past the last plane.
+    plane = (h.lead + h.extent + 1) * w.extent * batch;
+    tail = TP + w.extent * batch;
+  } else {
+    positions = s.N * image;
+    // A valid position's reads wrap at most into the next image's lead rows (plus one row);
+    // positions of the last tile past the grid read at most an image and a tile past the last
+    // plane.
+    plane = positions + (h.lead + 1) * w.extent;
+    tail = image + TP;
+  }
+  if (s.C * phases * plane + tail > INT32_MAX)
+    throw std::length_error("sparsekit: the input planes of this convolution exceed 2**31 floats");
+
+  // Where each tap of channel 0 reads, from the start of its first plane.
+  std::vector<int64_t> tap_offset(s.KH * s.KW);
+  for (int64_t kh = 0; kh < s.KH; ++kh)
+    for (int64_t kw = 0; kw < s.KW; ++kw)
+      tap_offset[kh * s.KW + kw] = (h.phase[kh] * w.stride + w.phase[kw]) * plane +
+                                   ((h.shift[kh] + h.lead) * w.extent + w.shift[kw] + w.lead) * unit;
+
+  // Channel chunks whose reads by one tile fit kChunkFloats (the union over the taps of
+  // [offset, offset + TP), for one channel), or wider where a group would have fewer than
+  // kChunkColumns columns in a chunk on average, as each group's accumulators are loaded and
+  // stored once per chunk. Chunks cut each block's columns into ranges, which needs them in
+  // channel order (as packing makes them); other packs are swept in one chunk.
   const BlockIndex& b = p.blocks;
   const int64_t kernel_area = s.KH * s.KW, channels_per_group = s.C / s.groups;
   const int64_t rows_per_group = s.K / s.groups;
-  offsets_.resize(b.col_ptr[b.num_blocks]);
-  for (int64_t blk = 0; blk < b.num_blocks; ++blk) {
-    const int64_t channel0 = (b.row_idx[b.row_ptr[blk]] / rows_per_group) * channels_per_group;
-    for (int64_t j = b.col_ptr[blk]; j < b.col_ptr[blk + 1]; ++j) {
-      const int64_t col = b.col_idx[j], kh = (col % kernel_area) / s.KW, kw = col % s.KW;
-      const int64_t plane = (channel0 + col / kernel_area) * phases +
-                            h_.phase[kh] * w_.stride + w_.phase[kw];
-      offsets_[j] = plane * plane_ + (h_.shift[kh] + h_.lead) * w_.extent + w_.shift[kw] +
-                    w_.lead;
+  groups = group_blocks(b);
+  const int64_t G = int64_t(groups.size());
+  bool sorted = true;
+  for (int64_t blk = 0; blk < b.num_blocks && sorted; ++blk)
+    for (int64_t j = b.col_ptr[blk] + 1; j < b.col_ptr[blk + 1] && sorted; ++j)
+      sorted = b.col_idx[j - 1] / kernel_area <= b.col_idx[j] / kernel_area;
+  int64_t chunk_channels = s.C;
+  if (sorted && G > 0) {
+    std::vector<int64_t> starts = tap_offset;
+    std::sort(starts.begin(), starts.end());
+    int64_t footprint = 0, reached = INT64_MIN;
+    for (int64_t a : starts) {
+      footprint += std::min(TP, a + TP - std::max(a, reached));
+      reached = a + TP;
     }
+    // Columns over groups and channels: a group's columns per channel, times G * C.
+    const int64_t columns = b.col_ptr[b.num_blocks];
+    const int64_t wide = columns > 0 ? kChunkColumns * G * s.C / columns : s.C;
+    chunk_channels = std::clamp<int64_t>(std::max(kChunkFloats / footprint, wide), 1, s.C);
   }
-  // Positions of the last tile past the grid read at most an image and a tile past the last
-  // plane: zeros there, results dropped. The buffer is reused from call to call, not refilled:
-  // pack writes every float of the planes.
-  static thread_local std::vector<float> buffer;
-  const int64_t floats = s.C * phases * plane_ + image_ + TP;
-  if (int64_t(buffer.size()) < floats) buffer.resize(floats);
-  planes_ = buffer.data();
-  std::fill_n(planes_ + s.C * phases * plane_, image_ + TP, 0.f);
+  chunks = (s.C + chunk_channels - 1) / chunk_channels;
 
-  // Tiles in fp32: the input's own values when it is fp32, else converted once per call.
-  values_ = static_cast<const float*>(p.values);
-  if (p.dtype != DType::Float32) {
-    const int64_t n = b.val_ptr[b.num_blocks];
-    weights_.resize(n);
-    if (p.dtype == DType::BFloat16)
-      for (int64_t i = 0; i < n; ++i) weights_[i] = to_float(static_cast<const uint16_t*>(p.values)[i]);
-    else
-      for (int64_t i = 0; i < n; ++i) weights_[i] = to_float(static_cast<const _Float16*>(p.values)[i]);
-    values_ = weights_.data();
-  }
-  groups_ = group_blocks(b);
-  parts_ = one_row_set(groups_, s.K);  // split only when asked: no grouping work per call
+  // Columns and weights in (chunk, group, segment, column) order.
+  auto weight = [&](int64_t i) -> float {
+    switch (p.dtype) {
+      case DType::BFloat16: return to_float(static_cast<const uint16_t*>(p.values)[i]);
+      case DType::Float16: return to_float(static_cast<const _Float16*>(p.values)[i]);
+      default: return static_cast<const float*>(p.values)[i];
+    }
+  };
+  std::vector<std::vector<int64_t>> next(G);  // per group and segment: its next column
+  for (int64_t g = 0; g < G; ++g)
+    for (const Segment& seg : groups[g].segments) next[g].push_back(seg.first_column);
+  columns.reserve(b.col_ptr[b.num_blocks] + b.val_ptr[b.num_blocks]);
+  for (int64_t chunk = 0; chunk < chunks; ++chunk)
+    for (int64_t g = 0; g < G; ++g) {
+      start.push_back(int64_t(columns.size()));
+      const int64_t R = int64_t(groups[g].rows.size());
+      for (size_t i = 0; i < groups[g].segments.size(); ++i) {
+        const Segment& seg = groups[g].segments[i];
+        const int64_t blk = seg.block, end = seg.first_column + seg.columns;
+        const int64_t channel0 = (b.row_idx[b.row_ptr[blk]] / rows_per_group) * channels_per_group;
+        for (int64_t& j = next[g][i]; j < end; ++j) {
+          const int64_t col = b.col_idx[j], c = channel0 + col / kernel_area;
+          if (c >= (chunk + 1) * chunk_channels) break;
+          columns.push_back(int32_t(c * phases * plane + tap_offset[col % kernel_area]));
+          for (int64_t r = 0; r < R; ++r) {
+            const float v = weight(b.val_ptr[blk] + r * seg.columns + j - seg.first_column);
+            std::memcpy(&columns.emplace_back(), &v, sizeof(v));
+          }
+        }
+      }
+    }
+  start.push_back(int64_t(columns.size()));
+}
+
+int64_t PlanesWeights::num_tiles() const {
+  return row_tiles ? (positions / (w.extent * batch)) * row_tiles : (positions + TP - 1) / TP;
+}
+
+int64_t PlanesWeights::tile_base(int64_t tile) const {
+  if (!row_tiles) return tile * TP;
+  return (tile / row_tiles) * w.extent * batch + (tile % row_tiles) * TP;
+}
+
+BlockConv::BlockConv(const BlockConvParams& p, const PlanesWeights& w) : p_(p), w_(w) {
+  // The buffer is reused from call to call, not refilled: pack writes every float of the planes.
+  // Its start is 64-byte aligned: with the batch innermost, every vector read is aligned too.
+  static thread_local std::vector<float> buffer;
+  const int64_t planes = p.shape.C * w.h.stride * w.w.stride * w.plane;
+  if (int64_t(buffer.size()) < planes + w.tail + 15) buffer.resize(planes + w.tail + 15);
+  planes_ = buffer.data() + (-reinterpret_cast<uintptr_t>(buffer.data()) / sizeof(float)) % 16;
+  std::fill_n(planes_ + planes, w.tail, 0.f);
+  parts_ = one_row_set(w.groups, p.shape.K);  // split only when asked: no grouping work per call
 }
 
 int64_t BlockConv::split_rows(int64_t parts) {
-  parts_ = split_row_sets(groups_, p_.shape.K, parts);
+  parts_ = split_row_sets(w_.groups, p_.shape.K, parts);
   return num_parts();
 }
 
-int64_t BlockConv::pack_units() const { return p_.shape.C; }
+int64_t BlockConv::pack_units() const { return (p_.shape.C + kPackChannels - 1) / kPackChannels; }
 
-int64_t BlockConv::num_tiles() const { return (positions_ + TP - 1) / TP; }
-
-// Every float of channels [begin, end)'s planes: plane (c, phase_h, phase_w) holds input rows
-// phase_h, phase_h + stride_h, ... and columns likewise, between zeros.
+// Every float of the planes of channel blocks [begin, end): plane (c, phase_h, phase_w) holds
+// input rows phase_h, phase_h + stride_h, ... and columns likewise, between zeros. The channels
+// of a block are copied together, so a channels_last input is read one cache line at a time.
 template <typename T>
 void BlockConv::pack_channels(int64_t begin, int64_t end) {
   const ConvShape& s = p_.shape;
   const T* x = static_cast<const T*>(p_.input);
-  const int64_t sh = h_.stride, sw = w_.stride, width = w_.extent;
-  for (int64_t c = begin; c < end; ++c)
+  const int64_t sh = w_.h.stride, sw = w_.w.stride, width = w_.w.extent;
+  const int64_t channel_stride = sh * sw * w_.plane;
+  // Floats between consecutive images and grid points in a plane.
+  const int64_t image_floats = w_.batch_inner ? 1 : w_.image, unit = w_.batch_inner ? w_.batch : 1;
+  for (int64_t c0 = begin * kPackChannels; c0 < std::min(s.C, end * kPackChannels); c0 += kPackChannels) {
+    const int64_t channels = std::min(kPackChannels, s.C - c0);
     for (int64_t rh = 0; rh < sh; ++rh)
       for (int64_t rw = 0; rw < sw; ++rw) {
-        float* plane = planes_ + ((c * sh + rh) * sw + rw) * plane_;
-        std::fill_n(plane, plane_, 0.f);
-        const int64_t rows = std::min(h_.data, (s.H - rh + sh - 1) / sh);
-        const int64_t cols = std::min(w_.data, (s.W - rw + sw - 1) / sw);
-        for (int64_t n = 0; n < s.N; ++n)
-          for (int64_t a = 0; a < rows; ++a) {
-            const T* src = x + n * p_.in_stride[0] + c * p_.in_stride[1] +
-                           (a * sh + rh) * p_.in_stride[2] + rw * p_.in_stride[3];
-            float* dst = plane + n * image_ + (a + h_.lead) * width + w_.lead;
-            const int64_t step = sw * p_.in_stride[3];
-            for (int64_t b = 0; b < cols; ++b) dst[b] = to_float(src[b * step]);
-          }
+        float* planes = planes_ + (c0 * sh + rh) * sw * w_.plane + rw * w_.plane;
+        for (int64_t c = 0; c < channels; ++c) std::fill_n(planes + c * channel_stride, w_.plane, 0.f);
+        const int64_t rows = std::min(w_.h.data, (s.H - rh + sh - 1) / sh);
+        const int64_t cols = std::min(w_.w.data, (s.W - rw + sw - 1) / sw);
+        auto copy = [&](int64_t n, int64_t a, int64_t b) {
+          const T* src = x + n * p_.in_stride[0] + c0 * p_.in_stride[1] +
+                         (a * sh + rh) * p_.in_stride[2] + (b * sw + rw) * p_.in_stride[3];
+          float* dst = planes + n * image_floats + ((a + w_.h.lead) * width + b + w_.w.lead) * unit;
+          for (int64_t c = 0; c < channels; ++c)
+            dst[c * channel_stride] = to_float(src[c * p_.in_stride[1]]);
+        };
+        // Writes in plane order: each plane is filled front to back.
+        if (w_.batch_inner) {
+          for (int64_t a = 0; a < rows; ++a)
+            for (int64_t b = 0; b < cols; ++b)
+              for (int64_t n = 0; n < s.N; ++n) copy(n, a, b);
+        } else {
+          for (int64_t n = 0; n < s.N; ++n)
+            for (int64_t a = 0; a < rows; ++a)
+              for (int64_t b = 0; b < cols; ++b) copy(n, a, b);
+        }
       }
+  }
 }
 
 void BlockConv::pack(int64_t begin, int64_t end) {
@@ -186,10 +283,12 @@ void BlockConv::store_tile(int64_t tile, const RowSet& part, const float* acc) c
   T* y = static_cast<T*>(p_.output);
   const T* bias = static_cast<const T*>(p_.bias);
   int64_t count = 0, lane[TP], out_base[TP];
+  const int64_t q0 = w_.tile_base(tile);
   for (int64_t i = 0; i < TP; ++i) {
-    const int64_t q = tile * TP + i, n = q / image_;
-    const int64_t oh = (q % image_) / w_.extent, ow = q % w_.extent;
-    if (n >= s.N || oh >= s.OH || ow >= s.OW) continue;  // padding between rows and images
+    const int64_t q = q0 + i, point = w_.batch_inner ? q / w_.batch : q % w_.image;
+    const int64_t n = w_.batch_inner ? q % w_.batch : q / w_.image;
+    const int64_t oh = point / w_.w.extent, ow = point % w_.w.extent;
+    if (n >= s.N || oh >= s.OH || ow >= s.OW) continue;  // zeros between rows and images
     lane[count] = i;
     out_base[count++] = n * p_.out_stride[0] + oh * p_.out_stride[2] + ow * p_.out_stride[3];
   }
@@ -198,8 +297,13 @@ void BlockConv::store_tile(int64_t tile, const RowSet& part, const float* acc) c
     y[out_base[j] + k * p_.out_stride[1]] = from_float<T>(p_.relu ? std::max(v, 0.f) : v);
   };
   if (p_.out_stride[1] == 1) {
-    for (int64_t j = 0; j < count; ++j)
-      for (int32_t k : part.rows) store(j, k);
+    // 16 rows at a time: their accumulator lines stay in cache while the positions sweep them.
+    const std::vector<int32_t>& rows = part.rows;
+    for (size_t r0 = 0; r0 < rows.size(); r0 += 16) {
+      const size_t r1 = std::min(rows.size(), r0 + 16);
+      for (int64_t j = 0; j < count; ++j)
+        for (size_t r = r0; r < r1; ++r) store(j, rows[r]);
+    }
   } else {
     for (int32_t k : part.rows)
       for (int64_t j = 0; j < count; ++j) store(j, k);
@@ -211,20 +315,26 @@ void BlockConv::run_tiles(int64_t begin, int64_t end, TileTimes* times) const {
   const auto ns = [](clock::time_point a, clock::time_point b) {
     return int64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(b - a).count());
   };
-  std::vector<float> acc(p_.shape.K * TP);
+  std::vector<float> buffer(p_.shape.K * TP + 15);  // the accumulators, 64-byte aligned
+  float* acc = buffer.data() + (-reinterpret_cast<uintptr_t>(buffer.data()) / sizeof(float)) % 16;
+  const int64_t G = int64_t(w_.groups.size());
   for (int64_t item = begin; item < end; ++item) {
     const int64_t tile = item / num_parts();
     const RowSet& part = parts_[item % num_parts()];
     const auto start = times ? clock::now() : clock::time_point();
-    for (int32_t k : part.rows) std::fill_n(acc.data() + k * TP, TP, 0.f);
-    for (size_t g : part.groups)
-      group_tile(groups_[g], values_, p_.blocks.val_ptr, planes_ + tile * TP, offsets_.data(),
-                 acc.data());
+    for (int32_t k : part.rows) std::fill_n(acc + k * TP, TP, 0.f);
+    const float* x = planes_ + w_.tile_base(tile);
+    for (int64_t chunk = 0; chunk < w_.chunks; ++chunk)
+      for (size_t g : part.groups) {
+        const int64_t i = chunk * G + int64_t(g), first = w_.start[i];
+        const int64_t count = (w_.start[i + 1] - first) / int64_t(w_.groups[g].rows.size() + 1);
+        if (count > 0) group_tile(w_.groups[g], w_.columns.data() + first, count, x, acc);
+      }
     const auto computed = times ? clock::now() : clock::time_point();
     switch (p_.dtype) {
-      case DType::Float32: store_tile<float>(tile, part, acc.data()); break;
-      case DType::BFloat16: store_tile<uint16_t>(tile, part, acc.data()); break;
-      case DType::Float16: store_tile<_Float16>(tile, part, acc.data()); break;
+      case DType::Float32: store_tile<float>(tile, part, acc); break;
+      case DType::BFloat16: store_tile<uint16_t>(tile, part, acc); break;
+      case DType::Float16: store_tile<_Float16>(tile, part, acc); break;
     }
     if (times) {
       times->micro_ns += ns(start, computed);

@@ -3,9 +3,13 @@
 // No gathers in the inner loop: the input is first copied once per call into zero-padded fp32
 // planes, one per (channel, stride phase), laid out so that for every position q of a padded
 // output grid and every weight column, the input element read is planes[offset(column) + q]. A
-// tile of 64 consecutive grid positions then reads 64 consecutive floats per column, and the
-// micro-kernel broadcasts weights over them. Grid positions outside the output (the zeros shared
-// between rows and between images) are computed and dropped.
+// tile of 128 consecutive grid positions then reads 128 consecutive floats per column, and the
+// micro-kernel broadcasts weights over them. Two layouts of the planes, whichever computes fewer
+// positions: the images stacked along the height with the width innermost (any batch; the zeros
+// shared between rows and between images are computed and dropped), or the batch innermost,
+// padded to 16 (batches of 16 and more: when an output row fills whole tiles, nothing is wasted).
+// Tiles sweep the input channels in chunks whose reads stay in the L1 cache, accumulating in a
+// per-tile buffer: lone rows (unstructured masks) then load from L1, not from L2.
 #pragma once
 
 #include <cstddef>
@@ -16,8 +20,8 @@
 
 namespace sparsekit::cpu {
 
-// Output grid positions handled by one tile (four 16-lane vectors).
-constexpr int64_t kTilePositions = 64;
+// Output grid positions handled by one tile (eight 16-lane vectors).
+constexpr int64_t kTilePositions = 128;
 
 // One axis (height or width) of the planes. An output coordinate o reads, for kernel tap t,
 // plane coordinate o + shift[t] + lead in the planes of stride phase phase[t].
@@ -35,13 +39,43 @@ struct TileTimes {
   int64_t store_ns = 0;  // bias, ReLU and the output writes
 };
 
+// The pack's side of the planes kernel for one call geometry (shape and input size): the
+// planes' layout, the row groups, the channel chunks, and each group's column offsets and fp32
+// weights stored in the order tiles read them (chunk, group, column; a column's weights for the
+// group's rows together). It does not depend on the input's values, so a caller may keep it for
+// the next calls with the same pack and geometry.
+class PlanesWeights {
+ public:
+  explicit PlanesWeights(const BlockConvParams& p);
+
+  int64_t tile_base(int64_t tile) const;  // grid position of the tile's first
+  int64_t num_tiles() const;
+
+  PlaneAxis h, w;
+  bool batch_inner = false;  // the layout: batch innermost, else images stacked along the height
+  int64_t batch = 1;         // batch innermost: images per grid point (N rounded up to 16)
+  int64_t image = 0;         // images stacked: grid positions per image, h.extent * w.extent
+  int64_t positions = 0;     // grid positions
+  int64_t row_tiles = 0;     // tiles per output row when tiles skip the zero columns, else 0
+  int64_t plane = 0;         // floats per plane: the grid and the zeros wrapped reads reach
+  int64_t tail = 0;          // zeros after the last plane, which the last tile's reads reach
+  int64_t chunks = 1;        // channel chunks tiles sweep
+  std::vector<RowGroup> groups;
+  // Group g's columns in chunk j: [start[j * G + g], start[j * G + g + 1]) of columns (G groups),
+  // each a record of R + 1 words for a group of R rows: its input offset, then its weights
+  // (fp32 bits), so that tiles read one stream.
+  std::vector<int64_t> start;
+  std::vector<int32_t> columns;
+};
+
 class BlockConv {
  public:
-  // Plans the call: plane geometry, column offsets, merged row groups. p must outlive this, and
-  // the planes live in a buffer of the constructing thread, reused by its next call.
-  explicit BlockConv(const BlockConvParams& p);
+  // Plans the call on w (made for p). p and w must outlive this; the planes live in a buffer of
+  // the constructing thread, reused by its next call.
+  BlockConv(const BlockConvParams& p, const PlanesWeights& w);
 
-  // Fills the planes of input channels [begin, end) of pack_units() (any thread split).
+  // Fills the planes of units [begin, end) of pack_units(), blocks of 16 input channels (any
+  // thread split).
   int64_t pack_units() const;
   void pack(int64_t begin, int64_t end);
 
@@ -53,7 +87,7 @@ class BlockConv {
   // i % num_parts() of tile i / num_parts(), so disjoint ranges can run on different threads;
   // each output element is written once, with blocks summed in a fixed order (deterministic).
   // times, when given, receives the split of the work.
-  int64_t num_tiles() const;
+  int64_t num_tiles() const { return w_.num_tiles(); }
   int64_t num_parts() const { return int64_t(parts_.size()); }
   int64_t grid_positions() const { return num_tiles() * kTilePositions; }
   void run_tiles(int64_t begin, int64_t end, TileTimes* times = nullptr) const;
@@ -65,15 +99,8 @@ class BlockConv {
   void store_tile(int64_t tile, const RowSet& part, const float* acc) const;
 
   const BlockConvParams& p_;
-  PlaneAxis h_, w_;
-  int64_t image_ = 0;      // grid positions per image: h_.extent * w_.extent
-  int64_t positions_ = 0;  // N * image_
-  int64_t plane_ = 0;      // floats per plane: the images and the zeros wrapped reads reach
+  const PlanesWeights& w_;
   float* planes_ = nullptr;
-  std::vector<int64_t> offsets_;
-  const float* values_;         // the block tiles in fp32: p.values, or weights_
-  std::vector<float> weights_;  // the block tiles converted, when the input is not fp32
-  std::vector<RowGroup> groups_;
   std::vector<RowSet> parts_;
 };
 
