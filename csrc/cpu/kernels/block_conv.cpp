@@ -159,9 +159,9 @@ PlanesWeights::PlanesWeights(const BlockConvParams& p) {
       footprint += std::min(TP, a + TP - std::max(a, reached));
       reached = a + TP;
     }
-    // Columns over groups and channels: a group's columns per channel, times G * C.
-    const int64_t columns = b.col_ptr[b.num_blocks];
-    const int64_t wide = columns > 0 ? kChunkColumns * G * s.C / columns : s.C;
+    // All columns over G * C: a group's columns per channel, on average.
+    const int64_t kept = b.col_ptr[b.num_blocks];
+    const int64_t wide = kept > 0 ? kChunkColumns * G * s.C / kept : s.C;
     chunk_channels = std::clamp<int64_t>(std::max(kChunkFloats / footprint, wide), 1, s.C);
   }
   chunks = (s.C + chunk_channels - 1) / chunk_channels;
