@@ -128,12 +128,12 @@ using Pack = std::array<const at::Tensor*, 4>;  // values, row_idx, col_idx, blo
 template <typename Weights>
 class WeightsCache {
  public:
-  // geometry: what the layout depends on besides the tensors; make() builds it.
+  // key: the geometry the layout depends on besides the tensors (their versions and data
+  // pointers are added here); make() builds it.
   template <typename Make>
-  std::shared_ptr<const Weights> get(std::vector<int64_t> geometry, const Pack& pack, Make make) {
+  std::shared_ptr<const Weights> get(std::vector<int64_t> key, const Pack& pack, Make make) {
     const bool cacheable = std::none_of(pack.begin(), pack.end(),
                                         [](const at::Tensor* t) { return t->is_inference(); });
-    std::vector<int64_t>& key = geometry;
     for (const at::Tensor* t : pack) {
       key.push_back(t->is_inference() ? 0 : t->_version());
       key.push_back(reinterpret_cast<int64_t>(t->const_data_ptr()));

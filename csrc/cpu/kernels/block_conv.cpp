@@ -297,13 +297,8 @@ void BlockConv::store_tile(int64_t tile, const RowSet& part, const float* acc) c
     y[out_base[j] + k * p_.out_stride[1]] = from_float<T>(p_.relu ? std::max(v, 0.f) : v);
   };
   if (p_.out_stride[1] == 1) {
-    // 16 rows at a time: their accumulator lines stay in cache while the positions sweep them.
-    const std::vector<int32_t>& rows = part.rows;
-    for (size_t r0 = 0; r0 < rows.size(); r0 += 16) {
-      const size_t r1 = std::min(rows.size(), r0 + 16);
-      for (int64_t j = 0; j < count; ++j)
-        for (size_t r = r0; r < r1; ++r) store(j, rows[r]);
-    }
+    for (int64_t j = 0; j < count; ++j)
+      for (int32_t k : part.rows) store(j, k);
   } else {
     for (int32_t k : part.rows)
       for (int64_t j = 0; j < count; ++j) store(j, k);
