@@ -10,6 +10,8 @@ Times are ``triton.testing.do_bench`` medians (CUDA events; warm-up and autotuni
     python -m bench.gpu_suite            # on a GPU: writes bench/results/gpu-<device>-<date>.json
     python -m bench.gpu_suite --quick    # tiny shapes; without a GPU it runs under
                                          # TRITON_INTERPRET=1 and times on the CPU (a plumbing check)
+    python -m bench.gpu_suite --part bfloat16   # one part: a dtype's convs, or "linear"
+                                                # (each fits a 10-minute call)
 """
 
 import datetime
@@ -157,13 +159,16 @@ HEADER = ("| kind | layer | shape | input | dtype | mask | sparsity | FLOP limit
           + "| --- " * (9 + len(SIDES)) + "|")
 
 
-def run(quick: bool, seed: int = 0) -> list[dict]:
+PARTS = [*FULL_DTYPES, "linear"]
+
+
+def run(quick: bool, parts=PARTS, seed: int = 0) -> list[dict]:
     gen = torch.Generator().manual_seed(seed)
     records = []
-    cases = [
-        conv_cases(QUICK_CONVS if quick else FULL_CONVS, QUICK_DTYPES if quick else FULL_DTYPES, gen),
-        linear_cases(QUICK_LINEARS if quick else FULL_LINEARS, gen),
-    ]
+    dtypes = [d for d in (QUICK_DTYPES if quick else FULL_DTYPES) if quick or d in parts]
+    cases = [conv_cases(QUICK_CONVS if quick else FULL_CONVS, dtypes, gen)]
+    if quick or "linear" in parts:
+        cases.append(linear_cases(QUICK_LINEARS if quick else FULL_LINEARS, gen))
     previous = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
     try:
         for record, dense, sides, dtype in (case for group in cases for case in group):
@@ -177,13 +182,19 @@ def run(quick: bool, seed: int = 0) -> list[dict]:
 
 
 def main(argv=None) -> list[dict]:
-    args, command = suite_arguments(argv, __doc__.splitlines()[0], "bench.gpu_suite", "tiny shapes (CI runs it without a GPU)")
+    def add_part(parser):
+        parser.add_argument("--part", action="append", choices=PARTS,
+                            help="only these parts (default: all; --quick runs its own tiny cases)")
+
+    args, command = suite_arguments(argv, __doc__.splitlines()[0], "bench.gpu_suite",
+                                    "tiny shapes (CI runs it without a GPU)", add_part)
     env = environment(command)
     title = f"{env['device']}, torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}"
     print(f"{title}\n{HEADER}")
-    records = run(args.quick)
+    records = run(args.quick, args.part or PARTS)
     device = env["device"].split(" (")[0].replace(" ", "-")
-    stem = args.out / f"gpu-{device}-{env['date']}{'-quick' if args.quick else ''}"
+    suffix = "-quick" if args.quick else "".join(f"-{p}" for p in args.part or [])
+    stem = args.out / f"gpu-{device}-{env['date']}{suffix}"
     write_results(stem, env, title, HEADER, list(map(_row, records)), records)
     return records
 

@@ -8,13 +8,19 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
-def suite_arguments(argv, description: str, module: str, quick_help: str):
-    """(the parsed ``--quick`` / ``--out`` of a suite, the command that reruns it)."""
+def suite_arguments(argv, description: str, module: str, quick_help: str, add_arguments=None):
+    """(the parsed ``--quick`` / ``--out`` of a suite, and what ``add_arguments(parser)``
+    adds; the command that reruns it)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    if add_arguments is not None:
+        add_arguments(parser)
     args = parser.parse_args(argv)
-    return args, f"python -m {module}" + (" --quick" if args.quick else "")
+    words = list(argv or [])
+    if "--out" in words:  # where results go is not part of what was measured
+        del words[words.index("--out") : words.index("--out") + 2]
+    return args, " ".join(["python -m", module, *words])
 
 
 def write_results(stem: Path, env: dict, title: str, header: str, rows: list[str], records: list[dict],

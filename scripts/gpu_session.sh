@@ -1,22 +1,50 @@
 #!/usr/bin/env bash
-# On a GPU machine (Hopper): builds the extension, runs the GPU tests and the GPU benchmark
-# suite, and leaves every log and result in the folder given as $1 (default: $OUT, else
-# build/gpu-session). pymetis comes from a wheel in .whl/ when the machine lacks it.
+# The GPU steps, one per call of a machine that gives each command 10 minutes:
+#
+#   bash scripts/gpu_session.sh prepare          # here: copies the wheels the GPU machine lacks
+#                                                # (pymetis) from ../shared/device-wheels to .whl/
+#   bash scripts/gpu_session.sh build [OUT]      # there: installs them into build/site, builds
+#   bash scripts/gpu_session.sh test [OUT]       #   the GPU tests (Triton against fp64 references)
+#   bash scripts/gpu_session.sh bench PART [OUT] #   one part of bench.gpu_suite: bfloat16, float32,
+#                                                #   tf32 or linear
+#
+# Logs and results go to OUT (default: $OUT, else build/gpu-session). Compiled Triton kernels
+# are cached in build/triton-cache, so later steps on the same machine reuse them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out="${1:-${OUT:-build/gpu-session}}"
-mkdir -p "$out"
-export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}" PYTHONUNBUFFERED=1
-if ! python3 -c "import pymetis" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/pymetis-*.whl \
-    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} || exit 1
+step="${1:-}"
+shift || true
+if [ "$step" = prepare ]; then
+  mkdir -p .whl && cp ../shared/device-wheels/*.whl .whl/ && ls .whl
+  exit
 fi
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$out/gpu.txt"
-python3 -m pip install --no-build-isolation --no-deps -e . > "$out/build.log" 2>&1 \
-  || { tail -40 "$out/build.log"; exit 1; }
-python3 -m pytest tests/test_triton.py -q -n 8 --junitxml="$out/tests.xml" 2>&1 | tee "$out/tests.log" | tail -15
-tests=${PIPESTATUS[0]}
-python3 -m bench.gpu_suite --out "$out" 2>&1 | tee "$out/bench.log"
-bench=${PIPESTATUS[0]}
-echo "tests exit $tests, bench exit $bench"
-[ "$tests" = 0 ] && [ "$bench" = 0 ]
+part=""
+if [ "$step" = bench ]; then part="${1:?bench needs a part: bfloat16, float32, tf32 or linear}"; shift; fi
+out="${1:-${OUT:-build/gpu-session}}"
+mkdir -p "$out" build
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}" PYTHONUNBUFFERED=1
+export TRITON_CACHE_DIR="$PWD/build/triton-cache" PYTHONPATH="$PWD/build/site${PYTHONPATH:+:$PYTHONPATH}"
+case "$step" in
+  build)
+    nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$out/gpu.txt"
+    if ! python3 -c "import pymetis" 2>/dev/null; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --target build/site .whl/pymetis-*.whl \
+        || { echo "pymetis: run 'bash scripts/gpu_session.sh prepare' here and carry .whl"; exit 1; }
+    fi
+    python3 -m pip install --no-build-isolation --no-deps -e . > "$out/build.log" 2>&1 \
+      || { tail -40 "$out/build.log"; exit 1; }
+    python3 -c "import sparsekit, pymetis; print('sparsekit', sparsekit.__version__, 'ready')"
+    ;;
+  test)
+    python3 -m pytest tests/test_triton.py -q -n 8 --junitxml="$out/tests.xml" 2>&1 | tee "$out/tests.log" | tail -15
+    exit "${PIPESTATUS[0]}"
+    ;;
+  bench)
+    python3 -m bench.gpu_suite --part "$part" --out "$out" 2>&1 | tee "$out/bench-$part.log"
+    exit "${PIPESTATUS[0]}"
+    ;;
+  *)
+    sed -n '2,12p' "$0"
+    exit 2
+    ;;
+esac

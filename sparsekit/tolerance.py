@@ -2,12 +2,15 @@
 
 A result ``actual`` matches ``expected`` when ``max |actual - expected| <= atol + rtol * max
 |expected|``, with ``(atol, rtol)`` by the precision the two were computed in: the dtype, or
-``"tf32"`` for float32 on a GPU where cuDNN or cuBLAS may use TF32. compile() holds every
-candidate plan to it, verify() every layer and the model, and the tests and bench suites import
-it rather than keep their own.
+``"tf32"`` for float32 on a GPU while torch's float32 matmul precision allows TF32 (the
+precision sparsekit's fp32 GPU kernels then use). compile() holds every candidate plan to it,
+verify() every layer and the model, and the tests and bench suites import it rather than keep
+their own. Dense references are computed under ``matching_precision()``, so that a strict fp32
+kernel is not compared with a cuDNN result that used TF32.
 """
 
 import math
+from contextlib import contextmanager
 
 import torch
 
@@ -24,12 +27,21 @@ MIN_SPREAD = 100
 
 
 def precision(expected: torch.Tensor):
-    """The key of ``TOLERANCES`` for a result computed like ``expected``."""
-    if expected.dtype == torch.float32 and expected.is_cuda and (
-        torch.backends.cudnn.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
-    ):
+    """The key of ``TOLERANCES`` for a result computed like ``expected`` (under
+    ``matching_precision``)."""
+    if expected.dtype == torch.float32 and expected.is_cuda and torch.get_float32_matmul_precision() != "highest":
         return "tf32"
     return expected.dtype if expected.dtype in TOLERANCES else torch.float32
+
+
+@contextmanager
+def matching_precision():
+    """cuDNN's convolutions in the fp32 precision sparsekit's kernels use: TF32 off while torch's
+    float32 matmul precision is "highest" (cuDNN's own switch defaults to TF32 on)."""
+    strict = torch.get_float32_matmul_precision() == "highest"
+    with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled,
+                                    allow_tf32=torch.backends.cudnn.allow_tf32 and not strict):
+        yield
 
 
 def bound(expected: torch.Tensor, key=None) -> float:

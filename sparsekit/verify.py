@@ -148,9 +148,10 @@ def verify(compiled, reference, example_inputs, *, measure: bool = True) -> Repo
             reference.get_submodule(name)
         except AttributeError as error:
             raise SparsekitError(f"verify: the reference model has no layer {name!r}") from error
-    layer_in, layer_out, ref_out = run_recording(reference, inputs, watched, outputs=True)
-    with torch.inference_mode():
-        out = compiled(*inputs)
+    with tolerance.matching_precision():
+        layer_in, layer_out, ref_out = run_recording(reference, inputs, watched, outputs=True)
+        with torch.inference_mode():
+            out = compiled(*inputs)  # its dense layers too in the reference's precision
     if not isinstance(out, torch.Tensor) or not isinstance(ref_out, torch.Tensor):
         raise SparsekitError("verify: the models must return a tensor")
 
@@ -161,7 +162,7 @@ def verify(compiled, reference, example_inputs, *, measure: bool = True) -> Repo
         if x is None:
             continue  # not reached on these inputs
         expected = layer_out[source.get("batchnorm") or source["layer"]]
-        with torch.inference_mode():
+        with tolerance.matching_precision(), torch.inference_mode():
             actual = layer(x)
         s = layer.summary()
         positions = expected[0, 0].numel() * expected.shape[0] if expected.dim() == 4 else (

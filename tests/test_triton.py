@@ -9,6 +9,8 @@ import sparsekit
 from sparsekit import PackedWeight, SparsekitError, backends, ops, pack, zoo
 from sparsekit.geometry import output_memory_format
 
+from sparsekit.triton_kernels import block_conv, row_tiles
+
 from .helpers import (
     CONV_CASES, LAYOUTS, assert_matches, conv_input, expected_conv, expected_linear, packed_conv,
 )
@@ -76,6 +78,102 @@ def test_rows_in_several_blocks_add_up_deterministically(dtype):
     first = run()
     assert_matches(first.cpu(), expected_conv(x, packed, bias, 1, 1, 1, True), dtype)
     assert torch.equal(first, run())
+
+
+def unpack_tiles(tiles, out_channels: int, in_channels: int, kernel_area: int) -> torch.Tensor:
+    """The dense ``[out, in * kernel_area]`` weight (all groups' channels) a layout holds."""
+    dense = torch.zeros(out_channels, in_channels * kernel_area, dtype=torch.float64)
+    ptr = tiles.tile_ptr.tolist()
+    for t, rows in enumerate(tiles.tile_rows.tolist()):
+        for kt in range(ptr[t], ptr[t + 1]):
+            for k, channel in enumerate(tiles.channels[kt].tolist()):
+                for j, row in enumerate(rows):
+                    if channel < 0 or row < 0:
+                        assert tiles.weights[kt, k, j] == 0
+                        continue
+                    dense[row, channel * kernel_area + int(tiles.taps[kt])] += float(tiles.weights[kt, k, j])
+    return dense
+
+
+def grouped_dense(packed: PackedWeight) -> torch.Tensor:
+    """``unpack(packed)`` with every group's columns placed at its own input channels."""
+    weight = sparsekit.unpack(packed).double()
+    out, per_group = weight.shape[0], weight[0].numel()
+    dense = torch.zeros(out, per_group * packed.groups, dtype=torch.float64)
+    for g in range(packed.groups):
+        rows = slice(g * out // packed.groups, (g + 1) * out // packed.groups)
+        dense[rows, g * per_group : (g + 1) * per_group] = weight[rows].reshape(-1, per_group)
+    return dense
+
+
+@pytest.mark.parametrize("case", [
+    ("group", 40, 16, 1), ("channel", 100, 64, 1), ("kernel", 20, 8, 1), ("dense", 33, 5, 1),
+    ("group", 24, 12, 3), ("overlapping", 6, 2, 1),
+], ids=str)
+def test_row_tiles_hold_the_packed_weight_once(case):
+    structure, cout, cin, groups = case
+    packed = (overlapping_blocks(torch.float32) if structure == "overlapping"
+              else packed_conv(cout, cin, (3, 3), groups, torch.float32, structure=structure))
+    tiles = row_tiles.build(packed.values, packed.row_idx, packed.col_idx, packed.block_ptr, cout,
+                            packed.in_features, groups, 9)
+    assert torch.equal(unpack_tiles(tiles, cout, packed.in_features, 9), grouped_dense(packed))
+    rows = tiles.tile_rows[tiles.tile_rows >= 0]
+    assert sorted(rows.tolist()) == list(range(cout))  # every row in one tile
+    assert tiles.weights.shape == (tiles.taps.numel(), row_tiles.K_TILE, tiles.rows)
+
+
+def test_whole_channel_runs_load_consecutive_channels():
+    dense = packed_conv(40, 64, (3, 3), 1, torch.float32, structure="channel", density=1.0)
+    partial = packed_conv(40, 64, (3, 3), 1, torch.float32, structure="group")
+    build = lambda p: row_tiles.build(p.values, p.row_idx, p.col_idx, p.block_ptr, 40, 64, 1, 9)  # noqa: E731
+    assert build(dense).consecutive and not build(partial).consecutive
+
+
+@pytest.mark.parametrize("consecutive", [True, False])
+@pytest.mark.parametrize("cout, rows", [(20, 32), (40, 64), (100, 128)])
+def test_row_tile_heights_and_load_paths(consecutive, cout, rows):
+    """Each tile height the interpreter can choose, on both load paths (one block over all 64
+    input channels, or over all but two), channels_last."""
+    weight = torch.randn(cout, 64, 3, 3)
+    mask = torch.ones_like(weight)
+    if not consecutive:
+        mask[:, [5, 40]] = 0
+    packed = pack(weight, mask, structure="channel")
+    tiles = block_conv.layout(packed.values, packed.row_idx, packed.col_idx, packed.block_ptr, cout, 64, 1, 9)
+    assert (tiles.rows, tiles.consecutive) == (rows, consecutive)
+    x = conv_input((2, 64, 5, 4), torch.float32, "channels_last")
+    bias = torch.randn(cout)
+    y = ops.block_conv2d(x.to(DEVICE), on_device(packed), bias.to(DEVICE), 1, 1, relu=True, backend="triton")
+    assert_matches(y.cpu(), expected_conv(x, packed, bias, 1, 1, 1, True), torch.float32)
+
+
+def test_offsets_past_2_to_the_31_elements():
+    """Images of more than 2**31 elements each, fp16 (pages never written stay unallocated): a
+    stride of the width minus one reads both ends of the rows, the second end and image past
+    2**31 elements."""
+    width = 2**27 + 1
+    x = torch.empty(2, 16, 1, width, dtype=torch.float16, device=DEVICE, memory_format=torch.channels_last)
+    assert x[0].numel() > 2**31
+    ends = torch.randn(2, 16, 1, 2).half()
+    x[..., 0], x[..., -1] = ends[..., 0].to(DEVICE), ends[..., 1].to(DEVICE)
+    packed = packed_conv(8, 16, (1, 1), 1, torch.float16, structure="group")
+    y = ops.block_conv2d(x, on_device(packed), stride=(1, width - 1), backend="triton")
+    assert y.shape == (2, 8, 1, 2)
+    assert_matches(y.cpu(), expected_conv(ends, packed, None, 1, 0, 1, False), torch.float16)
+
+
+def test_huge_batches_keep_shapes_and_launch_bounds():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    packed = packed_conv(64, 32, (3, 3), 1, torch.float32)
+    with FakeTensorMode() as mode:
+        x = torch.empty(2**16, 32, 224, 224).to(memory_format=torch.channels_last)
+        tensors = [mode.from_tensor(t) for t in (packed.values, packed.row_idx, packed.col_idx, packed.block_ptr)]
+        y = torch.ops.sparsekit.triton_block_conv2d(x, *tensors, 64, [3, 3], [1, 1], [1, 1], [1, 1], 1, None, False)
+        assert y.shape == (2**16, 64, 224, 224) and y.is_contiguous(memory_format=torch.channels_last)
+    positions = 2**16 * 224 * 224  # past 2**31: the kernel's position index is int64
+    assert block_conv.size_class(positions) == block_conv.size_class(2 * positions) == 12
+    assert block_conv.size_class(64) == 0 < block_conv.size_class(65)
 
 
 def test_all_zero_weight_outputs_bias():

@@ -1,22 +1,21 @@
 """Triton block convolution and block linear: the gathered dense-block GEMM on tensor cores.
 
-A program computes a ``BLOCK_M x BLOCK_N`` tile of one block's output rows x output positions.
-Its K loop walks the block's columns, decodes each to ``(cin, kh, kw)`` and gathers the input
-straight from the (strided) activation: an implicit im2col, never materialised. ``tl.dot``
-accumulates in fp32; the epilogue adds bias, applies ReLU and scatters the rows into the output,
-NCHW or channels_last like the input (a pixel of either is ``OH * OW`` positions of one stride). A linear layer is the 1x1 convolution of ``[M, in, 1, 1]``.
-
-Rows that several blocks share are summed deterministically: blocks are split into waves
-whose rows are disjoint, each row meeting its blocks in block order, and the waves run one
-after another into an fp32 buffer. Packs whose rows are disjoint (channel-, kernel-wise and
-regrouped plans) take one wave with the epilogue fused.
+One persistent launch per layer. Its work items are (a tile of ``BLOCK_M`` output positions) x
+(a row tile of ``row_tiles``: 32, 64 or 128 output rows), row tile fastest, so the programs
+running at one time read the same input positions from L2. Positions lie on the MMA's M, the
+row tile on N. A work item loops over the K-tiles of its row tile: ``K_TILE`` columns of one
+block at one tap, so each position's inputs are ``row base + channel offset`` under one bounds
+mask (contiguous channels load as vectors: the input should be channels_last). ``tl.dot``
+accumulates in fp32; the epilogue adds bias, applies ReLU and writes the rows, NCHW or
+channels_last like the input. A linear layer ``[batch, in]`` is a 1x1 conv with the batch on M.
+Offsets of images and positions are int64; those inside an image too where one can pass 2**31
+(``WIDE``).
 
 fp32 inputs use strict fp32 products unless ``torch.get_float32_matmul_precision()`` allows
 TF32. Under ``TRITON_INTERPRET=1`` (CPU tests) one small config runs.
 """
 
 import os
-from dataclasses import dataclass
 
 import torch
 import triton
@@ -25,120 +24,131 @@ import triton.language as tl
 from sparsekit.geometry import block_conv2d_shape, block_linear_shape, output_memory_format
 from sparsekit.tensor_memo import memoize
 
+from . import row_tiles
+from .row_tiles import K_TILE, RowTiles
+
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+# fp32 accumulator elements per thread above which a kernel spills on sm_90a or sm_80 (read from
+# the cubins of ``aot``), by load path and whether fp32 is strict: the gathered input tile leaves
+# fewer registers over, and strict fp32, whose products run on FMA units, fewer still
+ACC_PER_THREAD = {("consecutive", False): 32, ("gathered", False): 16, ("consecutive", True): 8,
+                  ("gathered", True): 8}
 
 
-def _configs() -> list[triton.Config]:
+# autotune configs (``ROWS`` comes from the layout, ``K_TILE`` is fixed); ``aot`` compiles each
+GPU_CONFIGS = [
+    triton.Config({"BLOCK_M": m}, num_warps=w, num_stages=s)
+    for m, w, s in [(64, 4, 3), (64, 4, 4), (64, 8, 3), (128, 8, 3), (128, 8, 4)]
+]
+INTERPRETER_CONFIGS = [triton.Config({"BLOCK_M": 16}, num_warps=1, num_stages=1)]
+
+
+def fits(config: triton.Config, rows: int, consecutive: bool, strict: bool) -> bool:
+    """Whether ``config``'s accumulator for ``rows``-row tiles stays in registers, on the
+    consecutive or gathered load path, in strict fp32 or on tensor cores."""
+    cap = ACC_PER_THREAD["consecutive" if consecutive else "gathered", strict]
+    return config.kwargs["BLOCK_M"] * rows <= cap * 32 * config.num_warps
+
+
+def serves_wide(config: triton.Config) -> bool:
+    """Whether ``config`` runs the int64 (``WIDE``) variant: only the one of fewest accumulator
+    elements per thread, which holds every row-tile height the others do (and the int64
+    offsets beside it)."""
+    return (config.kwargs["BLOCK_M"], config.num_warps) == (64, 8)
+
+
+def row_tiles_that_fit(dtype: torch.dtype):
+    """Which row-tile heights some config holds, for ``row_tiles.build``: a pack's fp32 layout
+    must serve strict fp32 (the interpreter takes any)."""
+    strict = dtype == torch.float32
+    return lambda rows, consecutive: INTERPRETED or any(fits(c, rows, consecutive, strict) for c in GPU_CONFIGS)
+
+
+def _prune(configs, named_args, **kwargs):
     if INTERPRETED:
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}, num_warps=1, num_stages=1)]
-    # Hopper: 64-128 row tiles match the 32-256-row blocks of regrouped plans; K tiles of 32-64
-    # columns keep the gathered input tile in registers with 3-4 pipeline stages
-    return [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
-        for m, n, k, w, s in [
-            (64, 64, 32, 4, 3), (64, 128, 32, 4, 4), (128, 64, 32, 4, 4), (128, 128, 32, 8, 3),
-            (64, 128, 64, 4, 3), (128, 128, 64, 8, 3), (32, 128, 64, 4, 4), (128, 256, 32, 8, 3),
-        ]
-    ]
+        return configs
+    rows, positions = kwargs["ROWS"], named_args["positions"]
+    kept = [c for c in configs if fits(c, rows, kwargs["CONSECUTIVE"], kwargs["INPUT_PRECISION"] == "ieee")
+            and (serves_wide(c) or not kwargs["WIDE"])]
+    # no tile much taller than the positions there are
+    small = [c for c in kept if c.kwargs["BLOCK_M"] <= max(64, triton.next_power_of_2(positions))]
+    return small or kept[:1]  # the layout's rows always fit some config (row_tiles_that_fit)
+
+
+def size_class(positions: int) -> int:
+    """The autotune key's stand-in for the batch: configs are tuned once per power of two of
+    position tiles (up to 2**12), not per batch size."""
+    return min(12, max(0, (positions - 1).bit_length() - 6))
 
 
 @triton.autotune(
-    configs=_configs(),
-    key=["out_channels", "positions", "max_cols", "KH", "KW", "INPUT_PRECISION"],
-    restore_value=["out"],  # tuning reruns a wave that accumulates into ``out``
+    configs=INTERPRETER_CONFIGS if INTERPRETED else GPU_CONFIGS,
+    key=["ROWS", "KW", "channels", "size_class", "INPUT_PRECISION", "CONSECUTIVE"],
+    prune_configs_by={"early_config_prune": _prune},
 )
 @triton.jit
-def _block_conv_kernel(
-    x, values, row_idx, col_idx, block_ptr, wave_blocks, bias, out,
-    out_channels, in_per_group, rows_per_group, positions, max_cols,
-    OH, OW, H, W, sxn, sxc, sxh, sxw, son, soc, sop, blocks_plus_one,
+def tile_conv_kernel(
+    x, out, bias, tile_rows, tile_ptr, taps, channels_of, weights,
+    positions, num_row_tiles, channels, size_class,
+    OH, OW, H, W, sxn, sxc, sxh, sxw, son, soc, sop,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
-    ACCUMULATE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    KW: tl.constexpr, WIDE: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, CONSECUTIVE: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, ROWS: tl.constexpr, K_TILE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    block = tl.load(wave_blocks + tl.program_id(2))
-    r0 = tl.load(block_ptr + block)
-    rows = tl.load(block_ptr + block + 1) - r0
-    if pid_m * BLOCK_M >= rows:
-        return
-    c0 = tl.load(block_ptr + blocks_plus_one + block)
-    cols = tl.load(block_ptr + blocks_plus_one + block + 1) - c0
-    v0 = tl.load(block_ptr + 2 * blocks_plus_one + block)
+    k = tl.arange(0, K_TILE)
+    j = tl.arange(0, ROWS)
+    work = tl.cdiv(positions, BLOCK_M) * num_row_tiles
+    for item in range(tl.program_id(0), work, tl.num_programs(0)):
+        tile = item % num_row_tiles
+        n = tl.cast(item // num_row_tiles, tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+        n_ok = n < positions
+        image = n // (OH * OW)
+        pixel = n % (OH * OW)
+        if not WIDE:  # offsets inside an image fit int32
+            pixel = pixel.to(tl.int32)
+        ih0 = (pixel // OW) * stride_h - pad_h
+        iw0 = (pixel % OW) * stride_w - pad_w
+        x_image = x + image * sxn
 
-    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_ok = m < rows
-    out_rows = tl.load(row_idx + r0 + m, mask=m_ok, other=0)
-    channel0 = (tl.load(row_idx + r0) // rows_per_group) * in_per_group
+        acc = tl.zeros((BLOCK_M, ROWS), dtype=tl.float32)
+        for kt in range(tl.load(tile_ptr + tile), tl.load(tile_ptr + tile + 1)):
+            tap = tl.load(taps + kt)
+            ih = ih0 + (tap // KW) * dil_h
+            iw = iw0 + (tap % KW) * dil_w
+            inside = n_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            at = ih * sxh + iw * sxw
+            if CONSECUTIVE:
+                channel = tl.multiple_of(tl.load(channels_of + kt * K_TILE), K_TILE) + k
+                if WIDE:
+                    channel = channel.to(tl.int64)
+                x_tile = tl.load(x_image[:, None] + (at[:, None] + channel[None, :] * sxc),
+                                 mask=inside[:, None], other=0.0)
+            else:
+                channel = tl.load(channels_of + kt * K_TILE + k)
+                if WIDE:
+                    channel = channel.to(tl.int64)
+                x_tile = tl.load(x_image[:, None] + (at[:, None] + channel[None, :] * sxc),
+                                 mask=inside[:, None] & (channel >= 0)[None, :], other=0.0)
+            w_tile = tl.load(weights + tl.cast(kt, tl.int64) * (K_TILE * ROWS) + k[:, None] * ROWS + j[None, :])
+            acc = tl.dot(x_tile, w_tile, acc, input_precision=INPUT_PRECISION)
 
-    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = n < positions
-    image = n // (OH * OW)
-    pixel = n % (OH * OW)
-    ih0 = (pixel // OW) * stride_h - pad_h
-    iw0 = (pixel % OW) * stride_w - pad_w
-    x_image = x + image.to(tl.int64) * sxn
-
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, cols, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = k < cols
-        col = tl.load(col_idx + c0 + k, mask=k_ok, other=0)
-        cin = col // (KH * KW)
-        kh = (col // KW) % KH
-        kw = col % KW
-        ih = ih0[None, :] + (kh * dil_h)[:, None]
-        iw = iw0[None, :] + (kw * dil_w)[:, None]
-        inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        x_tile = tl.load(
-            x_image[None, :] + ((channel0 + cin) * sxc)[:, None] + ih * sxh + iw * sxw,
-            mask=k_ok[:, None] & n_ok[None, :] & inside, other=0.0,
-        )
-        w_tile = tl.load(
-            values + v0 + m[:, None] * cols + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0
-        )
-        acc = tl.dot(w_tile, x_tile, acc, input_precision=INPUT_PRECISION)
-
-    if HAS_BIAS:
-        acc += tl.load(bias + out_rows, mask=m_ok, other=0.0).to(tl.float32)[:, None]
-    if RELU:
-        acc = tl.maximum(acc, 0.0)
-    target = out + image.to(tl.int64)[None, :] * son + (out_rows * soc)[:, None] + pixel[None, :] * sop
-    ok = m_ok[:, None] & n_ok[None, :]
-    if ACCUMULATE:
-        acc += tl.load(target, mask=ok, other=0.0)
-    tl.store(target, acc.to(out.dtype.element_ty), mask=ok)
-
-
-@dataclass(frozen=True)
-class _Schedule:
-    """Blocks split into waves of disjoint rows, and the rows no block covers."""
-
-    waves: list  # [(block ids int32 on the device, most rows of a block in the wave)]
-    uncovered: torch.Tensor  # int64 row indices
-    max_cols: int
-
-
-def _schedule(row_idx: torch.Tensor, block_ptr: torch.Tensor, out_channels: int) -> _Schedule:
-    rows, ptr = row_idx.tolist(), block_ptr.tolist()
-    last_wave = [-1] * out_channels
-    waves: list[list[int]] = []
-    for b in range(len(ptr[0]) - 1):
-        block_rows = rows[ptr[0][b] : ptr[0][b + 1]]
-        wave = 1 + max((last_wave[r] for r in block_rows), default=-1)
-        for r in block_rows:
-            last_wave[r] = wave
-        waves += [[] for _ in range(wave + 1 - len(waves))]
-        waves[wave].append(b)
-    sizes = [ptr[0][b + 1] - ptr[0][b] for b in range(len(ptr[0]) - 1)]
-    device = row_idx.device
-    return _Schedule(
-        waves=[(torch.tensor(w, dtype=torch.int32, device=device), max(sizes[b] for b in w)) for w in waves],
-        uncovered=torch.tensor([r for r, w in enumerate(last_wave) if w < 0], dtype=torch.int64, device=device),
-        max_cols=max((ptr[1][b + 1] - ptr[1][b] for b in range(len(sizes))), default=0),
-    )
+        if HAS_BIAS:
+            rows = tl.load(tile_rows + tile * ROWS + j)
+            acc += tl.load(bias + rows, mask=rows >= 0, other=0.0).to(tl.float32)[None, :]
+        if RELU:
+            acc = tl.maximum(acc, 0.0)
+        # the rows are scattered, so every element needs its own 64-bit address: storing the
+        # tile in two halves keeps half of them live (whole tiles spill)
+        acc = tl.permute(tl.reshape(acc.to(out.dtype.element_ty), (BLOCK_M, 2, ROWS // 2)), (0, 2, 1))
+        first, second = tl.split(acc)
+        at = out + image * son + pixel * sop
+        for part in tl.static_range(2):
+            rows = tl.load(tile_rows + tile * ROWS + part * (ROWS // 2) + tl.arange(0, ROWS // 2))
+            if WIDE:
+                rows = rows.to(tl.int64)
+            tl.store(at[:, None] + (rows * soc)[None, :], first if part == 0 else second,
+                     mask=n_ok[:, None] & (rows >= 0)[None, :])
 
 
 def _input_precision(dtype: torch.dtype) -> str:
@@ -146,58 +156,62 @@ def _input_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 and not tf32 else "tf32"
 
 
-def _run(x, strides, geometry, values, row_idx, col_idx, block_ptr, out_channels, groups, bias, relu,
-         memory_format=torch.contiguous_format):
+def layout(values, row_idx, col_idx, block_ptr, out_channels, in_channels, groups, kernel_area) -> RowTiles:
+    """The pack's row tiles (``row_tiles``), built once per set of packed tensors."""
+    return memoize(
+        "triton row tiles", (values, row_idx, col_idx, block_ptr),
+        lambda: row_tiles.build(values, row_idx, col_idx, block_ptr, out_channels, in_channels,
+                                groups, kernel_area, row_tiles_that_fit(values.dtype)),
+    )
+
+
+def programs(work_items: int, device: torch.device) -> int:
+    """Programs of the persistent launch: every work item under the interpreter, else up to
+    four per SM (the loop strides over the rest)."""
+    if INTERPRETED or device.type != "cuda":
+        return work_items
+    return min(work_items, 4 * torch.cuda.get_device_properties(device).multi_processor_count)
+
+
+def _run(x, strides, geometry, tiles: RowTiles, out_channels, bias, relu, memory_format):
     """The output ``[N, out_channels, OH, OW]`` (in ``memory_format``) of the block convolution
     of ``x``, whose strides are ``strides``."""
     n, c, h, w, kh, kw, stride, padding, dilation = geometry
     oh, ow = block_conv2d_shape((n, c, h, w), out_channels, (kh, kw), stride, padding, dilation)[2:]
-    plan = memoize(
-        "triton schedule", (row_idx, block_ptr), lambda: _schedule(row_idx, block_ptr, out_channels)
-    )
-    fused = len(plan.waves) <= 1
-    out_dtype = x.dtype if fused else torch.float32
-    out = torch.empty((n, out_channels, oh, ow), dtype=out_dtype, device=x.device, memory_format=memory_format)
-    if fused and plan.uncovered.numel():  # rows without blocks: bias (then ReLU) or zeros
-        fill = torch.zeros(plan.uncovered.numel(), dtype=x.dtype, device=x.device)
-        if bias is not None:
-            fill = bias[plan.uncovered].relu() if relu else bias[plan.uncovered]
-        out[:, plan.uncovered] = fill.view(1, -1, 1, 1)
-    elif not fused:
-        out.zero_()
+    out = torch.empty((n, out_channels, oh, ow), dtype=x.dtype, device=x.device, memory_format=memory_format)
     positions = n * oh * ow
-    precision = _input_precision(x.dtype)
-    for i, (blocks, max_rows) in enumerate(plan.waves):
-        if positions == 0:
-            break
-        grid = lambda meta, max_rows=max_rows, count=blocks.numel(): (  # noqa: E731
-            triton.cdiv(positions, meta["BLOCK_N"]), triton.cdiv(max_rows, meta["BLOCK_M"]), count,
-        )
-        _block_conv_kernel[grid](
-            x, values, row_idx, col_idx, block_ptr, blocks, bias if bias is not None else values, out,
-            out_channels, c // groups, out_channels // groups, positions, plan.max_cols,
-            oh, ow, h, w, *strides, out.stride(0), out.stride(1), out.stride(3), block_ptr.shape[1],
-            *stride, *padding, *dilation,
-            KH=kh, KW=kw, HAS_BIAS=fused and bias is not None, RELU=fused and relu,
-            ACCUMULATE=i > 0, INPUT_PRECISION=precision,
-        )
-    if fused:
+    if positions == 0:
         return out
-    if bias is not None:
-        out += bias.to(out.dtype).view(1, -1, 1, 1)
-    return (out.relu_() if relu else out).to(x.dtype)
+    # offsets inside an image (input or output) past int32 need the int64 variant
+    reach = max((c - 1) * strides[1] + (h - 1) * strides[2] + (w - 1) * strides[3],
+                (out_channels - 1) * out.stride(1) + (oh * ow - 1) * out.stride(3))
+    grid = lambda meta: (  # noqa: E731
+        programs(triton.cdiv(positions, meta["BLOCK_M"]) * tiles.num_tiles, x.device),
+    )
+    tile_conv_kernel[grid](
+        x, out, bias if bias is not None else tiles.weights, tiles.tile_rows, tiles.tile_ptr,
+        tiles.taps, tiles.channels, tiles.weights,
+        positions, tiles.num_tiles, c, size_class(positions),
+        oh, ow, h, w, *strides, out.stride(0), out.stride(1), out.stride(3),
+        *stride, *padding, *dilation,
+        KW=kw, WIDE=reach >= 2**31, HAS_BIAS=bias is not None, RELU=relu, CONSECUTIVE=tiles.consecutive,
+        INPUT_PRECISION=_input_precision(x.dtype), ROWS=tiles.rows, K_TILE=K_TILE,
+    )
+    return out
 
 
 def block_conv2d(input, values, row_idx, col_idx, block_ptr, out_channels, kernel_size, stride,
                  padding, dilation, groups, bias, relu):
+    tiles = layout(values, row_idx, col_idx, block_ptr, out_channels, input.shape[1], groups,
+                   kernel_size[0] * kernel_size[1])
     geometry = (*input.shape, *kernel_size, stride, padding, dilation)
-    return _run(input, input.stride(), geometry, values, row_idx, col_idx, block_ptr, out_channels,
-                groups, bias, relu, output_memory_format(input))
+    return _run(input, input.stride(), geometry, tiles, out_channels, bias, relu,
+                output_memory_format(input))
 
 
 def block_linear(input, values, row_idx, col_idx, block_ptr, out_features, bias, relu):
     x = input.reshape(-1, input.shape[-1])
+    tiles = layout(values, row_idx, col_idx, block_ptr, out_features, x.shape[1], 1, 1)
     geometry = (x.shape[0], x.shape[1], 1, 1, 1, 1, (1, 1), (0, 0), (1, 1))
-    out = _run(x, (*x.stride(), 0, 0), geometry, values, row_idx, col_idx, block_ptr, out_features,
-               1, bias, relu)
+    out = _run(x, (*x.stride(), 0, 0), geometry, tiles, out_features, bias, relu, torch.contiguous_format)
     return out.view(block_linear_shape(input.shape, out_features))

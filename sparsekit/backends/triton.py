@@ -3,6 +3,8 @@ CUDA tensors (fp32 strict unless torch's matmul precision allows TF32, bf16, fp1
 tensors under ``TRITON_INTERPRET=1`` (tests). Opt-in: it has not yet passed its tests on a GPU,
 so ``auto`` does not pick it."""
 
+import math
+
 import torch
 
 from . import schema
@@ -20,6 +22,9 @@ if kernels is not None:
 
 
 class TritonBackend(Backend):
+    """Its prepacked layout is ``triton_kernels.row_tiles``, kept beside the packed tensors
+    (``prepack`` builds it ahead of a trace); the ops take the packed tensors."""
+
     name = "triton"
     devices = ("cuda",)
     dtypes = (torch.float32, torch.bfloat16, torch.float16)
@@ -34,6 +39,13 @@ class TritonBackend(Backend):
             return (f"runs on CUDA tensors (on CPU ones only under TRITON_INTERPRET=1), not on "
                     f"{device.type} ones")
         return None
+
+    def prepack(self, packed):
+        if kernels is not None and not torch.compiler.is_compiling():  # the op builds it then
+            kernels.layout(packed.values, packed.row_idx, packed.col_idx, packed.block_ptr,
+                           packed.out_features, packed.in_features, packed.groups,
+                           math.prod(packed.kernel_size))
+        return packed
 
 
 BACKEND = TritonBackend()
