@@ -24,6 +24,10 @@ out="${1:-${OUT:-build/gpu-session}}"
 mkdir -p "$out" build
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}" PYTHONUNBUFFERED=1
 export TRITON_CACHE_DIR="$PWD/build/triton-cache" PYTHONPATH="$PWD/build/site${PYTHONPATH:+:$PYTHONPATH}"
+if [ "$step" = test ] || [ "$step" = bench ]; then
+  python3 -c "import sparsekit.triton_kernels" 2>/dev/null \
+    || { echo "sparsekit is not built on this machine: run the build step first"; exit 1; }
+fi
 case "$step" in
   build)
     nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$out/gpu.txt"

@@ -38,10 +38,12 @@ def precision(expected: torch.Tensor):
 def matching_precision():
     """cuDNN's convolutions in the fp32 precision sparsekit's kernels use: TF32 off while torch's
     float32 matmul precision is "highest" (cuDNN's own switch defaults to TF32 on)."""
-    strict = torch.get_float32_matmul_precision() == "highest"
-    with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled,
-                                    allow_tf32=torch.backends.cudnn.allow_tf32 and not strict):
+    previous = torch.backends.cudnn.allow_tf32  # only this flag: cudnn.flags() resets the others
+    torch.backends.cudnn.allow_tf32 = previous and torch.get_float32_matmul_precision() != "highest"
+    try:
         yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = previous
 
 
 def bound(expected: torch.Tensor, key=None) -> float:

@@ -35,7 +35,8 @@ def test_every_kernel_compiles_without_spills(target, tmp_path):
 
 def test_every_dtype_and_load_path_has_kernels_for_32_rows():
     """The layout only picks heights some config holds; 32 rows must always be one."""
-    for dtype in aot.PRECISIONS:
-        for consecutive in (True, False):
-            assert any(v.rows == 32 and v.consecutive == consecutive and v.dtype == dtype
-                       for v in aot.variants())
+    for dtype, precisions in aot.PRECISIONS.items():
+        for precision in precisions:
+            for consecutive in (True, False):
+                assert any((v.dtype, v.precision, v.rows, v.consecutive) == (dtype, precision, 32, consecutive)
+                           for v in aot.variants())

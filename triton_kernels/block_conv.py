@@ -83,7 +83,7 @@ def size_class(positions: int) -> int:
 
 @triton.autotune(
     configs=INTERPRETER_CONFIGS if INTERPRETED else GPU_CONFIGS,
-    key=["ROWS", "KW", "channels", "size_class", "INPUT_PRECISION", "CONSECUTIVE"],
+    key=["ROWS", "KW", "channels", "size_class", "INPUT_PRECISION", "CONSECUTIVE", "WIDE"],
     prune_configs_by={"early_config_prune": _prune},
 )
 @triton.jit
