@@ -74,7 +74,7 @@ def variants() -> list[Variant]:
 def _source(v: Variant) -> ASTSource:
     fn = block_conv.tile_conv_kernel.fn
     # the WIDE variant serves strides past int32, which the JIT passes as i64
-    wide_ints = {"sxn", "sxc", "sxh", "sxw", "son", "soc", "sop"} if v.wide else set()
+    wide_ints = set(DIVISIBLE + UNIT) if v.wide else set()
     constexprs = {
         "KW": 3, "WIDE": v.wide, "HAS_BIAS": True, "RELU": True, "CONSECUTIVE": v.consecutive,
         "INPUT_PRECISION": v.precision, "ROWS": v.rows, "K_TILE": K_TILE, **v.config.kwargs,

@@ -120,16 +120,13 @@ def tile_conv_kernel(
             at = ih * sxh + iw * sxw
             if CONSECUTIVE:
                 channel = tl.multiple_of(tl.load(channels_of + kt * K_TILE), K_TILE) + k
-                if WIDE:
-                    channel = channel.to(tl.int64)
-                x_tile = tl.load(x_image[:, None] + (at[:, None] + channel[None, :] * sxc),
-                                 mask=inside[:, None], other=0.0)
+                x_ok = inside[:, None]
             else:
                 channel = tl.load(channels_of + kt * K_TILE + k)
-                if WIDE:
-                    channel = channel.to(tl.int64)
-                x_tile = tl.load(x_image[:, None] + (at[:, None] + channel[None, :] * sxc),
-                                 mask=inside[:, None] & (channel >= 0)[None, :], other=0.0)
+                x_ok = inside[:, None] & (channel >= 0)[None, :]
+            if WIDE:
+                channel = channel.to(tl.int64)
+            x_tile = tl.load(x_image[:, None] + (at[:, None] + channel[None, :] * sxc), mask=x_ok, other=0.0)
             w_tile = tl.load(weights + tl.cast(kt, tl.int64) * (K_TILE * ROWS) + k[:, None] * ROWS + j[None, :])
             acc = tl.dot(x_tile, w_tile, acc, input_precision=INPUT_PRECISION)
 
@@ -142,12 +139,12 @@ def tile_conv_kernel(
         # tile in two halves keeps half of them live (whole tiles spill)
         acc = tl.permute(tl.reshape(acc.to(out.dtype.element_ty), (BLOCK_M, 2, ROWS // 2)), (0, 2, 1))
         first, second = tl.split(acc)
-        at = out + image * son + pixel * sop
+        out_at = out + image * son + pixel * sop
         for part in tl.static_range(2):
             rows = tl.load(tile_rows + tile * ROWS + part * (ROWS // 2) + tl.arange(0, ROWS // 2))
             if WIDE:
                 rows = rows.to(tl.int64)
-            tl.store(at[:, None] + (rows * soc)[None, :], first if part == 0 else second,
+            tl.store(out_at[:, None] + (rows * soc)[None, :], first if part == 0 else second,
                      mask=n_ok[:, None] & (rows >= 0)[None, :])
 
 

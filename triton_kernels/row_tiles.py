@@ -39,10 +39,14 @@ class RowTiles:
         return self.tile_rows.shape[0]
 
 
+NO_K_TILES = torch.zeros(0, K_TILE, dtype=torch.long)
+
+
 @dataclass(frozen=True)
 class _Block:
     rows: torch.Tensor  # int64 output rows
-    tile: torch.Tensor  # [rows, cols] weights
+    slot: dict[int, int]  # output row -> its index in rows
+    padded: torch.Tensor  # [rows + 1, cols + 1] weights with a zero row and column appended
     taps: list[int]  # per K-tile
     channels: torch.Tensor  # int64 [ktiles, K_TILE], -1 pads
     columns: torch.Tensor  # int64 [ktiles, K_TILE]: column of the tile, cols (a zero column) pads
@@ -67,9 +71,10 @@ def _blocks(values, row_idx, col_idx, block_ptr, out_channels, in_channels, grou
                 taps.append(t)
                 channels.append(torch.nn.functional.pad(channel[chunk], (0, pad), value=-1))
                 columns.append(torch.nn.functional.pad(chunk, (0, pad), value=cols.numel()))
-        empty = torch.zeros(0, K_TILE, dtype=torch.long)
-        yield _Block(rows, tile, taps, torch.stack(channels) if channels else empty,
-                     torch.stack(columns) if columns else empty)
+        yield _Block(rows, {r: i for i, r in enumerate(rows.tolist())},
+                     torch.nn.functional.pad(tile, (0, 1, 0, 1)), taps,
+                     torch.stack(channels) if channels else NO_K_TILES,
+                     torch.stack(columns) if columns else NO_K_TILES)
 
 
 def _row_order(blocks: list[_Block], out_channels: int) -> list[list[int]]:
@@ -119,7 +124,7 @@ def build(values, row_idx, col_idx, block_ptr, out_channels, in_channels, groups
         for r in block.rows.tolist():
             owners[r].append(b)
     runs = _row_order(blocks, out_channels)
-    consecutive = _consecutive(torch.cat([b.channels for b in blocks] or [torch.zeros(0, K_TILE, dtype=torch.long)]))
+    consecutive = _consecutive(torch.cat([b.channels for b in blocks] + [NO_K_TILES]))
     if rows is None:
         rows = _choose_rows(blocks, runs, owners, [r for r in ROW_TILES if fits(r, consecutive)])
     tile_rows, counts, taps, channels, weights = [], [], [], [], []
@@ -129,22 +134,19 @@ def build(values, row_idx, col_idx, block_ptr, out_channels, in_channels, groups
         for b in _owners(tile, owners):
             block = blocks[b]
             # slot j of the tile -> the block's row index, or its zero row
-            where = {r: i for i, r in enumerate(block.rows.tolist())}
-            slots = torch.tensor([where.get(r, block.rows.numel()) for r in tile_rows[-1]])
-            padded = torch.nn.functional.pad(block.tile, (0, 1, 0, 1))  # the zero row and column
+            slots = torch.tensor([block.slot.get(r, block.rows.numel()) for r in tile_rows[-1]])
             # [rows, ktiles, K_TILE] -> [ktiles, K_TILE, rows]
-            weights.append(padded[slots[:, None, None], block.columns[None]].permute(1, 2, 0))
+            weights.append(block.padded[slots[:, None, None], block.columns[None]].permute(1, 2, 0))
             taps += block.taps
             channels.append(block.channels)
             count += len(block.taps)
         counts.append(count)
-    channels = torch.cat(channels) if channels else torch.zeros(0, K_TILE, dtype=torch.long)
     return RowTiles(
         rows=rows,
         tile_rows=torch.tensor(tile_rows, dtype=torch.int32, device=device).view(-1, rows),
         tile_ptr=torch.tensor([0, *counts], dtype=torch.long).cumsum(0).to(device, torch.int32),
         taps=torch.tensor(taps, dtype=torch.int32, device=device),
-        channels=channels.to(device, torch.int32),
+        channels=torch.cat(channels + [NO_K_TILES]).to(device, torch.int32),
         weights=(torch.cat(weights) if weights else torch.zeros(0, K_TILE, rows, dtype=values.dtype)).to(device),
         consecutive=consecutive,
     )
