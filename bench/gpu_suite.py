@@ -4,16 +4,21 @@ Per layer: the 3x3 convs of ResNet-50 at 224 (batch 64) and VGG-16 at 32x32 (bat
 group-wise (row groups of 32), channel-wise and kernel-wise masks, in bf16 and strict fp32
 (cuDNN with TF32 off as well); block-sparse linears 4096x4096 and 11008x4096 at 80% sparsity
 in 32x32 blocks, batch 2048, bf16, also against ``torch.sparse._triton_ops.bsr_dense_mm`` on
-the same blocks. Each case checks the result against the dense layer before it is timed.
-Times are ``triton.testing.do_bench`` medians (CUDA events; warm-up and autotuning excluded).
+the same blocks. End to end: zoo ResNet-18 and VGG-16-BN at 32x32, batch 64, refilled
+80% masks, compiled with measured plans. Each case checks the result against the dense layer before it is timed.
+Times are ``triton.testing.do_bench`` medians (CUDA events; warm-up and autotuning excluded) of
+each side in NCHW and channels_last, the faster counting; on a GPU each side's faster format is
+timed again replayed from a CUDA graph (``graph``), which leaves out the host's launch cost
+(dense and the Triton kernels: the torch backend and torch's BSR read tables on the host).
 
     python -m bench.gpu_suite            # on a GPU: writes bench/results/gpu-<device>-<date>.json
     python -m bench.gpu_suite --quick    # tiny shapes; without a GPU it runs under
                                          # TRITON_INTERPRET=1 and times on the CPU (a plumbing check)
-    python -m bench.gpu_suite --part bfloat16   # one part: a dtype's convs, or "linear"
+    python -m bench.gpu_suite --part bfloat16   # one part: a dtype's convs, "linear" or "models"
                                                 # (each fits a 10-minute call)
 """
 
+import copy
 import datetime
 import os
 import sys
@@ -28,9 +33,10 @@ if not GPU:  # before triton is imported: the kernels can only run interpreted
 import triton  # noqa: E402
 
 import sparsekit  # noqa: E402
-from sparsekit import backends, timing, tolerance  # noqa: E402
+from sparsekit import backends, timing, tolerance, zoo  # noqa: E402
+from sparsekit.transforms import layerwise_magnitude_masks, refill_masks  # noqa: E402
 
-from .masks import conv_mask  # noqa: E402
+from .masks import conv_mask, flop_limit  # noqa: E402
 from .report import suite_arguments, write_results  # noqa: E402
 
 DEVICE = "cuda" if GPU else "cpu"
@@ -47,12 +53,30 @@ QUICK_DTYPES = ["float32"]
 FULL_LINEARS = [(4096, 4096, 2048), (11008, 4096, 2048)]  # (out, in, batch)
 QUICK_LINEARS = [(64, 64, 16)]
 LINEAR_BLOCK = 32
+# end to end: zoo models at 32x32 with layer-wise L1 masks (first conv and classifier dense)
+# refilled at 80%, compiled with measured plans (``auto``) and checked by compile's verify
+FULL_MODELS = [("resnet18", 64), ("vgg16_bn", 64)]
+QUICK_MODELS = [("wrn32_2", 2)]
+# strict fp32 only: in bf16 the outputs of these randomly initialised models spread across the
+# batch less than bf16's bound (measured on an H200), so compile's check could not fail
+MODEL_DTYPES = ["float32"]
 PRECISIONS = {"float32": torch.float32, "tf32": "tf32", "bfloat16": torch.bfloat16}  # keys of the tolerance table
 GPU_BACKENDS = [b for b in backends.REGISTRY.values() if "cuda" in b.devices and b.benchmarked]
 
 
+FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+# sides that never synchronise with the host, so a graph can hold them (a compiled model on
+# CUDA runs dense layers and the Triton kernels, the only backend ``auto`` takes there)
+GRAPHED = {"dense", "triton", "sparsekit"}
+
+
 def median_ms(fn) -> float:
     return 1e3 * timing.median_seconds(fn, min_run_time=0.2 if GPU else 0.01, device=DEVICE)
+
+
+def graph_ms(fn) -> float:
+    with torch.no_grad():
+        return triton.testing.do_bench_cudagraph(fn, rep=200, return_mode="median")
 
 
 def use_tf32(allowed: bool) -> None:
@@ -61,28 +85,41 @@ def use_tf32(allowed: bool) -> None:
     torch.set_float32_matmul_precision("high" if allowed else "highest")
 
 
-def time_case(record: dict, dense, sides: dict, dtype: str) -> dict:
-    """Checks every side against dense (the one tolerance table), then times all of them; adds
-    ms, ratios, errors and the bound they were held to."""
-    expected = dense()
-    record["bound"] = tolerance.bound(expected, PRECISIONS[dtype])
-    for name, fn in sides.items():
-        error = tolerance.max_error(fn(), expected)
+def time_case(record: dict, dense: dict, sides: dict, dtype: str) -> dict:
+    """Checks every side in every format against dense (the one tolerance table; a model's
+    check is compile's verify, already in ``record``), then times all of them; adds ms per
+    format, the faster format's ms and ratio (and on a GPU its CUDA graph's), errors and the
+    bound they were held to. ``dense``: format -> function; ``sides``: name -> format -> function."""
+    expected = next(iter(dense.values()))()
+    if "bound" not in record:
+        record["bound"] = tolerance.bound(expected, PRECISIONS[dtype])
+    for name, by_format in sides.items():
+        if f"{name}_error" in record:
+            continue
+        error = max(tolerance.max_error(fn(), expected) for fn in by_format.values())
         record[f"{name}_error"] = error
         if not error <= record["bound"]:
             raise AssertionError(f"{record['shape']} {name}: max error {error:.2e} > {record['bound']:.2e}")
-    record["dense_ms"] = median_ms(dense)
-    for name, fn in sides.items():
-        record[f"{name}_ms"] = median_ms(fn)
+    for name, by_format in {"dense": dense, **sides}.items():
+        record[f"{name}_ms_by_format"] = {fmt: median_ms(fn) for fmt, fn in by_format.items()}
+        record[f"{name}_format"] = min(by_format, key=record[f"{name}_ms_by_format"].get)
+        record[f"{name}_ms"] = record[f"{name}_ms_by_format"][record[f"{name}_format"]]
+        if GPU and name in GRAPHED:
+            record[f"{name}_graph_ms"] = graph_ms(by_format[record[f"{name}_format"]])
+    for name in sides:
         record[f"{name}_speedup"] = record["dense_ms"] / record[f"{name}_ms"]
+        if GPU and name in GRAPHED:
+            record[f"{name}_graph_speedup"] = record["dense_graph_ms"] / record[f"{name}_graph_ms"]
     return record
 
 
-def backend_sides(layer_on, packed, x) -> dict:
-    """{backend name: the packed layer on that backend applied to x} for every GPU backend that
-    runs the pack (``layer_on(name)`` builds the layer)."""
+def backend_sides(layer_on, packed, inputs: dict) -> dict:
+    """{backend name: {format: the packed layer on that backend applied to that input}} for
+    every GPU backend that runs the pack (``layer_on(name)`` builds the layer; ``inputs``:
+    format -> input)."""
+    x = next(iter(inputs.values()))
     return {
-        b.name: (lambda layer=layer_on(b.name): layer(x))
+        b.name: {fmt: (lambda layer=layer_on(b.name), x=x: layer(x)) for fmt, x in inputs.items()}
         for b in GPU_BACKENDS if b.problem(x.device, x.dtype, packed) is None
     }
 
@@ -92,6 +129,7 @@ def conv_cases(convs, dtypes, gen):
         for dtype_name in dtypes:
             dtype = torch.float32 if dtype_name == "tf32" else getattr(torch, dtype_name)
             x = torch.randn(batch, channels, size, size, generator=gen).to(DEVICE, dtype)
+            inputs = {fmt: x.contiguous(memory_format=f) for fmt, f in FORMATS.items()}
             for structure, sparsity in MASKS:
                 weight = torch.randn(channels, channels, 3, 3, generator=gen)
                 weight = (weight * conv_mask(structure, channels, sparsity, gen)).to(DEVICE, dtype)
@@ -104,8 +142,10 @@ def conv_cases(convs, dtypes, gen):
                 }
                 layer_on = lambda name, w=weight, p=packed: sparsekit.SparseConv2d.from_weight(  # noqa: E731
                     w, padding=1, backend=name, packed=p)
-                sides = backend_sides(layer_on, packed, x)
-                yield record, (lambda x=x, w=weight: F.conv2d(x, w, None, 1, 1)), sides, dtype_name
+                sides = backend_sides(layer_on, packed, inputs)
+                dense = {fmt: (lambda x=x, w=weight.contiguous(memory_format=FORMATS[fmt]): F.conv2d(x, w, None, 1, 1))
+                         for fmt, x in inputs.items()}
+                yield record, dense, sides, dtype_name
 
 
 def linear_cases(linears, gen):
@@ -120,17 +160,52 @@ def linear_cases(linears, gen):
         packed = sparsekit.pack(weight, structure="group")
         layer_on = lambda name, w=weight, p=packed: sparsekit.SparseLinear.from_weight(  # noqa: E731
             w, backend=name, packed=p)
-        sides = backend_sides(layer_on, packed, x)
+        sides = backend_sides(layer_on, packed, {"rows": x})
         if GPU:  # torch's BSR kernel is Triton compiled for CUDA only
             bsr, x_t = weight.to_sparse_bsr((LINEAR_BLOCK, LINEAR_BLOCK)), x.T.contiguous()
-            sides["bsr"] = lambda b=bsr, xt=x_t: bsr_dense_mm(b, xt).T
+            sides["bsr"] = {"rows": lambda b=bsr, xt=x_t: bsr_dense_mm(b, xt).T}
         record = {
             "kind": "linear", "origin": "block-sparse linear", "shape": [out_features, in_features],
             "input": list(x.shape), "dtype": str(dtype).removeprefix("torch."), "structure": "group",
             "sparsity": round(1 - mask.float().mean().item(), 4), "blocks": packed.num_blocks,
             "bsr_block": LINEAR_BLOCK, "flop_limit": weight.numel() / weight.count_nonzero().item(),
         }
-        yield record, (lambda x=x, w=weight: F.linear(x, w)), sides, record["dtype"]
+        yield record, {"rows": lambda x=x, w=weight: F.linear(x, w)}, sides, record["dtype"]
+
+
+def model_cases(models, dtypes, quick: bool, gen):
+    for name, batch in models:
+        for dtype_name in dtypes:
+            dtype = getattr(torch, dtype_name)
+            model, shape = zoo.create(name).eval(), zoo.INPUT_SHAPES[name]
+            masks = refill_masks(model, layerwise_magnitude_masks(model, 0.8))
+            zoo.calibrate_batchnorm(model, [torch.randn(8, *shape, generator=gen) for _ in range(2)], masks)
+            with torch.no_grad():  # the dense side is the masked model
+                for key, mask in masks.items():
+                    model.get_parameter(key).mul_(mask)
+            model = model.to(DEVICE, dtype)
+            masks = {key: mask.to(DEVICE) for key, mask in masks.items()}
+            x = torch.randn(batch, *shape, generator=gen).to(DEVICE, dtype)
+            inputs = {fmt: x.contiguous(memory_format=f) for fmt, f in FORMATS.items()}
+            dense = {fmt: (lambda m=copy.deepcopy(model).to(memory_format=f), x=inputs[fmt]: m(x))
+                     for fmt, f in FORMATS.items()}
+            compiled = sparsekit.compile(model.to(memory_format=torch.channels_last), masks,
+                                         inputs["channels_last"], measure=not quick)
+            report = compiled.sparsekit_report
+            if not (report.ok and report.discriminating):
+                raise AssertionError(f"{name} {dtype_name}: compile's check failed: {report}")
+            kept = sum(m.sum().item() for m in masks.values()) / sum(m.numel() for m in masks.values())
+            record = {
+                "kind": "model", "origin": f"zoo {name}", "shape": name, "input": list(x.shape),
+                "dtype": dtype_name, "structure": "refill", "sparsity": round(1 - kept, 4),
+                "blocks": sum(l.blocks for l in report.layers), "flop_limit": flop_limit(model, masks, x),
+                "bound": report.bound, "sparsekit_error": report.max_error,
+                "layers": [{"layer": l.name, "structure": l.structure, "backend": l.backend,
+                            "dense_ms": l.dense_ms, "sparse_ms": l.sparse_ms, "macs": l.macs,
+                            "flops_ratio": l.flops_ratio} for l in report.layers],
+            }
+            sides = {"sparsekit": {fmt: (lambda x=x: compiled(x)) for fmt, x in inputs.items()}}
+            yield record, dense, sides, dtype_name
 
 
 def environment(command: str) -> dict:
@@ -143,23 +218,35 @@ def environment(command: str) -> dict:
     }
 
 
-SIDES = [b.name for b in GPU_BACKENDS] + ["bsr"]
+SIDES = [b.name for b in GPU_BACKENDS] + ["bsr", "sparsekit"]
 
 
 def _row(r: dict) -> str:
     cells = [r["kind"], r["origin"], str(r["shape"]), str(r["input"]), r["dtype"], r["structure"],
-             f"{r['sparsity']:.2f}", f"{r['flop_limit']:.2f}x", f"{r['dense_ms']:.3f}"]
+             f"{r['sparsity']:.2f}", f"{r['flop_limit']:.2f}x", _ms(r, "dense")]
     for side in SIDES:
-        cells.append(f"{r[side + '_ms']:.3f} ({r[side + '_speedup']:.2f}x)" if side + "_ms" in r else "")
+        if side + "_ms" not in r:
+            cells.append("")
+            continue
+        graph = f"; graph {r[side + '_graph_speedup']:.2f}x" if side + "_graph_speedup" in r else ""
+        cells.append(f"{_ms(r, side)} ({r[side + '_speedup']:.2f}x{graph})")
     return "| " + " | ".join(cells) + " |"
 
 
+def _ms(r: dict, side: str) -> str:
+    """ms in the faster format (its initial), then the CUDA graph's ms where timed."""
+    graph = f" / {r[side + '_graph_ms']:.3f}" if side + "_graph_ms" in r else ""
+    return f"{r[side + '_ms']:.3f}{graph} {r[side + '_format'][0]}"
+
+
+# ms as "called / graph-replayed format", the format n(chw), c(hannels_last) or r(ows)
 HEADER = ("| kind | layer | shape | input | dtype | mask | sparsity | FLOP limit | dense ms | "
-          + " | ".join(f"backend {b} ms (speedup)" for b in SIDES[:-1]) + " | torch BSR ms (speedup) |\n"
+          + " | ".join(f"backend {b} ms (speedup)" for b in SIDES[:-2])
+          + " | torch BSR ms (speedup) | compiled model ms (speedup) |\n"
           + "| --- " * (9 + len(SIDES)) + "|")
 
 
-PARTS = [*FULL_DTYPES, "linear"]
+PARTS = [*FULL_DTYPES, "linear", "models"]
 
 
 def run(quick: bool, parts=PARTS, seed: int = 0) -> list[dict]:
@@ -169,6 +256,9 @@ def run(quick: bool, parts=PARTS, seed: int = 0) -> list[dict]:
     cases = [conv_cases(QUICK_CONVS if quick else FULL_CONVS, dtypes, gen)]
     if quick or "linear" in parts:
         cases.append(linear_cases(QUICK_LINEARS if quick else FULL_LINEARS, gen))
+    if quick or "models" in parts:
+        cases.append(model_cases(QUICK_MODELS if quick else FULL_MODELS, QUICK_DTYPES if quick else MODEL_DTYPES,
+                                 quick, gen))
     previous = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
     try:
         for record, dense, sides, dtype in (case for group in cases for case in group):

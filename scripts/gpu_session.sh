@@ -6,7 +6,7 @@
 #   bash scripts/gpu_session.sh build [OUT]      # there: installs them into build/site, builds
 #   bash scripts/gpu_session.sh test [OUT]       #   the GPU tests (Triton against fp64 references)
 #   bash scripts/gpu_session.sh bench PART [OUT] #   one part of bench.gpu_suite: bfloat16, float32,
-#                                                #   tf32 or linear
+#                                                #   tf32, linear or models
 #
 # Logs and results go to OUT (default: $OUT, else build/gpu-session). Compiled Triton kernels
 # are cached in build/triton-cache, so later steps on the same machine reuse them.
@@ -19,7 +19,7 @@ if [ "$step" = prepare ]; then
   exit
 fi
 part=""
-if [ "$step" = bench ]; then part="${1:?bench needs a part: bfloat16, float32, tf32 or linear}"; shift; fi
+if [ "$step" = bench ]; then part="${1:?bench needs a part: bfloat16, float32, tf32, linear or models}"; shift; fi
 out="${1:-${OUT:-build/gpu-session}}"
 mkdir -p "$out" build
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}" PYTHONUNBUFFERED=1

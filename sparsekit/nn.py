@@ -26,21 +26,21 @@ DTYPES = {str(d): d for d in (torch.float32, torch.float64, torch.float16, torch
 class _SparseLayer(nn.Module):
     """Buffers and bookkeeping shared by both layers: a dense ``weight`` or the packed tensors."""
 
-    def __init__(self, config: dict, weight_shape: tuple[int, ...]):
+    def __init__(self, config: dict, weight_shape: tuple[int, ...], device=None):
         super().__init__()
         self.config = dict(config)
         self.weight_shape = weight_shape
         dtype = DTYPES[config["dtype"]]
         if self.is_dense:
-            self.register_buffer("weight", torch.empty(weight_shape, dtype=dtype))
+            self.register_buffer("weight", torch.empty(weight_shape, dtype=dtype, device=device))
         else:
             sizes = config["sizes"]
-            self.register_buffer("values", torch.empty(sizes["values"], dtype=dtype))
-            self.register_buffer("row_idx", torch.empty(sizes["row_idx"], dtype=torch.int32))
-            self.register_buffer("col_idx", torch.empty(sizes["col_idx"], dtype=torch.int32))
-            self.register_buffer("block_ptr", torch.empty(3, sizes["blocks"] + 1, dtype=torch.int64))
+            self.register_buffer("values", torch.empty(sizes["values"], dtype=dtype, device=device))
+            self.register_buffer("row_idx", torch.empty(sizes["row_idx"], dtype=torch.int32, device=device))
+            self.register_buffer("col_idx", torch.empty(sizes["col_idx"], dtype=torch.int32, device=device))
+            self.register_buffer("block_ptr", torch.empty(3, sizes["blocks"] + 1, dtype=torch.int64, device=device))
         bias_shape = (weight_shape[0],) if config["bias"] else None
-        self.register_buffer("bias", None if bias_shape is None else torch.empty(bias_shape, dtype=dtype))
+        self.register_buffer("bias", None if bias_shape is None else torch.empty(bias_shape, dtype=dtype, device=device))
         self._prepacked = None
         self.register_load_state_dict_post_hook(_forget_prepacked)
 
@@ -163,10 +163,10 @@ def _pad_amounts(padding, kernel_size, dilation) -> tuple[int, int, int, int]:
 class SparseConv2d(_SparseLayer):
     """Drop-in inference replacement of ``nn.Conv2d`` with a packed (or dense) weight."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, device=None):
         kh, kw = config["kernel_size"]
         shape = (config["out_channels"], config["in_channels"] // config["groups"], kh, kw)
-        super().__init__(config, shape)
+        super().__init__(config, shape, device)
         left, right, top, bottom = config["pad"]
         symmetric = left == right and top == bottom and config["padding_mode"] == "zeros"
         self._padding = (top, left) if symmetric else (0, 0)
@@ -193,7 +193,7 @@ class SparseConv2d(_SparseLayer):
         if not isinstance(padding, str):
             padding = ops.pair(padding, "padding", 0)
         config["pad"] = list(_pad_amounts(padding, kernel_size, config["dilation"]))
-        return cls(config)._fill(weight, bias, packed)
+        return cls(config, weight.device)._fill(weight, bias, packed)
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, **kwargs) -> "SparseConv2d":
@@ -221,8 +221,8 @@ class SparseConv2d(_SparseLayer):
 class SparseLinear(_SparseLayer):
     """Drop-in inference replacement of ``nn.Linear`` with a packed (or dense) weight."""
 
-    def __init__(self, config: dict):
-        super().__init__(config, (config["out_features"], config["in_features"]))
+    def __init__(self, config: dict, device=None):
+        super().__init__(config, (config["out_features"], config["in_features"]), device)
 
     @classmethod
     def from_weight(
@@ -236,7 +236,7 @@ class SparseLinear(_SparseLayer):
             "type": "SparseLinear", "in_features": weight.shape[1],
             "out_features": weight.shape[0], "relu": relu,
         }
-        return cls(config)._fill(weight, bias, packed)
+        return cls(config, weight.device)._fill(weight, bias, packed)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, **kwargs) -> "SparseLinear":

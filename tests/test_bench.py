@@ -35,8 +35,13 @@ def test_gpu_suite_quick_mode_checks_and_times_every_side(tmp_path):
     (json_file,) = tmp_path.glob("gpu-*-quick.json")
     saved = json.loads(json_file.read_text())
     assert {"device", "torch", "triton", "cuda", "date", "command"} <= set(saved["environment"])
-    assert {r["kind"] for r in saved["results"]} == {"conv3x3", "linear"} and len(records) == len(saved["results"])
+    assert {r["kind"] for r in saved["results"]} == {"conv3x3", "linear", "model"}
+    assert len(records) == len(saved["results"])
     for r in saved["results"]:
-        assert r["triton_error"] <= r["bound"] and r["flop_limit"] > 1
-        assert abs(r["triton_speedup"] - r["dense_ms"] / r["triton_ms"]) < 1e-9
+        side = "sparsekit" if r["kind"] == "model" else "triton"  # a model: the compiled one
+        assert r[f"{side}_error"] <= r["bound"] and r["flop_limit"] > 1
+        assert abs(r[f"{side}_speedup"] - r["dense_ms"] / r[f"{side}_ms"]) < 1e-9
+        assert set(r[f"{side}_ms_by_format"]) == ({"rows"} if r["kind"] == "linear" else {"nchw", "channels_last"})
+    (model,) = (r for r in saved["results"] if r["kind"] == "model")
+    assert any(layer["structure"] != "dense" for layer in model["layers"])
     assert any("torch_ms" in r for r in saved["results"])

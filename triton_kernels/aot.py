@@ -77,6 +77,7 @@ def _source(v: Variant) -> ASTSource:
     wide_ints = set(DIVISIBLE + UNIT) if v.wide else set()
     constexprs = {
         "KW": 3, "WIDE": v.wide, "HAS_BIAS": True, "RELU": True, "CONSECUTIVE": v.consecutive,
+        "X_CHANNELS_INNER": True, "OUT_CHANNELS_INNER": True,
         "INPUT_PRECISION": v.precision, "ROWS": v.rows, "K_TILE": K_TILE, **v.config.kwargs,
         **{name: 1 for name in UNIT if not v.wide},
     }

@@ -83,7 +83,8 @@ def size_class(positions: int) -> int:
 
 @triton.autotune(
     configs=INTERPRETER_CONFIGS if INTERPRETED else GPU_CONFIGS,
-    key=["ROWS", "KW", "channels", "size_class", "INPUT_PRECISION", "CONSECUTIVE", "WIDE"],
+    key=["ROWS", "KW", "channels", "size_class", "INPUT_PRECISION", "CONSECUTIVE", "WIDE", "X_CHANNELS_INNER",
+         "OUT_CHANNELS_INNER"],
     prune_configs_by={"early_config_prune": _prune},
 )
 @triton.jit
@@ -93,6 +94,7 @@ def tile_conv_kernel(
     OH, OW, H, W, sxn, sxc, sxh, sxw, son, soc, sop,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     KW: tl.constexpr, WIDE: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, CONSECUTIVE: tl.constexpr,
+    X_CHANNELS_INNER: tl.constexpr, OUT_CHANNELS_INNER: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, ROWS: tl.constexpr, K_TILE: tl.constexpr,
     BLOCK_M: tl.constexpr,
 ):
@@ -126,7 +128,13 @@ def tile_conv_kernel(
                 x_ok = inside[:, None] & (channel >= 0)[None, :]
             if WIDE:
                 channel = channel.to(tl.int64)
-            x_tile = tl.load(x_image[:, None] + (at[:, None] + channel[None, :] * sxc), mask=x_ok, other=0.0)
+            if X_CHANNELS_INNER and not CONSECUTIVE:
+                # gathered channels carry no contiguity the compiler can see, and it then lays
+                # lanes along the first axis: channels first puts a warp on one position's run
+                x_tile = tl.trans(tl.load(x_image[None, :] + (at[None, :] + channel[:, None] * sxc),
+                                          mask=tl.trans(x_ok), other=0.0))
+            else:
+                x_tile = tl.load(x_image[:, None] + (at[:, None] + channel[None, :] * sxc), mask=x_ok, other=0.0)
             w_tile = tl.load(weights + tl.cast(kt, tl.int64) * (K_TILE * ROWS) + k[:, None] * ROWS + j[None, :])
             acc = tl.dot(x_tile, w_tile, acc, input_precision=INPUT_PRECISION)
 
@@ -144,8 +152,12 @@ def tile_conv_kernel(
             rows = tl.load(tile_rows + tile * ROWS + part * (ROWS // 2) + tl.arange(0, ROWS // 2))
             if WIDE:
                 rows = rows.to(tl.int64)
-            tl.store(out_at[:, None] + (rows * soc)[None, :], first if part == 0 else second,
-                     mask=n_ok[:, None] & (rows >= 0)[None, :])
+            half = first if part == 0 else second
+            if OUT_CHANNELS_INNER:  # rows first, as for the gathered input tile
+                tl.store(out_at[None, :] + (rows * soc)[:, None], tl.trans(half),
+                         mask=n_ok[None, :] & (rows >= 0)[:, None])
+            else:
+                tl.store(out_at[:, None] + (rows * soc)[None, :], half, mask=n_ok[:, None] & (rows >= 0)[None, :])
 
 
 def _input_precision(dtype: torch.dtype) -> str:
@@ -192,6 +204,7 @@ def _run(x, strides, geometry, tiles: RowTiles, out_channels, bias, relu, memory
         oh, ow, h, w, *strides, out.stride(0), out.stride(1), out.stride(3),
         *stride, *padding, *dilation,
         KW=kw, WIDE=reach >= 2**31, HAS_BIAS=bias is not None, RELU=relu, CONSECUTIVE=tiles.consecutive,
+        X_CHANNELS_INNER=strides[1] == 1, OUT_CHANNELS_INNER=out.stride(1) == 1,
         INPUT_PRECISION=_input_precision(x.dtype), ROWS=tiles.rows, K_TILE=K_TILE,
     )
     return out

@@ -1,7 +1,7 @@
 """Backend ``"triton"``: the implicit-GEMM Triton kernels of ``sparsekit.triton_kernels`` on
 CUDA tensors (fp32 strict unless torch's matmul precision allows TF32, bf16, fp16), and on CPU
-tensors under ``TRITON_INTERPRET=1`` (tests). Opt-in: it has not yet passed its tests on a GPU,
-so ``auto`` does not pick it."""
+tensors under ``TRITON_INTERPRET=1`` (tests). ``auto`` picks it on CUDA, where it has passed its
+tests (an H200, torch 2.11, Triton 3.6)."""
 
 import math
 
@@ -27,6 +27,7 @@ class TritonBackend(Backend):
 
     name = "triton"
     devices = ("cuda",)
+    auto_on = ("cuda",)
     dtypes = (torch.float32, torch.bfloat16, torch.float16)
     op_prefix = "triton_"
 
