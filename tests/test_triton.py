@@ -119,7 +119,11 @@ def test_row_tiles_hold_the_packed_weight_once(case):
     assert torch.equal(unpack_tiles(tiles, cout, packed.in_features, 9), grouped_dense(packed))
     rows = tiles.tile_rows[tiles.tile_rows >= 0]
     assert sorted(rows.tolist()) == list(range(cout))  # every row in one tile
-    assert tiles.weights.shape == (tiles.taps.numel(), row_tiles.K_TILE, tiles.rows)
+    k_tiles = int(tiles.tile_ptr[-1])
+    assert tiles.weights.shape == (k_tiles, row_tiles.K_TILE, tiles.rows)
+    # the sentinel the kernel may prefetch past a row tile's last K-tile: channels all padding
+    assert tiles.taps.shape == (k_tiles + 1,) and tiles.channels.shape == (k_tiles + 1, row_tiles.K_TILE)
+    assert tiles.channels[-1].eq(-1).all()
 
 
 def test_whole_channel_runs_load_consecutive_channels():

@@ -81,6 +81,33 @@ def size_class(positions: int) -> int:
     return min(12, max(0, (positions - 1).bit_length() - 6))
 
 
+@triton.jit
+def _input_tile(x_image, kt, taps, channels_of, ih0, iw0, n_ok, H, W, sxc, sxh, sxw, dil_h, dil_w,
+                KW: tl.constexpr, WIDE: tl.constexpr, CONSECUTIVE: tl.constexpr,
+                X_CHANNELS_INNER: tl.constexpr, K_TILE: tl.constexpr):
+    """The ``[positions, K_TILE]`` input tile of K-tile ``kt``: its channels at its tap."""
+    k = tl.arange(0, K_TILE)
+    tap = tl.load(taps + kt)
+    ih = ih0 + (tap // KW) * dil_h
+    iw = iw0 + (tap % KW) * dil_w
+    inside = n_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    at = ih * sxh + iw * sxw
+    if CONSECUTIVE:
+        channel = tl.multiple_of(tl.load(channels_of + kt * K_TILE), K_TILE) + k
+        x_ok = inside[:, None]
+    else:
+        channel = tl.load(channels_of + kt * K_TILE + k)
+        x_ok = inside[:, None] & (channel >= 0)[None, :]
+    if WIDE:
+        channel = channel.to(tl.int64)
+    if X_CHANNELS_INNER and not CONSECUTIVE:
+        # gathered channels carry no contiguity the compiler can see, and it then lays lanes
+        # along the first axis: channels first puts a warp on one position's run
+        return tl.trans(tl.load(x_image[None, :] + (at[None, :] + channel[:, None] * sxc),
+                                mask=tl.trans(x_ok), other=0.0))
+    return tl.load(x_image[:, None] + (at[:, None] + channel[None, :] * sxc), mask=x_ok, other=0.0)
+
+
 @triton.autotune(
     configs=INTERPRETER_CONFIGS if INTERPRETED else GPU_CONFIGS,
     key=["ROWS", "KW", "channels", "size_class", "INPUT_PRECISION", "CONSECUTIVE", "WIDE", "X_CHANNELS_INNER",
@@ -114,29 +141,26 @@ def tile_conv_kernel(
         x_image = x + image * sxn
 
         acc = tl.zeros((BLOCK_M, ROWS), dtype=tl.float32)
-        for kt in range(tl.load(tile_ptr + tile), tl.load(tile_ptr + tile + 1)):
-            tap = tl.load(taps + kt)
-            ih = ih0 + (tap // KW) * dil_h
-            iw = iw0 + (tap % KW) * dil_w
-            inside = n_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            at = ih * sxh + iw * sxw
-            if CONSECUTIVE:
-                channel = tl.multiple_of(tl.load(channels_of + kt * K_TILE), K_TILE) + k
-                x_ok = inside[:, None]
-            else:
-                channel = tl.load(channels_of + kt * K_TILE + k)
-                x_ok = inside[:, None] & (channel >= 0)[None, :]
-            if WIDE:
-                channel = channel.to(tl.int64)
-            if X_CHANNELS_INNER and not CONSECUTIVE:
-                # gathered channels carry no contiguity the compiler can see, and it then lays
-                # lanes along the first axis: channels first puts a warp on one position's run
-                x_tile = tl.trans(tl.load(x_image[None, :] + (at[None, :] + channel[:, None] * sxc),
-                                          mask=tl.trans(x_ok), other=0.0))
-            else:
-                x_tile = tl.load(x_image[:, None] + (at[:, None] + channel[None, :] * sxc), mask=x_ok, other=0.0)
-            w_tile = tl.load(weights + tl.cast(kt, tl.int64) * (K_TILE * ROWS) + k[:, None] * ROWS + j[None, :])
-            acc = tl.dot(x_tile, w_tile, acc, input_precision=INPUT_PRECISION)
+        first, last = tl.load(tile_ptr + tile), tl.load(tile_ptr + tile + 1)
+        if CONSECUTIVE or x.dtype.element_ty.primitive_bitwidth > 16:
+            # vector loads, or gathered 4-byte ones: triton pipelines them through shared memory
+            for kt in range(first, last):
+                x_tile = _input_tile(x_image, kt, taps, channels_of, ih0, iw0, n_ok, H, W, sxc, sxh, sxw,
+                                     dil_h, dil_w, KW, WIDE, CONSECUTIVE, X_CHANNELS_INNER, K_TILE)
+                w_tile = tl.load(weights + tl.cast(kt, tl.int64) * (K_TILE * ROWS) + k[:, None] * ROWS + j[None, :])
+                acc = tl.dot(x_tile, w_tile, acc, input_precision=INPUT_PRECISION)
+        else:
+            # gathered 2-byte elements are too narrow for cp.async, so triton would wait for each
+            # tile's loads before its MMA: the next K-tile (past the last, the next row tile's or
+            # the layout's sentinel, unused) is loaded into registers while this one multiplies
+            x_tile = _input_tile(x_image, first, taps, channels_of, ih0, iw0, n_ok, H, W,
+                                 sxc, sxh, sxw, dil_h, dil_w, KW, WIDE, False, X_CHANNELS_INNER, K_TILE)
+            for kt in range(first, last):
+                x_next = _input_tile(x_image, kt + 1, taps, channels_of, ih0, iw0, n_ok, H, W,
+                                     sxc, sxh, sxw, dil_h, dil_w, KW, WIDE, False, X_CHANNELS_INNER, K_TILE)
+                w_tile = tl.load(weights + tl.cast(kt, tl.int64) * (K_TILE * ROWS) + k[:, None] * ROWS + j[None, :])
+                acc = tl.dot(x_tile, w_tile, acc, input_precision=INPUT_PRECISION)
+                x_tile = x_next
 
         if HAS_BIAS:
             rows = tl.load(tile_rows + tile * ROWS + j)

@@ -27,8 +27,10 @@ class RowTiles:
     rows: int  # rows per tile
     tile_rows: torch.Tensor  # int32 [tiles, rows]: output row of each slot, -1 pads
     tile_ptr: torch.Tensor  # int32 [tiles + 1]: K-tiles of tile t are tile_ptr[t]:tile_ptr[t + 1]
-    taps: torch.Tensor  # int32 [ktiles]
-    channels: torch.Tensor  # int32 [ktiles, K_TILE]: input channel, -1 pads
+    # one K-tile more than the tiles hold, a sentinel at tap 0 with every channel -1: the
+    # kernel prefetches the K-tile after each row tile's last
+    taps: torch.Tensor  # int32 [ktiles + 1]
+    channels: torch.Tensor  # int32 [ktiles + 1, K_TILE]: input channel, -1 pads
     weights: torch.Tensor  # [ktiles, K_TILE, rows], the pack's dtype
     # every K-tile reads K_TILE consecutive channels from a multiple of K_TILE: loads then
     # need no channel table and vectorise
@@ -40,6 +42,7 @@ class RowTiles:
 
 
 NO_K_TILES = torch.zeros(0, K_TILE, dtype=torch.long)
+SENTINEL = torch.full((1, K_TILE), -1, dtype=torch.long)
 
 
 @dataclass(frozen=True)
@@ -145,8 +148,8 @@ def build(values, row_idx, col_idx, block_ptr, out_channels, in_channels, groups
         rows=rows,
         tile_rows=torch.tensor(tile_rows, dtype=torch.int32, device=device).view(-1, rows),
         tile_ptr=torch.tensor([0, *counts], dtype=torch.long).cumsum(0).to(device, torch.int32),
-        taps=torch.tensor(taps, dtype=torch.int32, device=device),
-        channels=torch.cat(channels + [NO_K_TILES]).to(device, torch.int32),
+        taps=torch.tensor(taps + [0], dtype=torch.int32, device=device),
+        channels=torch.cat(channels + [SENTINEL]).to(device, torch.int32),
         weights=(torch.cat(weights) if weights else torch.zeros(0, K_TILE, rows, dtype=values.dtype)).to(device),
         consecutive=consecutive,
     )
