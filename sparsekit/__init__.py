@@ -9,7 +9,7 @@ dispatch) -> ``nn`` (SparseConv2d / SparseLinear) -> ``masked_model``, ``recordi
 tolerance table and the one timing helper; ``saving``, ``zoo`` and ``cli`` sit on top.
 """
 
-from . import backends, ops, planners, tolerance, transforms, zoo
+from . import backends, ops, planners, spdy, tolerance, transforms, zoo
 from .api import compile
 from .errors import SparsekitError, SparsekitWarning
 from .formats import PackedWeight, pack, unpack
