@@ -5,7 +5,8 @@ Data flows one way through the package: ``masks`` (collect and check masks) -> `
 registry of ways to run the packed ops, their schemas and kernels) -> ``ops`` (checks and
 dispatch) -> ``nn`` (SparseConv2d / SparseLinear) -> ``masked_model``, ``recording``,
 ``plan_choice`` (what ``compile`` builds from) -> ``verify`` -> ``api`` (``compile``).
-``transforms`` holds the training-time mask transforms; ``tolerance`` and ``timing`` the one
+``transforms`` holds the training-time mask transforms, ``spdy`` the dynamic program that picks
+per-layer sparsity under a time budget; ``tolerance`` and ``timing`` the one
 tolerance table and the one timing helper; ``saving``, ``zoo`` and ``cli`` sit on top.
 """
 

@@ -87,7 +87,7 @@ class _SparseLayer(nn.Module):
         """A twin of this packed layer (same plan, copied buffers) that runs on ``backend``."""
         if self.is_dense or backend not in backends.names():
             raise SparsekitError(f"backend: a {self.backend!r} layer cannot move to {backend!r}")
-        twin = from_config(self.config | {"backend": backend})
+        twin = from_config(self.config | {"backend": backend}, self.values.device)
         twin.load_state_dict(self.state_dict())
         return twin.ready()
 
@@ -261,10 +261,11 @@ def _forget_prepacked(layer: _SparseLayer, incompatible_keys) -> None:
 LAYERS = {"SparseConv2d": SparseConv2d, "SparseLinear": SparseLinear}
 
 
-def from_config(config: dict) -> _SparseLayer:
-    """An empty layer (buffers uninitialised) described by ``config``, ready for a state_dict."""
+def from_config(config: dict, device=None) -> _SparseLayer:
+    """An empty layer (buffers uninitialised, on ``device``) described by ``config``, ready for a
+    state_dict."""
     try:
-        return LAYERS[config["type"]](config)
+        return LAYERS[config["type"]](config, device)
     except (KeyError, TypeError, ValueError) as error:
         raise SparsekitError(f"layer config {config!r} is malformed: {error!r}") from error
 

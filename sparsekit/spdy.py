@@ -4,7 +4,8 @@
 least while the summed time stays within the budget. Time is discretised into ``buckets`` equal
 steps of ``budget / buckets``, each layer's time rounded *up* to whole steps: any choice the
 program accepts therefore keeps the real summed time within the budget, and it is optimal among
-the choices whose rounded times fit (exactly optimal when every time is a whole number of steps).
+the choices whose rounded times fit (exactly optimal when every time is a whole number of steps,
+up to float rounding: a time within a few ulps of a whole number of steps counts as that number).
 """
 
 import math
@@ -49,14 +50,19 @@ def solve(times, costs, budget: float, buckets: int = DEFAULT_BUCKETS) -> list[i
         raise SparsekitError(f"spdy.solve: budget must be a positive number, not {budget!r}")
     budget = limit
     fastest = times.min(dim=1).values.sum().item()
-    # times past the budget all become buckets + 1 steps: never chosen, and no int64 overflow
-    steps = torch.ceil(times * buckets / budget).clamp_(max=buckets + 1).to(torch.int64)
-    if fastest > budget or steps.min(dim=1).values.sum() > buckets:
-        rounding = "" if fastest > budget else (
+    # times in steps, rounded up; a quotient a few ulps off a whole number is that number (0.1 is
+    # a third of 0.3 in 3 buckets). Times past the budget all become buckets + 1 steps: never
+    # chosen, and no int64 overflow
+    quotient = times / budget * buckets
+    whole = quotient.round()
+    quotient = torch.where((quotient - whole).abs() <= 1e-9 * whole.clamp(min=1), whole, quotient)
+    steps = torch.ceil(quotient).clamp_(max=buckets + 1).to(torch.int64)
+    if steps.min(dim=1).values.sum() > buckets:
+        rounding = "" if fastest > budget * (1 + 1e-9) else (
             f"; rounded up to steps of {budget / buckets:.3g}, the fastest levels take more than "
             f"{buckets} steps: pass more buckets")
-        raise SparsekitError(f"spdy.solve: no choice of levels fits the budget {budget:.6g}: the fastest "
-                             f"reachable time is {fastest:.6g}{rounding}")
+        raise SparsekitError(f"spdy.solve: no choice of levels fits the budget {budget:.10g}: the fastest "
+                             f"reachable time is {fastest:.10g}{rounding}")
     layers, levels = times.shape
     # best[b]: least cost of the layers so far whose rounded times sum to exactly b steps
     best = torch.full((buckets + 1,), math.inf, dtype=torch.float64)

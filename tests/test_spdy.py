@@ -71,6 +71,12 @@ def test_levels_far_past_the_budget_are_never_chosen():
     assert spdy.solve([[1e300, 1.0], [2.0, 1e30]], [[0.0, 5.0], [0.0, 0.0]], 4.0) == [1, 0]
 
 
+def test_times_a_rounding_error_off_whole_steps_count_as_whole_steps():
+    assert spdy.solve([[0.1]] * 3, [[0.0]] * 3, 0.3, buckets=3) == [0, 0, 0]
+    assert spdy.solve([[7.406]], [[0.0]], 7.406, buckets=100) == [0]
+    assert spdy.solve([[1e305]], [[0.0]], 1e308) == [0]  # no overflow on the way to steps
+
+
 def test_too_few_buckets_for_the_fastest_levels_say_so():
     with pytest.raises(SparsekitError, match="fastest reachable time is 2.*pass more buckets"):
         spdy.solve([[1.0], [1.0]], [[0.0], [0.0]], 2.0, buckets=3)  # each 1.0 takes 2 steps of 2/3

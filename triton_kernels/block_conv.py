@@ -170,13 +170,13 @@ def tile_conv_kernel(
         # the rows are scattered, so every element needs its own 64-bit address: storing the
         # tile in two halves keeps half of them live (whole tiles spill)
         acc = tl.permute(tl.reshape(acc.to(out.dtype.element_ty), (BLOCK_M, 2, ROWS // 2)), (0, 2, 1))
-        first, second = tl.split(acc)
+        left, right = tl.split(acc)
         out_at = out + image * son + pixel * sop
         for part in tl.static_range(2):
             rows = tl.load(tile_rows + tile * ROWS + part * (ROWS // 2) + tl.arange(0, ROWS // 2))
             if WIDE:
                 rows = rows.to(tl.int64)
-            half = first if part == 0 else second
+            half = left if part == 0 else right
             if OUT_CHANNELS_INNER:  # rows first, as for the gathered input tile
                 tl.store(out_at[None, :] + (rows * soc)[:, None], tl.trans(half),
                          mask=n_ok[None, :] & (rows >= 0)[:, None])
