@@ -224,6 +224,16 @@ def test_traces_under_torch_compile():
     assert torch.equal(compiled(x), f(x))
 
 
+@pytest.mark.skipif(not GPU, reason="a layer's device matters where the weight is not on the CPU")
+def test_layers_and_their_twins_live_on_the_weights_device():
+    weight = torch.randn(8, 8, 3, 3, device=DEVICE) * (torch.rand(8, 8, 3, 3, device=DEVICE) < 0.3)
+    layer = sparsekit.SparseConv2d.from_weight(weight, padding=1, backend="triton")
+    twin = layer.with_backend("reference")
+    assert all(t.device == weight.device for t in [*layer.buffers(), *twin.buffers()])
+    x = torch.randn(2, 8, 5, 5, device=DEVICE)
+    assert torch.allclose(layer(x), twin(x), atol=1e-3, rtol=1e-3)
+
+
 def test_compile_with_the_triton_backend_is_verified():
     model = nn.Sequential(
         nn.Conv2d(3, 256, 3, padding=1), nn.BatchNorm2d(256), nn.ReLU(), nn.Conv2d(256, 256, 3),

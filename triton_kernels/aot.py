@@ -8,10 +8,10 @@ ship with triton), with each cubin's registers, shared memory and spills.
 It needs a process without ``TRITON_INTERPRET=1``, under which triton's own functions are
 interpreted ones.
 
-The arguments are specialised as the JIT specialises a channels_last launch whose sizes are
-multiples of 16: pointers and the strides of images, rows and pixels divisible by 16, the
-channel stride 1, a 3x3 kernel with bias and ReLU (NCHW strides, 1x1 kernels and the
-other flags are not compiled separately here).
+The arguments are specialised as the JIT specialises a launch whose sizes are multiples of 16:
+pointers and the strides of images, rows and pixels divisible by 16, a 3x3 kernel with bias and
+ReLU; channels_last (channel stride 1, tiles loaded channels first) and NCHW (pixel stride 1)
+each (1x1 kernels and the other flags are not compiled separately here).
 """
 
 import argparse
@@ -38,8 +38,9 @@ SHARED_LIMIT = {90: 227 * 1024, 80: 163 * 1024}
 PRECISIONS = {"fp32": ("ieee", "tf32"), "bf16": ("tf32",), "fp16": ("tf32",)}
 POINTERS = ("x", "out", "bias", "weights")
 TABLES = ("tile_rows", "tile_ptr", "taps", "channels_of")
-DIVISIBLE = ("sxn", "sxh", "sxw", "son", "sop")
-UNIT = ("sxc", "soc")  # channels_last: channels are contiguous
+# the strides that are 1 (channels contiguous, or pixels) and those divisible by 16, per layout
+UNIT = {True: ("sxc", "soc"), False: ("sxw", "sop")}
+DIVISIBLE = {True: ("sxn", "sxh", "sxw", "son", "sop"), False: ("sxn", "sxc", "sxh", "son", "soc")}
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Variant:
     rows: int
     consecutive: bool
     wide: bool  # int64 offsets inside images
+    channels_inner: bool  # channels_last input and output, else NCHW
     config: triton.Config
 
     @property
@@ -56,30 +58,33 @@ class Variant:
         c = self.config
         path = "consecutive" if self.consecutive else "gathered"
         return (f"{self.dtype}-{self.precision}-rows{self.rows}-{path}-m{c.kwargs['BLOCK_M']}"
-                f"-w{c.num_warps}-s{c.num_stages}{'-wide' if self.wide else ''}")
+                f"-w{c.num_warps}-s{c.num_stages}{'-wide' if self.wide else ''}"
+                f"{'' if self.channels_inner else '-nchw'}")
 
 
 def variants() -> list[Variant]:
     """Every kernel the autotuner may launch: configs that fit the row-tile height."""
     return [
-        Variant(dtype, precision, rows, consecutive, wide, config)
+        Variant(dtype, precision, rows, consecutive, wide, channels_inner, config)
         for dtype, precisions in PRECISIONS.items() for precision in precisions
         for rows in ROW_TILES for consecutive in (True, False)
         for config in block_conv.GPU_CONFIGS
         if block_conv.fits(config, rows, consecutive, precision == "ieee")
         for wide in (False, True) if block_conv.serves_wide(config) or not wide
+        for channels_inner in (True, False)
     ]
 
 
 def _source(v: Variant) -> ASTSource:
     fn = block_conv.tile_conv_kernel.fn
+    unit, divisible_strides = UNIT[v.channels_inner], DIVISIBLE[v.channels_inner]
     # the WIDE variant serves strides past int32, which the JIT passes as i64
-    wide_ints = set(DIVISIBLE + UNIT) if v.wide else set()
+    wide_ints = set(divisible_strides + unit) if v.wide else set()
     constexprs = {
         "KW": 3, "WIDE": v.wide, "HAS_BIAS": True, "RELU": True, "CONSECUTIVE": v.consecutive,
-        "X_CHANNELS_INNER": True, "OUT_CHANNELS_INNER": True,
+        "X_CHANNELS_INNER": v.channels_inner, "OUT_CHANNELS_INNER": v.channels_inner,
         "INPUT_PRECISION": v.precision, "ROWS": v.rows, "K_TILE": K_TILE, **v.config.kwargs,
-        **{name: 1 for name in UNIT if not v.wide},
+        **{name: 1 for name in unit if not v.wide},
     }
     signature = {}
     for name in fn.arg_names:
@@ -91,7 +96,7 @@ def _source(v: Variant) -> ASTSource:
             signature[name] = "*i32"
         else:
             signature[name] = "i64" if name in wide_ints else "i32"
-    divisible = set(POINTERS + TABLES + DIVISIBLE)
+    divisible = set(POINTERS + TABLES + divisible_strides)
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names) if name in divisible}
     return ASTSource(fn, signature, constexprs, attrs)
 
@@ -145,10 +150,10 @@ def main(argv=None) -> int:
     jobs = [(t, v) for t in args.target or TARGETS for v in variants()]
     with ProcessPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(_compile_job, jobs))
-    print(f"{'target':8} {'kernel':44} {'regs':>5} {'spill':>6} {'shared':>8}")
+    print(f"{'target':8} {'kernel':50} {'regs':>5} {'spill':>6} {'shared':>8}")
     for r in rows:
         flag = "" if r["fits"] else "  DOES NOT FIT"
-        print(f"{r['target']:8} {r['kernel']:44} {r['registers']:5} {r['spill_bytes']:6} {r['shared_bytes']:8}{flag}")
+        print(f"{r['target']:8} {r['kernel']:50} {r['registers']:5} {r['spill_bytes']:6} {r['shared_bytes']:8}{flag}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
