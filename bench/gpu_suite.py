@@ -10,8 +10,8 @@ Times are ``triton.testing.do_bench`` medians (CUDA events; warm-up and autotuni
 each side in NCHW and channels_last, the faster counting (do_bench clears the L2 cache before
 each call); on a GPU each side is timed again replayed from a CUDA graph (``graph``, its own
 faster format), which leaves out the host's launch cost and runs the calls back to back, so
-weights and inputs that fit the L2 stay there (dense and the Triton kernels: the torch backend
-and torch's BSR read tables on the host).
+weights and inputs that fit the L2 stay there (dense and the backends marked ``graph_safe``: the
+torch backend and torch's BSR read tables on the host).
 
     python -m bench.gpu_suite            # on a GPU: writes bench/results/gpu-<device>-<date>.json
     python -m bench.gpu_suite --quick    # tiny shapes; without a GPU it runs under
@@ -68,9 +68,10 @@ GPU_BACKENDS = [b for b in backends.REGISTRY.values() if "cuda" in b.devices and
 
 
 FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
-# sides that never synchronise with the host, so a graph can hold them (a compiled model on
-# CUDA runs dense layers and the Triton kernels, the only backend ``auto`` takes there)
-GRAPHED = {"dense", "triton", "sparsekit"}
+# sides a CUDA graph can hold: dense, the backends that never wait on the host, and a compiled
+# model when every backend ``auto`` may give it on CUDA is one of those
+GRAPHED = {"dense"} | {b.name for b in GPU_BACKENDS if b.graph_safe} | (
+    {"sparsekit"} if all(b.graph_safe for b in backends.REGISTRY.values() if "cuda" in b.auto_on) else set())
 
 
 def median_ms(fn) -> float:

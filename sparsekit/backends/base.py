@@ -20,6 +20,8 @@ class Backend:
     # hardware; on any other device it runs only when asked for by name
     auto_on: tuple[str, ...] = ()
     benchmarked = True  # whether the bench suites time it against dense
+    # whether its ops never wait on the host (no reading of tables there), so a CUDA graph can hold them
+    graph_safe = False
     op_prefix: str = ""
     unsupported_reason = ""  # what supports() asks of a pack, for error messages
 

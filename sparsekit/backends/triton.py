@@ -28,6 +28,7 @@ class TritonBackend(Backend):
     name = "triton"
     devices = ("cuda",)
     auto_on = ("cuda",)
+    graph_safe = True
     dtypes = (torch.float32, torch.bfloat16, torch.float16)
     op_prefix = "triton_"
 
