@@ -237,6 +237,30 @@ def test_cpu_exact_position_kernel_runs_at_exact_positions():
     assert_matches(y, expected_conv(x, packed, None, 1, 1, 1, False), torch.float32)
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("kept", ["channels", "kernels"])
+def test_cpu_exact_position_kernel_in_bf16(kept, memory_format):
+    """bf16 on the exact-position kernel, which multiplies bf16 columns two at a time where the
+    CPU can (AVX512-BF16): whole input channels (pairs of adjacent channels), or 3x3 kernels of
+    scattered channels, an odd number of them (pairs of others, a lone column)."""
+    from sparsekit.backends import cpu
+
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(48, 21, 3, 3, generator=gen)
+    if kept == "channels":
+        weight[:, 5:12] = 0
+    else:
+        for rows in torch.arange(48).split(24):
+            weight[rows[:, None], torch.randperm(21, generator=gen)[:8]] = 0  # 13 kept
+    packed = pack(weight.bfloat16(), structure="kernel")
+    bias = torch.randn(48, generator=gen).bfloat16()
+    x = torch.randn(3, 21, 6, 7, generator=gen).bfloat16().contiguous(memory_format=memory_format)
+    with cpu.phase_profile() as totals:
+        y = ops.block_conv2d(x, packed, bias, padding=1, relu=True)
+    assert totals["tap_calls"] == 1
+    assert_matches(y, expected_conv(x, packed, bias, 1, 1, 1, True), torch.bfloat16)
+
+
 def planes_kernel_conv(out_channels=48, in_channels=16, gen=None):
     """An unstructured 3x3 conv (lone rows), which runs on the planes kernel."""
     weight = torch.randn(out_channels, in_channels, 3, 3, generator=gen)

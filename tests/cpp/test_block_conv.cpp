@@ -9,6 +9,7 @@
 
 #include "common/block_params.h"
 #include "cpu/kernels/block_conv.h"
+#include "cpu/kernels/elements.h"
 #include "cpu/kernels/tap_conv.h"
 
 using namespace sparsekit;
@@ -26,16 +27,20 @@ struct Packed {
   std::vector<float> values;
 };
 
-// Random blocks inside each group; blocks may share rows (their sums must add up).
+// Random blocks inside each group; blocks may share rows (their sums must add up), or have
+// the same rows (one row group, with columns both blocks have).
 Packed random_blocks(const Case& c, std::mt19937& rng) {
   const int64_t rpg = c.K / c.groups, cols = (c.C / c.groups) * c.KH * c.KW;
   std::vector<int64_t> row_ptr{0}, col_ptr{0}, val_ptr{0};
   Packed p;
   std::uniform_real_distribution<float> u(-1.f, 1.f);
   for (int64_t g = 0; g < c.groups; ++g)
-    for (int blk = 0; blk < 2; ++blk) {
-      for (int64_t r = 0; r < rpg; ++r)
-        if (rng() % 3 != 0) p.rows.push_back(int32_t(g * rpg + r));
+    for (int blk = 0, kept = 0; blk < 2; ++blk) {
+      if (kept == 1 && rng() % 2 == 0)  // the group's first block's rows again
+        p.rows.insert(p.rows.end(), p.rows.begin() + row_ptr.end()[-2], p.rows.end());
+      else
+        for (int64_t r = 0; r < rpg; ++r)
+          if (rng() % 3 != 0) p.rows.push_back(int32_t(g * rpg + r));
       for (int64_t k = 0; k < cols; ++k)
         if (rng() % 2 != 0) p.cols.push_back(int32_t(k));
       const int64_t nr = int64_t(p.rows.size()) - row_ptr.back();
@@ -46,6 +51,7 @@ Packed random_blocks(const Case& c, std::mt19937& rng) {
         continue;
       }
       for (int64_t i = 0; i < nr * nc; ++i) p.values.push_back(u(rng));
+      ++kept;
       row_ptr.push_back(int64_t(p.rows.size()));
       col_ptr.push_back(int64_t(p.cols.size()));
       val_ptr.push_back(int64_t(p.values.size()));
@@ -74,8 +80,21 @@ std::unique_ptr<Kernel> make_kernel(const BlockConvParams& p,
   return std::make_unique<Kernel>(p, *weights);
 }
 
-template <typename Kernel>
+// Values rounded to bf16 (the kernel's operands in bf16 runs), and their bits.
+std::vector<uint16_t> to_bf16(std::vector<float>& values) {
+  std::vector<uint16_t> bits(values.size());
+  for (size_t i = 0; i < values.size(); ++i) {
+    bits[i] = cpu::from_float<uint16_t>(values[i]);
+    values[i] = cpu::to_float(bits[i]);
+  }
+  return bits;
+}
+
+// Kernel on a random case in fp32 or bf16 (T: uint16_t), against a direct convolution in
+// double of the same (rounded) operands; bf16 outputs are allowed their rounding.
+template <typename Kernel, typename T = float>
 int run_case(const char* kernel, const Case& c, unsigned seed) {
+  constexpr bool bf16 = std::is_same_v<T, uint16_t>;
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> u(-1.f, 1.f);
   const int64_t OH = (c.H + 2 * c.pad - c.dil * (c.KH - 1) - 1) / c.stride + 1;
@@ -86,6 +105,8 @@ int run_case(const char* kernel, const Case& c, unsigned seed) {
   for (float& v : bias) v = u(rng);
   Packed pk = random_blocks(c, rng);
   const int64_t nb = int64_t(pk.ptr.size()) / 3 - 1;
+  std::vector<uint16_t> x_bits, bias_bits, value_bits, y_bits(bf16 ? y.size() : 0);
+  if constexpr (bf16) x_bits = to_bf16(x), bias_bits = to_bf16(bias), value_bits = to_bf16(pk.values);
 
   // Dense weight [K, cols] summed from the blocks.
   std::vector<float> w(c.K * cols, 0.f);
@@ -108,7 +129,7 @@ int run_case(const char* kernel, const Case& c, unsigned seed) {
     std::printf("FAIL: valid blocks rejected: %s\n", err);
     return 1;
   }
-  p.input = x.data();
+  p.input = bf16 ? static_cast<const void*>(x_bits.data()) : x.data();
   const int64_t nchw_in[4] = {c.C * c.H * c.W, c.H * c.W, c.W, 1};
   const int64_t nhwc_in[4] = {c.C * c.H * c.W, 1, c.W * c.C, c.C};
   const int64_t nchw_out[4] = {c.K * OH * OW, OH * OW, OW, 1};
@@ -117,10 +138,10 @@ int run_case(const char* kernel, const Case& c, unsigned seed) {
   const int64_t* out_stride = c.channels_last ? nhwc_out : nchw_out;
   std::memcpy(p.in_stride, in_stride, sizeof(p.in_stride));
   std::memcpy(p.out_stride, out_stride, sizeof(p.out_stride));
-  p.output = y.data();
-  p.values = pk.values.data();
-  p.bias = c.bias ? bias.data() : nullptr;
-  p.dtype = DType::Float32;
+  p.output = bf16 ? static_cast<void*>(y_bits.data()) : y.data();
+  p.values = bf16 ? static_cast<const void*>(value_bits.data()) : pk.values.data();
+  p.bias = !c.bias ? nullptr : bf16 ? static_cast<const void*>(bias_bits.data()) : bias.data();
+  p.dtype = bf16 ? DType::BFloat16 : DType::Float32;
   p.relu = c.relu;
   std::unique_ptr<WeightsOf<Kernel>> weights;
   auto conv = make_kernel<Kernel>(p, weights);
@@ -130,15 +151,20 @@ int run_case(const char* kernel, const Case& c, unsigned seed) {
   conv->run_tiles(0, tiles / 2);
   conv->run_tiles(tiles / 2, tiles);
 
+  if constexpr (bf16)
+    for (size_t i = 0; i < y.size(); ++i) y[i] = cpu::to_float(y_bits[i]);
+
   // The rows split into sets (as a call with few tiles runs): the same bits.
   std::vector<float> y_split(y.size(), NAN);
-  p.output = y_split.data();
+  p.output = bf16 ? static_cast<void*>(y_bits.data()) : y_split.data();
   std::unique_ptr<WeightsOf<Kernel>> split_weights;
   auto split = make_kernel<Kernel>(p, split_weights);
   const int64_t parts = split->split_rows(3), items = split->num_tiles() * parts;
   split->pack(0, units);
   split->run_tiles(0, items / 2);
   split->run_tiles(items / 2, items);
+  if constexpr (bf16)
+    for (size_t i = 0; i < y.size(); ++i) y_split[i] = cpu::to_float(y_bits[i]);
   const bool same = std::memcmp(y.data(), y_split.data(), y.size() * sizeof(float)) == 0;
 
   double max_err = 0;
@@ -161,14 +187,16 @@ int run_case(const char* kernel, const Case& c, unsigned seed) {
           if (c.relu && acc < 0) acc = 0;
           const double got =
               y[n * out_stride[0] + k * out_stride[1] + oh * out_stride[2] + ow * out_stride[3]];
-          max_err = std::fmax(max_err, std::fabs(got - acc));  // NaN (unwritten) stays NaN
+          // beyond a bf16 output's rounding (at most 2^-9 relative; 2^-8 allowed)
+          const double err = std::fabs(got - acc) - (bf16 ? std::fabs(acc) / 256 : 0);
+          max_err = std::fmax(max_err, err);  // NaN (unwritten) stays NaN
           if (std::isnan(got)) max_err = INFINITY;
         }
   const bool ok = max_err <= 1e-4 && same;
-  std::printf("%s%s %s%s N=%lld C=%lld K=%lld %lldx%lld k=%lldx%lld s=%lld p=%lld d=%lld g=%lld: "
+  std::printf("%s%s %s%s%s N=%lld C=%lld K=%lld %lldx%lld k=%lldx%lld s=%lld p=%lld d=%lld g=%lld: "
               "%lld blocks in %lld row sets, max err %.3g\n",
               ok ? "ok  " : "FAIL", same ? "" : " (split rows differ)", kernel,
-              c.channels_last ? " channels_last" : "", (long long)c.N, (long long)c.C, (long long)c.K,
+              bf16 ? " bf16" : "", c.channels_last ? " channels_last" : "", (long long)c.N, (long long)c.C, (long long)c.K,
               (long long)c.H, (long long)c.W, (long long)c.KH, (long long)c.KW,
               (long long)c.stride, (long long)c.pad, (long long)c.dil, (long long)c.groups,
               (long long)nb, (long long)parts, max_err);
@@ -223,8 +251,9 @@ int main() {
   unsigned seed = 1;
   for (const Case& c : cases) {
     failures += run_case<cpu::BlockConv>("planes", c, seed);
-    failures += run_case<cpu::TapConv>("taps  ", c, seed++);
-    runs += 2;
+    failures += run_case<cpu::TapConv>("taps  ", c, seed);
+    failures += run_case<cpu::TapConv, uint16_t>("taps  ", c, seed++);  // bf16 pairs, where the CPU has them
+    runs += 3;
   }
   std::printf("%d passed, %d failed\n", runs - failures, failures);
   return failures == 0 ? 0 : 1;

@@ -1,7 +1,11 @@
 #include "tap_conv.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <chrono>
+#include <numeric>
+#include <type_traits>
 
 #include "elements.h"
 
@@ -18,7 +22,7 @@ constexpr int64_t kChunkRows = 4 * kPanelRows;  // the most rows one pass holds
 struct TileTaps {
   int64_t count = 0;
   int32_t tap[64 * 64];
-  const float* const* ptr;  // [count][TP]: where position p reads tap tap[i] (channel 0)
+  const char* const* ptr;  // [count][TP]: where position p reads tap tap[i] (channel 0)
 };
 
 template <int NP, int P>
@@ -30,7 +34,7 @@ inline __attribute__((always_inline)) void micro(const TapPanels& g, const float
   for (int64_t i = 0; i < tt.count; ++i) {
     const int32_t t = tt.tap[i], k0 = g.tap_start[t], k1 = g.tap_start[t + 1];
     const float* x[P];
-    for (int p = 0; p < P; ++p) x[p] = tt.ptr[i * TP + p0 + p];
+    for (int p = 0; p < P; ++p) x[p] = reinterpret_cast<const float*>(tt.ptr[i * TP + p0 + p]);
     for (int32_t k = k0; k < k1; ++k) {
       const int64_t ch = g.channel[k];
       const vec16* wk = reinterpret_cast<const vec16*>(w + int64_t(k) * NP * kPanelRows);
@@ -64,6 +68,127 @@ void chunk_tile(const TapPanels& g, const TapChunk& chunk, const float* panels,
     case 3: return passes<3, 8>(g, w, tt, res);
     default: return passes<4, 6>(g, w, tt, res);
   }
+}
+
+// ---- the same for bf16 column pairs (vdpbf16ps): each lane multiplies its row's two weights
+// of a pair by the pair's two input elements, broadcast as one 32-bit value ----
+
+#define SPARSEKIT_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vbmi2,avx512bf16")))
+
+// What a position's input x gives a pair of channels ch[0], ch[1]: both in one 32-bit lane
+// (ch[0] low), broadcast. Adjacent channels are one load; two others, ch[0] > ch[1], two loads
+// shifted together (x[ch[0]] is the high half of x[ch[0] - 1 .. ch[0]]); a lone column's low
+// half alone.
+inline uint32_t load32(const uint16_t* x) {
+  uint32_t v;
+  std::memcpy(&v, x, 4);
+  return v;
+}
+struct AdjacentPair {
+  SPARSEKIT_BF16_TARGET __m512i operator()(const uint16_t* x, const int32_t* ch) const {
+    return _mm512_set1_epi32(int(load32(x + ch[0])));
+  }
+};
+struct SplitPair {
+  SPARSEKIT_BF16_TARGET __m512i operator()(const uint16_t* x, const int32_t* ch) const {
+    return _mm512_shldi_epi32(_mm512_set1_epi32(int(load32(x + ch[1]))),
+                              _mm512_set1_epi32(int(load32(x + ch[0] - 1))), 16);
+  }
+};
+struct LoneColumn {
+  SPARSEKIT_BF16_TARGET __m512i operator()(const uint16_t* x, const int32_t* ch) const {
+    return _mm512_set1_epi32(int(x[ch[0]]));
+  }
+};
+
+// Pairs [k0, k1) of one tap into c.
+template <int NP, int P, typename Read>
+SPARSEKIT_BF16_TARGET inline __attribute__((always_inline)) void pair_run(
+    int32_t k0, int32_t k1, const int32_t* channels, const float* w, const uint16_t* const* x,
+    __m512 (&c)[NP][P]) {
+  for (int32_t k = k0; k < k1; ++k) {
+    const float* wk = w + int64_t(k) * NP * kPanelRows;
+    __m512bh wv[NP];
+    for (int j = 0; j < NP; ++j) wv[j] = (__m512bh)_mm512_load_si512(wk + j * kPanelRows);
+    for (int p = 0; p < P; ++p) {
+      const __m512bh b = (__m512bh)Read()(x[p], channels + 2 * k);
+      for (int j = 0; j < NP; ++j) c[j][p] = _mm512_dpbf16_ps(c[j][p], wv[j], b);
+    }
+  }
+}
+
+template <int NP, int P>
+SPARSEKIT_BF16_TARGET inline __attribute__((always_inline)) void micro_pairs(
+    const TapPanels& g, const float* w, const TileTaps& tt, int64_t p0, float* res) {
+  __m512 c[NP][P];
+  for (int j = 0; j < NP; ++j)
+    for (int p = 0; p < P; ++p) c[j][p] = _mm512_setzero_ps();
+  const int32_t* channels = g.pair_channel.data();
+  for (int64_t i = 0; i < tt.count; ++i) {
+    const int32_t t = tt.tap[i];
+    const uint16_t* x[P];
+    for (int p = 0; p < P; ++p) x[p] = reinterpret_cast<const uint16_t*>(tt.ptr[i * TP + p0 + p]);
+    pair_run<NP, P, AdjacentPair>(g.pair_start[t], g.pair_split[t], channels, w, x, c);
+    pair_run<NP, P, SplitPair>(g.pair_split[t], g.pair_lone[t], channels, w, x, c);
+    pair_run<NP, P, LoneColumn>(g.pair_lone[t], g.pair_start[t + 1], channels, w, x, c);
+  }
+  for (int p = 0; p < P; ++p)
+    for (int j = 0; j < NP; ++j)
+      _mm512_store_ps(res + (p0 + p) * kChunkRows + j * kPanelRows, c[j][p]);
+}
+
+template <int NP, int P>
+SPARSEKIT_BF16_TARGET void pair_passes(const TapPanels& g, const float* w, const TileTaps& tt,
+                                       float* res) {
+  for (int64_t p0 = 0; p0 < TP; p0 += P) micro_pairs<NP, P>(g, w, tt, p0, res);
+}
+
+void chunk_tile_pairs(const TapPanels& g, const TapChunk& chunk, const float* panels,
+                      const TileTaps& tt, float* res) {
+  const float* w = panels + chunk.offset;
+  switch (chunk.panels) {
+    case 1: return pair_passes<1, 12>(g, w, tt, res);
+    case 2: return pair_passes<2, 12>(g, w, tt, res);
+    case 3: return pair_passes<3, 8>(g, w, tt, res);
+    default: return pair_passes<4, 6>(g, w, tt, res);
+  }
+}
+
+bool has_pair_isa() {
+  static const bool has =
+      __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vbmi2");
+  return has;
+}
+
+// A tap's columns [k0, k1) into pairs (see TapPanels): adjacent channels, then the others two
+// by two (the higher channel low), then lone columns (an odd one out, and columns of a channel
+// seen twice, which blocks sharing rows may have).
+void pair_tap(TapPanels& pn, int32_t k0, int32_t k1) {
+  std::vector<int32_t> order(k1 - k0), rest, lone;
+  std::iota(order.begin(), order.end(), k0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int32_t a, int32_t b) { return pn.channel[a] < pn.channel[b]; });
+  const auto add = [&](int32_t low, int32_t high) {
+    pn.pair_column.insert(pn.pair_column.end(), {low, high});
+    pn.pair_channel.insert(pn.pair_channel.end(),
+                           {pn.channel[low], pn.channel[high < 0 ? low : high]});
+  };
+  pn.pair_start.push_back(int32_t(pn.pair_column.size() / 2));
+  for (size_t i = 0; i < order.size(); ++i)
+    if (i + 1 < order.size() && pn.channel[order[i + 1]] == pn.channel[order[i]] + 1) {
+      add(order[i], order[i + 1]);
+      ++i;
+    } else {
+      rest.push_back(order[i]);
+    }
+  pn.pair_split.push_back(int32_t(pn.pair_column.size() / 2));
+  for (size_t i = 0; i < rest.size(); i += 2)
+    if (i + 1 < rest.size() && pn.channel[rest[i]] != pn.channel[rest[i + 1]])
+      add(rest[i + 1], rest[i]);
+    else
+      lone.insert(lone.end(), rest.begin() + i, rest.begin() + std::min(i + 2, rest.size()));
+  pn.pair_lone.push_back(int32_t(pn.pair_column.size() / 2));
+  for (int32_t k : lone) add(k, -1);
 }
 
 std::vector<TapConv::AxisClass> axis_classes(int64_t in, int64_t out, int64_t taps,
@@ -111,7 +236,8 @@ bool TapConv::suits(const BlockConvParams& p) {
   return used >= 0.5 * computed;
 }
 
-TapWeights::TapWeights(const BlockConvParams& p) {
+TapWeights::TapWeights(const BlockConvParams& p)
+    : pairs_(p.dtype == DType::BFloat16 && has_pair_isa()) {
   const ConvShape& s = p.shape;
   const BlockIndex& b = p.blocks;
   const int64_t taps = s.KH * s.KW, channels_per_group = s.C / s.groups;
@@ -141,7 +267,12 @@ TapWeights::TapWeights(const BlockConvParams& p) {
         pn.source[k] = b.val_ptr[sg.block] + (j - sg.first_column);
         pn.stride[k] = sg.columns;
       }
-    pn.chunks = chunk_rows(int64_t(g.rows.size()), columns, offset);
+    if (pairs_) {
+      for (int64_t t = 0; t < taps; ++t) pair_tap(pn, pn.tap_start[t], pn.tap_start[t + 1]);
+      pn.pair_start.push_back(int32_t(pn.pair_column.size() / 2));
+    }
+    const int64_t units = pairs_ ? int64_t(pn.pair_column.size() / 2) : columns;
+    pn.chunks = chunk_rows(int64_t(g.rows.size()), units, offset);
   }
   buffer_.resize(offset + 16);
   align_ = int64_t((64 - reinterpret_cast<uintptr_t>(buffer_.data()) % 64) % 64 / sizeof(float));
@@ -155,22 +286,35 @@ TapWeights::TapWeights(const BlockConvParams& p) {
 }
 
 void TapWeights::pack(const BlockConvParams& p, int64_t begin, int64_t end) {
+  // Weight (column k, row r of the group) as fp32, or as bf16 bits for pairs (k < 0: zero).
+  const auto weight = [&](const TapPanels& pn, int64_t k, int64_t r) -> float {
+    const int64_t i = pn.source[k] + r * pn.stride[k];
+    switch (p.dtype) {
+      case DType::Float32: return static_cast<const float*>(p.values)[i];
+      case DType::BFloat16: return to_float(static_cast<const uint16_t*>(p.values)[i]);
+      case DType::Float16: return to_float(static_cast<const _Float16*>(p.values)[i]);
+    }
+    return 0.f;
+  };
+  const auto bits = [&](const TapPanels& pn, int32_t k, int64_t r) -> uint32_t {
+    return k < 0 ? 0u : static_cast<const uint16_t*>(p.values)[pn.source[k] + r * pn.stride[k]];
+  };
   for (int64_t g = begin; g < end; ++g) {
     const int64_t rows = int64_t(groups[g].rows.size());
     const TapPanels& pn = panels[g];
-    const int64_t columns = int64_t(pn.channel.size());
+    const int64_t units = pairs_ ? int64_t(pn.pair_column.size() / 2) : int64_t(pn.channel.size());
     for (const TapChunk& chunk : pn.chunks) {
       const int64_t width = chunk.panels * kPanelRows;
       float* dst = buffer_.data() + align_ + chunk.offset;
       const int64_t used = std::min(width, rows - chunk.first_row);
-      for (int64_t k = 0; k < columns; ++k, dst += width) {
-        const int64_t src = pn.source[k] + chunk.first_row * pn.stride[k];
-        for (int64_t r = 0; r < used; ++r) {
-          const int64_t i = src + r * pn.stride[k];
-          switch (p.dtype) {
-            case DType::Float32: dst[r] = static_cast<const float*>(p.values)[i]; break;
-            case DType::BFloat16: dst[r] = to_float(static_cast<const uint16_t*>(p.values)[i]); break;
-            case DType::Float16: dst[r] = to_float(static_cast<const _Float16*>(p.values)[i]); break;
+      for (int64_t k = 0; k < units; ++k, dst += width) {
+        for (int64_t r = chunk.first_row; r < chunk.first_row + used; ++r) {
+          if (pairs_) {
+            const uint32_t v = bits(pn, pn.pair_column[2 * k], r) |
+                               bits(pn, pn.pair_column[2 * k + 1], r) << 16;
+            std::memcpy(dst + r - chunk.first_row, &v, 4);
+          } else {
+            dst[r - chunk.first_row] = weight(pn, k, r);
           }
         }
         std::fill(dst + used, dst + width, 0.f);
@@ -188,14 +332,17 @@ TapConv::TapConv(const BlockConvParams& p, const TapWeights& w) : p_(p), w_(w) {
     for (const AxisClass& wc : w_classes_)
       class_start_.push_back(class_start_.back() + s.N * (h.end - h.begin) * (wc.end - wc.begin));
 
-  copy_input_ = p.dtype != DType::Float32 || p.in_stride[1] != 1;
+  // The input is read in place when it has the micro-kernel's type and unit channel stride.
+  x_bytes_ = w.pairs() ? 2 : 4;
+  copy_input_ = (p.dtype != DType::Float32 && !w.pairs()) || p.in_stride[1] != 1;
   if (copy_input_) {
-    static thread_local std::vector<float> input;
+    static thread_local std::vector<float> input;  // bf16 copies use its first half
     if (int64_t(input.size()) < s.N * s.H * s.W * s.C) input.resize(s.N * s.H * s.W * s.C);
-    x_ = copy_ = input.data();
+    copy_ = input.data();
+    x_ = static_cast<const char*>(copy_);
     x_stride_[0] = s.H * s.W * s.C, x_stride_[1] = s.W * s.C, x_stride_[2] = s.C;
   } else {
-    x_ = static_cast<const float*>(p.input);
+    x_ = static_cast<const char*>(p.input);
     x_stride_[0] = p.in_stride[0], x_stride_[1] = p.in_stride[2], x_stride_[2] = p.in_stride[3];
   }
   zeros_.assign(s.C, 0.f);
@@ -225,26 +372,33 @@ int64_t TapConv::num_tiles() const { return (class_start_.back() + TP - 1) / TP;
 
 int64_t TapConv::pack_units() const { return copy_input_ ? p_.shape.N * p_.shape.H : 0; }
 
-// Input rows (n, h) [begin, end) of N * H, to fp32 NHWC.
-template <typename T>
+// Input rows (n, h) [begin, end) of N * H, from T to X (fp32, or bf16 bits kept as they are)
+// in NHWC.
+template <typename T, typename X>
 void TapConv::pack_rows(int64_t begin, int64_t end) {
   const ConvShape& s = p_.shape;
   const T* x = static_cast<const T*>(p_.input);
   for (int64_t row = begin; row < end; ++row) {
     const int64_t n = row / s.H, h = row % s.H;
     const T* src = x + n * p_.in_stride[0] + h * p_.in_stride[2];
-    float* out = copy_ + row * s.W * s.C;
+    X* out = static_cast<X*>(copy_) + row * s.W * s.C;
     for (int64_t w = 0; w < s.W; ++w)
-      for (int64_t c = 0; c < s.C; ++c)
-        out[w * s.C + c] = to_float(src[w * p_.in_stride[3] + c * p_.in_stride[1]]);
+      for (int64_t c = 0; c < s.C; ++c) {
+        const T v = src[w * p_.in_stride[3] + c * p_.in_stride[1]];
+        if constexpr (std::is_same_v<X, float>)
+          out[w * s.C + c] = to_float(v);
+        else
+          out[w * s.C + c] = v;
+      }
   }
 }
 
 void TapConv::pack(int64_t begin, int64_t end) {
+  if (w_.pairs()) return pack_rows<uint16_t, uint16_t>(begin, end);
   switch (p_.dtype) {
-    case DType::Float32: return pack_rows<float>(begin, end);
-    case DType::BFloat16: return pack_rows<uint16_t>(begin, end);
-    case DType::Float16: return pack_rows<_Float16>(begin, end);
+    case DType::Float32: return pack_rows<float, float>(begin, end);
+    case DType::BFloat16: return pack_rows<uint16_t, float>(begin, end);
+    case DType::Float16: return pack_rows<_Float16, float>(begin, end);
   }
 }
 
@@ -312,7 +466,8 @@ void TapConv::run_tiles(int64_t begin, int64_t end, TileTimes* times) const {
   const int64_t total = class_start_.back();
   std::vector<float> acc(TP * s.K);
   alignas(64) float res[TP * kChunkRows];
-  std::vector<const float*> ptr(s.KH * s.KW * TP);
+  std::vector<const char*> ptr(s.KH * s.KW * TP);
+  const char* zeros = reinterpret_cast<const char*>(zeros_.data());
   TileTaps tt;
   tt.ptr = ptr.data();
   Position at[TP];
@@ -334,11 +489,11 @@ void TapConv::run_tiles(int64_t begin, int64_t end, TileTimes* times) const {
       for (int64_t kw = 0; kw < s.KW; ++kw) {
         if (!(w_any >> kw & 1)) continue;
         const int64_t shift = kh * s.dil_h * x_stride_[1] + kw * s.dil_w * x_stride_[2];
-        const float** row = ptr.data() + tt.count * TP;
+        const char** row = ptr.data() + tt.count * TP;
         for (int64_t i = 0; i < TP; ++i)
           row[i] = i < count && (at[i].h_taps >> kh & 1) && (at[i].w_taps >> kw & 1)
-                       ? x_ + at[i].in + shift
-                       : zeros_.data();
+                       ? x_ + (at[i].in + shift) * x_bytes_
+                       : zeros;
         tt.tap[tt.count++] = int32_t(kh * s.KW + kw);
       }
     }
@@ -348,7 +503,7 @@ void TapConv::run_tiles(int64_t begin, int64_t end, TileTimes* times) const {
     for (size_t g : set.groups)
       for (const TapChunk& chunk : w_.panels[g].chunks) {
         const auto before = times ? clock::now() : clock::time_point();
-        chunk_tile(w_.panels[g], chunk, w_.panel_data(), tt, res);
+        (w_.pairs() ? chunk_tile_pairs : chunk_tile)(w_.panels[g], chunk, w_.panel_data(), tt, res);
         if (times) micro_ns += ns(before, clock::now());
         add_chunk(w_.groups[g], chunk, count, res, acc.data());
       }

@@ -9,6 +9,10 @@
 // by border class (which taps land inside the input), so a tile of positions skips the taps
 // that are padding for all of them and reads a zero row for the few others: no padded grid, no
 // multiply-adds on padding, no gathers.
+//
+// bf16 packs on CPUs with AVX512-BF16 (and VBMI2) multiply in bf16 (vdpbf16ps: two columns per fp32 lane,
+// exact products, fp32 sums) at twice the fp32 rate: the input stays bf16 (read in place when
+// channels-last) and the panels hold the columns two at a time.
 #pragma once
 
 #include <cstdint>
@@ -35,6 +39,13 @@ struct TapPanels {
   std::vector<int64_t> source;     // index into values of each column's row-0 weight
   std::vector<int64_t> stride;     // values between rows, per column (its block's width)
   std::vector<TapChunk> chunks;
+  // With pairs (TapWeights::pairs()), the panels' units are pairs of columns of one tap, a
+  // row's two bf16 weights in one 32-bit slot (the first low). Pairs of tap t:
+  // [pair_start[t], pair_split[t]) read two adjacent channels, [pair_split[t], pair_lone[t])
+  // two others (the first the higher), [pair_lone[t], pair_start[t + 1]) one column each.
+  std::vector<int32_t> pair_start, pair_split, pair_lone;
+  std::vector<int32_t> pair_column;   // the pair's two columns ([2i], [2i + 1]; -1: none)
+  std::vector<int32_t> pair_channel;  // their channels (a lone column's twice)
 };
 
 // The pack's side of the kernel: row groups, columns sorted by tap, weights in panels. It
@@ -47,7 +58,11 @@ class TapWeights {
   explicit TapWeights(const BlockConvParams& p);
   int64_t pack_units() const { return int64_t(groups.size()); }
   void pack(const BlockConvParams& p, int64_t begin, int64_t end);
+  // fp32 weights, or with pairs() the bit pairs of bf16 ones, 16 rows to 64 aligned bytes.
   const float* panel_data() const { return buffer_.data() + align_; }
+  // Whether the panels hold bf16 column pairs for the AVX512-BF16 micro-kernel: bf16 packs on
+  // CPUs that have it (and VBMI2).
+  bool pairs() const { return pairs_; }
 
   std::vector<RowGroup> groups;
   std::vector<TapPanels> panels;
@@ -56,6 +71,7 @@ class TapWeights {
  private:
   std::vector<float> buffer_;
   int64_t align_ = 0;  // floats from buffer_'s start to the 64-byte aligned panels
+  bool pairs_;
 };
 
 class TapConv {
@@ -68,8 +84,8 @@ class TapConv {
   // copy belongs to the constructing thread and is reused by its next call.
   TapConv(const BlockConvParams& p, const TapWeights& w);
 
-  // Copies the input to fp32 NHWC where it is not read in place: units [begin, end) of
-  // pack_units() (none when it is), any thread split.
+  // Copies the input to NHWC (fp32, or bf16 for pairs) where it is not read in place: units
+  // [begin, end) of pack_units() (none when it is), any thread split.
   int64_t pack_units() const;
   void pack(int64_t begin, int64_t end);
 
@@ -97,7 +113,7 @@ class TapConv {
     uint64_t h_taps, w_taps;
   };
   Position position(int64_t q) const;
-  template <typename T>
+  template <typename T, typename X>
   void pack_rows(int64_t begin, int64_t end);
   void add_chunk(const RowGroup& group, const TapChunk& chunk, int64_t count,
                     const float* res, float* acc) const;
@@ -108,11 +124,13 @@ class TapConv {
   const TapWeights& w_;
   std::vector<AxisClass> h_classes_, w_classes_;
   std::vector<int64_t> class_start_;  // first position of class (h, w), h-major; then the total
-  const float* x_;                    // fp32 channels-last input: the caller's or copy_
-  float* copy_ = nullptr;             // the input's copy, when it is not read in place
+  // Channels-last input, fp32 (bf16 for pairs): the caller's or the copy.
+  const char* x_;
+  int64_t x_bytes_;                   // of an element
+  void* copy_ = nullptr;              // the input's copy, when it is not read in place
   int64_t x_stride_[3];               // of n, h, w (channels: 1)
   bool copy_input_;
-  std::vector<float> zeros_;  // what padding taps read: C zeros
+  std::vector<float> zeros_;  // what padding taps read: C zeros (of either type)
   std::vector<float> bias_;   // fp32, zeros without bias
   std::vector<RowSet> sets_;
   // Per set: its rows several groups own, zeroed in the accumulator for every tile (the rows no
