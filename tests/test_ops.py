@@ -261,6 +261,22 @@ def test_cpu_exact_position_kernel_in_bf16(kept, memory_format):
     assert_matches(y, expected_conv(x, packed, bias, 1, 1, 1, True), torch.bfloat16)
 
 
+@pytest.mark.parametrize("rows", [1, 3, 8, 10, 11, 12, 16, 24])
+def test_cost_model_knows_which_cpu_kernel_runs_a_pack(rows):
+    from sparsekit.backends import cpu
+    from sparsekit.planners import cost
+    from sparsekit.planners.blocks import Block
+
+    weight = torch.zeros(48, 16, 3, 3)
+    weight[:rows, :5] = 1  # one block of `rows` rows
+    weight[24 : 24 + rows, 5:] = 1  # and another
+    packed = pack(weight, structure="kernel")
+    blocks = [Block(r, c) for r, c, _ in packed.blocks()]
+    with cpu.phase_profile() as totals:
+        ops.block_conv2d(torch.randn(1, 16, 4, 4), packed, padding=1)
+    assert cost.runs_exact_position(blocks) == (totals["tap_calls"] == 1) == (rows >= 11)
+
+
 def planes_kernel_conv(out_channels=48, in_channels=16, gen=None):
     """An unstructured 3x3 conv (lone rows), which runs on the planes kernel."""
     weight = torch.randn(out_channels, in_channels, 3, 3, generator=gen)

@@ -77,7 +77,7 @@ class TapWeights {
 class TapConv {
  public:
   // Whether this kernel suits the call: kernels of at most 64 taps a side, and blocks whose
-  // rows fill most of the 16-row panels (weighted by multiply-adds).
+  // rows fill at least 65% of the 16-row panels (weighted by multiply-adds).
   static bool suits(const BlockConvParams& p);
 
   // Plans the call on packed weights w (of p's blocks); p and w must outlive this. The input
