@@ -246,6 +246,9 @@ int main() {
       {32, 24, 8, 8, 20, 3, 3, 1, 1, 1, 1, false, true, false},  // two tiles per row, 3 chunks
       {24, 5, 7, 7, 10, 3, 3, 2, 1, 1, 1, true, false, true},    // batch padded to 32, stride 2
       {16, 6, 6, 6, 8, 3, 3, 1, 2, 2, 1, false, true, true},     // dilation 2: reads past rows
+      // Channels-last fp32 rows of 16+ points and 16+ output rows: the planes kernel transposes.
+      {2, 20, 5, 19, 18, 3, 3, 1, 1, 1, 1, true, true, true},
+      {1, 32, 6, 37, 17, 3, 3, 2, 1, 1, 1, false, true, true},   // every other column
   };
   int failures = check_rejects_bad_index(), runs = 1;
   unsigned seed = 1;

@@ -6,8 +6,10 @@
 #include <climits>
 #include <cstring>
 #include <stdexcept>
+#include <type_traits>
 
 #include "elements.h"
+#include "transpose.h"
 
 namespace sparsekit::cpu {
 namespace {
@@ -218,6 +220,14 @@ BlockConv::BlockConv(const BlockConvParams& p, const PlanesWeights& w) : p_(p), 
   planes_ = buffer.data() + (-reinterpret_cast<uintptr_t>(buffer.data()) / sizeof(float)) % 16;
   std::fill_n(planes_ + planes, w.tail, 0.f);
   parts_ = one_row_set(w.groups, p.shape.K);  // split only when asked: no grouping work per call
+  bias_.assign(p.shape.K, 0.f);
+  if (p.bias)
+    for (int64_t k = 0; k < p.shape.K; ++k)
+      switch (p.dtype) {
+        case DType::Float32: bias_[k] = static_cast<const float*>(p.bias)[k]; break;
+        case DType::BFloat16: bias_[k] = to_float(static_cast<const uint16_t*>(p.bias)[k]); break;
+        case DType::Float16: bias_[k] = to_float(static_cast<const _Float16*>(p.bias)[k]); break;
+      }
 }
 
 int64_t BlockConv::split_rows(int64_t parts) {
@@ -246,22 +256,31 @@ void BlockConv::pack_channels(int64_t begin, int64_t end) {
         for (int64_t c = 0; c < channels; ++c) std::fill_n(planes + c * channel_stride, w_.plane, 0.f);
         const int64_t rows = std::min(w_.h.data, (s.H - rh + sh - 1) / sh);
         const int64_t cols = std::min(w_.w.data, (s.W - rw + sw - 1) / sw);
-        auto copy = [&](int64_t n, int64_t a, int64_t b) {
+        // `count` points that are consecutive in the planes (images with the batch innermost,
+        // else columns), from image n, row a, column b on: 16 channels of 16 fp32 channels-last
+        // points at a time are one transpose.
+        const bool transpose = std::is_same_v<T, float> && channels == kPackChannels &&
+                               p_.in_stride[1] == 1 && has_transpose16();
+        auto copy = [&](int64_t n, int64_t a, int64_t b, int64_t count, int64_t src_step) {
           const T* src = x + n * p_.in_stride[0] + c0 * p_.in_stride[1] +
                          (a * sh + rh) * p_.in_stride[2] + (b * sw + rw) * p_.in_stride[3];
           float* dst = planes + n * image_floats + ((a + w_.h.lead) * width + b + w_.w.lead) * unit;
-          for (int64_t c = 0; c < channels; ++c)
-            dst[c * channel_stride] = to_float(src[c * p_.in_stride[1]]);
+          int64_t i = 0;
+          if constexpr (std::is_same_v<T, float>)
+            if (transpose)
+              for (; i + 16 <= count; i += 16)
+                transpose16(src + i * src_step, src_step, dst + i, channel_stride);
+          for (; i < count; ++i)
+            for (int64_t c = 0; c < channels; ++c)
+              dst[i + c * channel_stride] = to_float(src[i * src_step + c * p_.in_stride[1]]);
         };
         // Writes in plane order: each plane is filled front to back.
         if (w_.batch_inner) {
           for (int64_t a = 0; a < rows; ++a)
-            for (int64_t b = 0; b < cols; ++b)
-              for (int64_t n = 0; n < s.N; ++n) copy(n, a, b);
+            for (int64_t b = 0; b < cols; ++b) copy(0, a, b, s.N, p_.in_stride[0]);
         } else {
           for (int64_t n = 0; n < s.N; ++n)
-            for (int64_t a = 0; a < rows; ++a)
-              for (int64_t b = 0; b < cols; ++b) copy(n, a, b);
+            for (int64_t a = 0; a < rows; ++a) copy(n, a, 0, cols, sw * p_.in_stride[3]);
         }
       }
   }
@@ -276,12 +295,14 @@ void BlockConv::pack(int64_t begin, int64_t end) {
 }
 
 // Bias, ReLU and the output, written once per element for the tile's positions, in the
-// output's memory order (channels innermost when it is channels_last).
+// output's memory order (channels innermost when it is channels_last: the accumulators'
+// [row][position] blocks of 16 x 16 transposed, where the set's rows are all K).
 template <typename T>
 void BlockConv::store_tile(int64_t tile, const RowSet& part, const float* acc) const {
   const ConvShape& s = p_.shape;
   T* y = static_cast<T*>(p_.output);
-  const T* bias = static_cast<const T*>(p_.bias);
+  const float* bias = bias_.data();
+  const bool relu = p_.relu;
   int64_t count = 0, lane[TP], out_base[TP];
   const int64_t q0 = w_.tile_base(tile);
   for (int64_t i = 0; i < TP; ++i) {
@@ -293,15 +314,38 @@ void BlockConv::store_tile(int64_t tile, const RowSet& part, const float* acc) c
     out_base[count++] = n * p_.out_stride[0] + oh * p_.out_stride[2] + ow * p_.out_stride[3];
   }
   auto store = [&](int64_t j, int64_t k) {
-    const float v = acc[k * TP + lane[j]] + (bias ? to_float(bias[k]) : 0.f);
-    y[out_base[j] + k * p_.out_stride[1]] = from_float<T>(p_.relu ? std::max(v, 0.f) : v);
+    const float v = acc[k * TP + lane[j]] + bias[k];
+    y[out_base[j] + k * p_.out_stride[1]] = from_float<T>(relu ? std::max(v, 0.f) : v);
   };
-  if (p_.out_stride[1] == 1) {
-    for (int64_t j = 0; j < count; ++j)
-      for (int32_t k : part.rows) store(j, k);
-  } else {
+  if (p_.out_stride[1] != 1) {
     for (int32_t k : part.rows)
       for (int64_t j = 0; j < count; ++j) store(j, k);
+    return;
+  }
+  if (int64_t(part.rows.size()) < s.K || !has_transpose16()) {
+    for (int64_t j = 0; j < count; ++j)
+      for (int32_t k : part.rows) store(j, k);
+    return;
+  }
+  const int64_t whole = s.K / 16 * 16;  // rows stored by transposes, 16 lanes at a time
+  alignas(64) float block[16 * 16];     // [lane][row]
+  for (int64_t j0 = 0, lane0 = 0; j0 < count; lane0 += 16) {
+    int64_t j1 = j0;  // the positions of lanes [lane0, lane0 + 16): [j0, j1)
+    while (j1 < count && lane[j1] < lane0 + 16) ++j1;
+    for (int64_t k = 0; k < whole && j1 > j0; k += 16) {
+      transpose16(acc + k * TP + lane0, TP, block, 16);
+      for (int64_t j = j0; j < j1; ++j) {
+        const float* v = block + (lane[j] - lane0) * 16;
+        T* out = y + out_base[j] + k;
+        for (int r = 0; r < 16; ++r) {
+          const float o = v[r] + bias[k + r];
+          out[r] = from_float<T>(relu ? std::max(o, 0.f) : o);
+        }
+      }
+    }
+    for (int64_t j = j0; j < j1; ++j)
+      for (int64_t k = whole; k < s.K; ++k) store(j, k);
+    j0 = j1;
   }
 }
 

@@ -102,6 +102,7 @@ class BlockConv {
   const PlanesWeights& w_;
   float* planes_ = nullptr;
   std::vector<RowSet> parts_;
+  std::vector<float> bias_;  // fp32, zeros without bias
 };
 
 }  // namespace sparsekit::cpu
