@@ -169,13 +169,6 @@ PlanesWeights::PlanesWeights(const BlockConvParams& p) {
   chunks = (s.C + chunk_channels - 1) / chunk_channels;
 
   // Columns and weights in (chunk, group, segment, column) order.
-  auto weight = [&](int64_t i) -> float {
-    switch (p.dtype) {
-      case DType::BFloat16: return to_float(static_cast<const uint16_t*>(p.values)[i]);
-      case DType::Float16: return to_float(static_cast<const _Float16*>(p.values)[i]);
-      default: return static_cast<const float*>(p.values)[i];
-    }
-  };
   std::vector<std::vector<int64_t>> next(G);  // per group and segment: its next column
   for (int64_t g = 0; g < G; ++g)
     for (const Segment& seg : groups[g].segments) next[g].push_back(seg.first_column);
@@ -193,7 +186,8 @@ PlanesWeights::PlanesWeights(const BlockConvParams& p) {
           if (c >= (chunk + 1) * chunk_channels) break;
           columns.push_back(int32_t(c * phases * plane + tap_offset[col % kernel_area]));
           for (int64_t r = 0; r < R; ++r) {
-            const float v = weight(b.val_ptr[blk] + r * seg.columns + j - seg.first_column);
+            const int64_t at = b.val_ptr[blk] + r * seg.columns + j - seg.first_column;
+            const float v = element(p.values, p.dtype, at);
             std::memcpy(&columns.emplace_back(), &v, sizeof(v));
           }
         }
@@ -220,14 +214,7 @@ BlockConv::BlockConv(const BlockConvParams& p, const PlanesWeights& w) : p_(p), 
   planes_ = buffer.data() + (-reinterpret_cast<uintptr_t>(buffer.data()) / sizeof(float)) % 16;
   std::fill_n(planes_ + planes, w.tail, 0.f);
   parts_ = one_row_set(w.groups, p.shape.K);  // split only when asked: no grouping work per call
-  bias_.assign(p.shape.K, 0.f);
-  if (p.bias)
-    for (int64_t k = 0; k < p.shape.K; ++k)
-      switch (p.dtype) {
-        case DType::Float32: bias_[k] = static_cast<const float*>(p.bias)[k]; break;
-        case DType::BFloat16: bias_[k] = to_float(static_cast<const uint16_t*>(p.bias)[k]); break;
-        case DType::Float16: bias_[k] = to_float(static_cast<const _Float16*>(p.bias)[k]); break;
-      }
+  bias_ = bias_floats(p);
 }
 
 int64_t BlockConv::split_rows(int64_t parts) {

@@ -4,6 +4,9 @@
 
 #include <cstdint>
 #include <cstring>
+#include <vector>
+
+#include "../../common/block_params.h"
 
 namespace sparsekit::cpu {
 
@@ -18,6 +21,23 @@ inline float to_float(uint16_t bf16_bits) {
   return f;
 }
 inline float to_float(_Float16 v) { return float(v); }
+
+// Element i of an array of dtype, as fp32.
+inline float element(const void* data, DType dtype, int64_t i) {
+  switch (dtype) {
+    case DType::BFloat16: return to_float(static_cast<const uint16_t*>(data)[i]);
+    case DType::Float16: return to_float(static_cast<const _Float16*>(data)[i]);
+    default: return static_cast<const float*>(data)[i];
+  }
+}
+
+// The call's bias as fp32: K values, zeros without bias.
+inline std::vector<float> bias_floats(const BlockConvParams& p) {
+  std::vector<float> bias(p.shape.K, 0.f);
+  if (p.bias)
+    for (int64_t k = 0; k < p.shape.K; ++k) bias[k] = element(p.bias, p.dtype, k);
+  return bias;
+}
 
 template <typename T>
 T from_float(float f);

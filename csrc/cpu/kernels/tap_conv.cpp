@@ -289,14 +289,8 @@ TapWeights::TapWeights(const BlockConvParams& p)
 
 void TapWeights::pack(const BlockConvParams& p, int64_t begin, int64_t end) {
   // Weight (column k, row r of the group) as fp32, or as bf16 bits for pairs (k < 0: zero).
-  const auto weight = [&](const TapPanels& pn, int64_t k, int64_t r) -> float {
-    const int64_t i = pn.source[k] + r * pn.stride[k];
-    switch (p.dtype) {
-      case DType::Float32: return static_cast<const float*>(p.values)[i];
-      case DType::BFloat16: return to_float(static_cast<const uint16_t*>(p.values)[i]);
-      case DType::Float16: return to_float(static_cast<const _Float16*>(p.values)[i]);
-    }
-    return 0.f;
+  const auto weight = [&](const TapPanels& pn, int64_t k, int64_t r) {
+    return element(p.values, p.dtype, pn.source[k] + r * pn.stride[k]);
   };
   const auto bits = [&](const TapPanels& pn, int32_t k, int64_t r) -> uint32_t {
     return k < 0 ? 0u : static_cast<const uint16_t*>(p.values)[pn.source[k] + r * pn.stride[k]];
@@ -348,15 +342,7 @@ TapConv::TapConv(const BlockConvParams& p, const TapWeights& w) : p_(p), w_(w) {
     x_stride_[0] = p.in_stride[0], x_stride_[1] = p.in_stride[2], x_stride_[2] = p.in_stride[3];
   }
   zeros_.assign(s.C, 0.f);
-  bias_.assign(s.K, 0.f);
-  if (p.bias) {
-    for (int64_t k = 0; k < s.K; ++k)
-      switch (p.dtype) {
-        case DType::Float32: bias_[k] = static_cast<const float*>(p.bias)[k]; break;
-        case DType::BFloat16: bias_[k] = to_float(static_cast<const uint16_t*>(p.bias)[k]); break;
-        case DType::Float16: bias_[k] = to_float(static_cast<const _Float16*>(p.bias)[k]); break;
-      }
-  }
+  bias_ = bias_floats(p);
   sets_ = one_row_set(w.groups, s.K);
   split_rows(1);
 }
