@@ -39,11 +39,11 @@ def extension():
             extra_compile_args={"cxx": cxx_flags},
             extra_link_args=link_flags,
         )
-    cuda_sources = sorted(glob.glob("csrc/cuda/**/*.cu", recursive=True))
+    # The CUDA kernels (nvcc) and their torch glue (the host compiler), csrc/cuda/block_ops.cpp.
+    cuda_sources = sorted(glob.glob("csrc/cuda/**/*.cu", recursive=True) + glob.glob("csrc/cuda/*.cpp"))
     return CUDAExtension(
         "sparsekit._C",
         cpu_sources + cuda_sources,
-        define_macros=[("SPARSEKIT_WITH_CUDA", "1")],
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17"]},
         extra_link_args=link_flags,
     )

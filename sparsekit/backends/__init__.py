@@ -1,14 +1,12 @@
 """The backend registry: every way of running the packed ops, and the one ``auto`` policy.
 
-One module per backend (``cpu``: the C++ kernels of ``extension``; ``torch_blocks``: blocks as
-torch's dense conv / linear; ``triton``: Triton kernels; ``reference``: plain torch, the
-definition) defines a ``Backend`` (``base``): its devices, dtypes, ``unavailable(device)`` with
+One module per backend (``cpu`` and ``cuda``: the C++ kernels of ``extension``;
+``torch_blocks``: blocks as torch's dense conv / linear; ``triton``: Triton kernels;
+``reference``: plain torch, the definition) defines a ``Backend`` (``base``): its devices, dtypes, ``unavailable(device)`` with
 the reason, ``supports(pack)``, an optional ``prepack(pack)`` that builds its own layout (layers
 cache it, never save it) and its two ops, each defined from the one schema in ``schema``.
 ``REGISTRY`` below lists them in the order ``auto`` prefers; adding a backend is its module and
-one line there (a C++ CUDA backend: its kernels under ``csrc/cuda``, registered for the CUDA
-dispatch key of the extension's ops, and a module like ``cpu`` asking
-``extension.missing_kernel("CUDA")``). ``ops``, ``nn``, ``compile``, the CLI, the tests and the
+one line there. ``ops``, ``nn``, ``compile``, the CLI, the tests and the
 bench suites ask this module which backends exist and which may run what.
 
 ``auto`` picks, for tensors of a device and dtype (and a pack), the available backends that take
@@ -19,11 +17,12 @@ run the first, ``compile`` times them all.
 import torch
 
 from ..errors import SparsekitError
-from . import cpu, reference, torch_blocks, triton
+from . import cpu, cuda, reference, torch_blocks, triton
 from .base import Backend
 
 REGISTRY: dict[str, Backend] = {
-    b.name: b for b in (cpu.BACKEND, torch_blocks.BACKEND, triton.BACKEND, reference.BACKEND)
+    b.name: b
+    for b in (cpu.BACKEND, torch_blocks.BACKEND, triton.BACKEND, cuda.BACKEND, reference.BACKEND)
 }
 
 

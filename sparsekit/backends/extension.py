@@ -1,6 +1,5 @@
 """The C++ extension ``sparsekit._C``: its ops are the unprefixed ``sparsekit::block_conv2d`` /
-``block_linear``, with a kernel per dispatch key it registers (CPU today; a CUDA build would add
-CUDA ones the same way). The schemas are defined here, before the library loads, so that the
+``block_linear``, with a kernel per dispatch key it registers (CPU; CUDA in a CUDA build). The schemas are defined here, before the library loads, so that the
 dispatcher checks each C++ kernel's signature against them as it registers."""
 
 import torch

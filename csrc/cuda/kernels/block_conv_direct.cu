@@ -1,7 +1,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
 
-#include "block_conv.cuh"
+#include "launch.h"
 
 namespace sparsekit::cuda {
 namespace {
@@ -72,13 +73,19 @@ cudaError_t launch(const BlockConvParams& p, cudaStream_t stream) {
 
 }  // namespace
 
-cudaError_t launch_block_conv2d_direct(const BlockConvParams& p, cudaStream_t stream) {
-  switch (p.dtype) {
-    case DType::Float32: return launch<float>(p, stream);
-    case DType::BFloat16: return launch<__nv_bfloat16>(p, stream);
-    case DType::Float16: return launch<__half>(p, stream);
+}  // namespace sparsekit::cuda
+
+int sparsekit_cuda_block_conv2d_direct(const sparsekit::BlockConvParams* p, void* stream) {
+  using namespace sparsekit;
+  const auto s = static_cast<cudaStream_t>(stream);
+  switch (p->dtype) {
+    case DType::Float32: return cuda::launch<float>(*p, s);
+    case DType::BFloat16: return cuda::launch<__nv_bfloat16>(*p, s);
+    case DType::Float16: return cuda::launch<__half>(*p, s);
   }
   return cudaErrorInvalidValue;
 }
 
-}  // namespace sparsekit::cuda
+const char* sparsekit_cuda_error_string(int error) {
+  return cudaGetErrorString(static_cast<cudaError_t>(error));
+}
