@@ -22,9 +22,10 @@ at::Tensor block_linear_cpu(const at::Tensor& input, const at::Tensor& values,
 // the totals and starts adding every call's; set_phase_profile(false) stops. pack and tiles
 // are wall times of the call's two parallel regions; micro and store split the tiles' time
 // summed over threads; grid counts the output grid positions computed (padding included);
-// tap_calls counts the calls that ran on the exact-position kernel (the others: the planes one).
+// tap_calls counts the calls that ran on the exact-position kernel (the others: the planes one),
+// pair_calls those of them that multiplied bf16 column pairs (AVX512-BF16).
 struct PhaseTotals {
-  int64_t calls, pack_ns, tiles_ns, micro_ns, store_ns, grid_positions, tap_calls;
+  int64_t calls, pack_ns, tiles_ns, micro_ns, store_ns, grid_positions, tap_calls, pair_calls;
 };
 void set_phase_profile(bool on);
 PhaseTotals phase_totals();

@@ -26,7 +26,7 @@ constexpr int64_t kParallelMacs = int64_t(1) << 22;
 // threads of a call add their own.
 std::atomic<bool> profiling{false};
 std::atomic<int64_t> calls{0}, pack_ns{0}, tiles_ns{0}, micro_ns{0}, store_ns{0}, grid{0},
-    tap_calls{0};
+    tap_calls{0}, pair_calls{0};
 
 int64_t since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() -
@@ -64,7 +64,10 @@ void run_kernel(const BlockConvParams& p, std::chrono::steady_clock::time_point 
   tiles_ns += since(packed);
   grid += conv.grid_positions();
   ++calls;
-  if (std::is_same_v<Kernel, cpu::TapConv>) ++tap_calls;
+  if constexpr (std::is_same_v<Kernel, cpu::TapConv>) {
+    ++tap_calls;
+    if ((weights.pairs() && ...)) ++pair_calls;
+  }
 }
 
 using Pack = std::array<const at::Tensor*, 4>;  // values, row_idx, col_idx, block_ptr
@@ -161,14 +164,15 @@ void run(const BlockConvParams& p, const Pack& pack) {
 
 void set_phase_profile(bool on) {
   if (on)
-    for (auto* total : {&calls, &pack_ns, &tiles_ns, &micro_ns, &store_ns, &grid, &tap_calls})
+    for (auto* total :
+         {&calls, &pack_ns, &tiles_ns, &micro_ns, &store_ns, &grid, &tap_calls, &pair_calls})
       *total = 0;
   profiling = on;
 }
 
 PhaseTotals phase_totals() {
   return {calls.load(), pack_ns.load(), tiles_ns.load(), micro_ns.load(), store_ns.load(),
-          grid.load(), tap_calls.load()};
+          grid.load(), tap_calls.load(), pair_calls.load()};
 }
 
 at::Tensor block_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,

@@ -40,7 +40,7 @@ def _planes_rows(rows: int) -> float:
 
 def runs_exact_position(blocks) -> bool:
     """Whether the CPU backend runs ``blocks`` on the exact-position kernel (its panels filled
-    enough, by multiply-adds)."""
+    enough, by multiply-adds; kernels wider than 64 taps a side, which it never takes, aside)."""
     used = sum(b.rows.numel() * b.cols.numel() for b in blocks)
     computed = sum(_panel_rows(b.rows.numel()) * b.cols.numel() for b in blocks)
     return used >= EXACT_FILL * computed

@@ -36,11 +36,13 @@ Packed random_blocks(const Case& c, std::mt19937& rng) {
   std::uniform_real_distribution<float> u(-1.f, 1.f);
   for (int64_t g = 0; g < c.groups; ++g)
     for (int blk = 0, kept = 0; blk < 2; ++blk) {
-      if (kept == 1 && rng() % 2 == 0)  // the group's first block's rows again
-        p.rows.insert(p.rows.end(), p.rows.begin() + row_ptr.end()[-2], p.rows.end());
-      else
+      if (kept == 1 && rng() % 2 == 0) {  // the group's first block's rows again
+        const std::vector<int32_t> first(p.rows.begin() + row_ptr.end()[-2], p.rows.end());
+        p.rows.insert(p.rows.end(), first.begin(), first.end());
+      } else {
         for (int64_t r = 0; r < rpg; ++r)
           if (rng() % 3 != 0) p.rows.push_back(int32_t(g * rpg + r));
+      }
       for (int64_t k = 0; k < cols; ++k)
         if (rng() % 2 != 0) p.cols.push_back(int32_t(k));
       const int64_t nr = int64_t(p.rows.size()) - row_ptr.back();
@@ -105,7 +107,9 @@ int run_case(const char* kernel, const Case& c, unsigned seed) {
   for (float& v : bias) v = u(rng);
   Packed pk = random_blocks(c, rng);
   const int64_t nb = int64_t(pk.ptr.size()) / 3 - 1;
-  std::vector<uint16_t> x_bits, bias_bits, value_bits, y_bits(bf16 ? y.size() : 0);
+  constexpr uint16_t kNan = 0x7fc0;  // bf16: outputs never written stay NaN
+  std::vector<uint16_t> x_bits, bias_bits, value_bits, y_bits(bf16 ? y.size() : 0, kNan);
+  std::vector<uint16_t> y_split_bits(y_bits.size(), kNan);
   if constexpr (bf16) x_bits = to_bf16(x), bias_bits = to_bf16(bias), value_bits = to_bf16(pk.values);
 
   // Dense weight [K, cols] summed from the blocks.
@@ -145,6 +149,8 @@ int run_case(const char* kernel, const Case& c, unsigned seed) {
   p.relu = c.relu;
   std::unique_ptr<WeightsOf<Kernel>> weights;
   auto conv = make_kernel<Kernel>(p, weights);
+  bool pairs = false;  // whether the AVX512-BF16 micro-kernel ran
+  if constexpr (std::is_same_v<Kernel, cpu::TapConv>) pairs = weights->pairs();
   const int64_t units = conv->pack_units(), tiles = conv->num_tiles();
   conv->pack(0, units / 2);  // two ranges each, as two threads would run them
   conv->pack(units / 2, units);
@@ -156,7 +162,7 @@ int run_case(const char* kernel, const Case& c, unsigned seed) {
 
   // The rows split into sets (as a call with few tiles runs): the same bits.
   std::vector<float> y_split(y.size(), NAN);
-  p.output = bf16 ? static_cast<void*>(y_bits.data()) : y_split.data();
+  p.output = bf16 ? static_cast<void*>(y_split_bits.data()) : y_split.data();
   std::unique_ptr<WeightsOf<Kernel>> split_weights;
   auto split = make_kernel<Kernel>(p, split_weights);
   const int64_t parts = split->split_rows(3), items = split->num_tiles() * parts;
@@ -164,7 +170,7 @@ int run_case(const char* kernel, const Case& c, unsigned seed) {
   split->run_tiles(0, items / 2);
   split->run_tiles(items / 2, items);
   if constexpr (bf16)
-    for (size_t i = 0; i < y.size(); ++i) y_split[i] = cpu::to_float(y_bits[i]);
+    for (size_t i = 0; i < y.size(); ++i) y_split[i] = cpu::to_float(y_split_bits[i]);
   const bool same = std::memcmp(y.data(), y_split.data(), y.size() * sizeof(float)) == 0;
 
   double max_err = 0;
@@ -196,7 +202,7 @@ int run_case(const char* kernel, const Case& c, unsigned seed) {
   std::printf("%s%s %s%s%s N=%lld C=%lld K=%lld %lldx%lld k=%lldx%lld s=%lld p=%lld d=%lld g=%lld: "
               "%lld blocks in %lld row sets, max err %.3g\n",
               ok ? "ok  " : "FAIL", same ? "" : " (split rows differ)", kernel,
-              bf16 ? " bf16" : "", c.channels_last ? " channels_last" : "", (long long)c.N, (long long)c.C, (long long)c.K,
+              !bf16 ? "" : pairs ? " bf16 (column pairs)" : " bf16 (fp32 fallback)", c.channels_last ? " channels_last" : "", (long long)c.N, (long long)c.C, (long long)c.K,
               (long long)c.H, (long long)c.W, (long long)c.KH, (long long)c.KW,
               (long long)c.stride, (long long)c.pad, (long long)c.dil, (long long)c.groups,
               (long long)nb, (long long)parts, max_err);

@@ -10,9 +10,10 @@
 // that are padding for all of them and reads a zero row for the few others: no padded grid, no
 // multiply-adds on padding, no gathers.
 //
-// bf16 packs on CPUs with AVX512-BF16 (and VBMI2) multiply in bf16 (vdpbf16ps: two columns per fp32 lane,
-// exact products, fp32 sums) at twice the fp32 rate: the input stays bf16 (read in place when
-// channels-last) and the panels hold the columns two at a time.
+// bf16 packs on CPUs with AVX512-BF16 (and VBMI2) multiply in bf16 (vdpbf16ps: two columns per
+// fp32 lane, exact products, fp32 sums, subnormals flushed to zero) at twice the fp32 rate: the
+// input stays bf16 (read in place when channels-last) and the panels hold the columns two at a
+// time.
 #pragma once
 
 #include <cstdint>
