@@ -300,9 +300,12 @@ void BlockConv::store_tile(int64_t tile, const RowSet& part, const float* acc) c
     lane[count] = i;
     out_base[count++] = n * p_.out_stride[0] + oh * p_.out_stride[2] + ow * p_.out_stride[3];
   }
+  auto finish = [&](float sum, int64_t k) {  // the output of row k from its sum
+    const float v = sum + bias[k];
+    return from_float<T>(relu ? std::max(v, 0.f) : v);
+  };
   auto store = [&](int64_t j, int64_t k) {
-    const float v = acc[k * TP + lane[j]] + bias[k];
-    y[out_base[j] + k * p_.out_stride[1]] = from_float<T>(relu ? std::max(v, 0.f) : v);
+    y[out_base[j] + k * p_.out_stride[1]] = finish(acc[k * TP + lane[j]], k);
   };
   if (p_.out_stride[1] != 1) {
     for (int32_t k : part.rows)
@@ -324,10 +327,7 @@ void BlockConv::store_tile(int64_t tile, const RowSet& part, const float* acc) c
       for (int64_t j = j0; j < j1; ++j) {
         const float* v = block + (lane[j] - lane0) * 16;
         T* out = y + out_base[j] + k;
-        for (int r = 0; r < 16; ++r) {
-          const float o = v[r] + bias[k + r];
-          out[r] = from_float<T>(relu ? std::max(o, 0.f) : o);
-        }
+        for (int r = 0; r < 16; ++r) out[r] = finish(v[r], k + r);
       }
     }
     for (int64_t j = j0; j < j1; ++j)
