@@ -7,6 +7,7 @@ Sources are found by glob: a new file under csrc/ is built without editing this 
 """
 
 import glob
+import importlib.util
 import os
 
 import torch
@@ -24,13 +25,22 @@ def build_cuda() -> bool:
     return possible and flag != "0"
 
 
+def cutlass_include() -> str:
+    """CuTe/CUTLASS headers, from the nvidia-cutlass wheel (its Python is never imported)."""
+    spec = importlib.util.find_spec("cutlass_library")
+    if spec is None:
+        raise SystemExit("the CUDA kernels need CUTLASS's headers: "
+                         "pip install --no-deps nvidia-cutlass==4.2.0.0")
+    return os.path.join(spec.submodule_search_locations[0], "source", "include")
+
+
 def extension():
     cpu_sources = sorted(
         glob.glob("csrc/*.cpp") + glob.glob("csrc/common/*.cpp") + glob.glob("csrc/cpu/**/*.cpp", recursive=True)
     )
     # -fopenmp: at::parallel_for is an OpenMP pragma in torch's headers; without the flag it
     # runs on one thread. The extension then shares torch's own libgomp.so.1.
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]
     link_flags = ["-fopenmp"]
     if not build_cuda():
         return CppExtension(
@@ -39,11 +49,13 @@ def extension():
             extra_compile_args={"cxx": cxx_flags},
             extra_link_args=link_flags,
         )
-    # The CUDA kernels (nvcc) and their torch glue (the host compiler), csrc/cuda/block_ops.cpp.
-    cuda_sources = sorted(glob.glob("csrc/cuda/**/*.cu", recursive=True) + glob.glob("csrc/cuda/*.cpp"))
+    # The CUDA kernels (nvcc, on CuTe) and their torch glue and host layout code (the host
+    # compiler): csrc/cuda/block_ops.cpp, csrc/cuda/kernels/tile_layout.cpp.
+    cuda_sources = sorted(glob.glob("csrc/cuda/**/*.cu", recursive=True) + glob.glob("csrc/cuda/**/*.cpp", recursive=True))
     return CUDAExtension(
         "sparsekit._C",
         cpu_sources + cuda_sources,
+        include_dirs=[cutlass_include()],
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17"]},
         extra_link_args=link_flags,
     )

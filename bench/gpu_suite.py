@@ -18,6 +18,8 @@ torch backend and torch's BSR read tables on the host).
                                          # TRITON_INTERPRET=1 and times on the CPU (a plumbing check)
     python -m bench.gpu_suite --part bfloat16   # one part: a dtype's convs, "linear" or "models"
                                                 # (each fits a 10-minute call)
+    SPARSEKIT_BENCH_ALSO=cuda python -m bench.gpu_suite --part bfloat16   # also time a backend
+                                                # not yet benchmarked (opt-in ones)
 """
 
 import copy
@@ -64,7 +66,13 @@ QUICK_MODELS = [("wrn32_2", 2)]
 # batch less than bf16's bound (measured on an H200), so compile's check could not fail
 MODEL_DTYPES = ["float32"]
 PRECISIONS = {"float32": torch.float32, "tf32": "tf32", "bfloat16": torch.bfloat16}  # keys of the tolerance table
-GPU_BACKENDS = [b for b in backends.REGISTRY.values() if "cuda" in b.devices and b.benchmarked]
+# SPARSEKIT_BENCH_ALSO=cuda,...: time these backends too, though not yet benchmarked (the first
+# timing of a backend that has just passed its GPU tests)
+ALSO = set(filter(None, os.environ.get("SPARSEKIT_BENCH_ALSO", "").split(",")))
+if ALSO - set(backends.REGISTRY):
+    raise SystemExit(f"SPARSEKIT_BENCH_ALSO names no backend: {', '.join(sorted(ALSO - set(backends.REGISTRY)))}")
+GPU_BACKENDS = [b for b in backends.REGISTRY.values()
+                if "cuda" in b.devices and (b.benchmarked or b.name in ALSO)]
 
 
 FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}

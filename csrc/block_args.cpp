@@ -93,7 +93,7 @@ BlockCall conv2d_call(const at::Tensor& input, const at::Tensor& values, const a
   s.OW = (s.W + 2 * s.pad_w - s.dil_w * (s.KW - 1) - 1) / s.stride_w + 1;
   TORCH_CHECK_VALUE(s.OH > 0 && s.OW > 0, "sparsekit: input ", input.sizes(),
                     " is smaller than the dilated kernel");
-  // Also checked with the block index, which a CUDA call does not read.
+  // Also checked with the block index, which a CUDA call checks only once per pack.
   TORCH_CHECK_VALUE(s.K % groups == 0 && s.C % groups == 0, "sparsekit: groups (", groups,
                     ") must divide both input (", s.C, ") and output (", s.K, ") channels");
   bind_blocks(call, input, values, row_idx, col_idx, block_ptr, bias, device);

@@ -21,7 +21,7 @@ struct BlockCall {
 
 // The ops' arguments checked for kernels on `device`: every tensor there, dtypes, shapes. On
 // the CPU the block index is also checked against the shape (nothing reads out of bounds); a
-// CUDA call trusts it, as checking would read device memory on the host on every call.
+// CUDA call leaves it to the glue, which reads it to the host once per pack, not every call.
 BlockCall conv2d_call(const at::Tensor& input, const at::Tensor& values, const at::Tensor& row_idx,
                       const at::Tensor& col_idx, const at::Tensor& block_ptr,
                       int64_t out_channels, at::IntArrayRef kernel_size, at::IntArrayRef stride,

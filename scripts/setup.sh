@@ -9,4 +9,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 pip install --quiet --disable-pip-version-check -r requirements-cpu.txt
+# CUTLASS's CuTe headers for the CUDA kernels; --no-deps: its Python tools' dependencies (cuda-python,
+# scipy, ...) are not needed for the headers.
+pip install --quiet --disable-pip-version-check --no-deps nvidia-cutlass==4.2.0.0
 pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps -e .

@@ -8,61 +8,15 @@
 #include <vector>
 
 #include "common/block_params.h"
+#include "conv_cases.h"
 #include "cpu/kernels/block_conv.h"
 #include "cpu/kernels/elements.h"
 #include "cpu/kernels/tap_conv.h"
 
 using namespace sparsekit;
+using namespace sparsekit::testing;
 
 namespace {
-
-struct Case {
-  int64_t N, C, H, W, K, KH, KW, stride, pad, dil, groups;
-  bool relu, bias, channels_last;
-};
-
-struct Packed {
-  std::vector<int32_t> rows, cols;
-  std::vector<int64_t> ptr;  // [3, nb + 1]
-  std::vector<float> values;
-};
-
-// Random blocks inside each group; blocks may share rows (their sums must add up), or have
-// the same rows (one row group, with columns both blocks have).
-Packed random_blocks(const Case& c, std::mt19937& rng) {
-  const int64_t rpg = c.K / c.groups, cols = (c.C / c.groups) * c.KH * c.KW;
-  std::vector<int64_t> row_ptr{0}, col_ptr{0}, val_ptr{0};
-  Packed p;
-  std::uniform_real_distribution<float> u(-1.f, 1.f);
-  for (int64_t g = 0; g < c.groups; ++g)
-    for (int blk = 0, kept = 0; blk < 2; ++blk) {
-      if (kept == 1 && rng() % 2 == 0) {  // the group's first block's rows again
-        const std::vector<int32_t> first(p.rows.begin() + row_ptr.end()[-2], p.rows.end());
-        p.rows.insert(p.rows.end(), first.begin(), first.end());
-      } else {
-        for (int64_t r = 0; r < rpg; ++r)
-          if (rng() % 3 != 0) p.rows.push_back(int32_t(g * rpg + r));
-      }
-      for (int64_t k = 0; k < cols; ++k)
-        if (rng() % 2 != 0) p.cols.push_back(int32_t(k));
-      const int64_t nr = int64_t(p.rows.size()) - row_ptr.back();
-      const int64_t nc = int64_t(p.cols.size()) - col_ptr.back();
-      if (nr == 0 || nc == 0) {  // drop an empty draw
-        p.rows.resize(row_ptr.back());
-        p.cols.resize(col_ptr.back());
-        continue;
-      }
-      for (int64_t i = 0; i < nr * nc; ++i) p.values.push_back(u(rng));
-      ++kept;
-      row_ptr.push_back(int64_t(p.rows.size()));
-      col_ptr.push_back(int64_t(p.cols.size()));
-      val_ptr.push_back(int64_t(p.values.size()));
-    }
-  p.ptr = row_ptr;
-  p.ptr.insert(p.ptr.end(), col_ptr.begin(), col_ptr.end());
-  p.ptr.insert(p.ptr.end(), val_ptr.begin(), val_ptr.end());
-  return p;
-}
 
 // A kernel for p, built as the glue builds it, on its own weights; the exact-position
 // kernel's weights are packed in two ranges, as two threads would.
@@ -99,49 +53,32 @@ int run_case(const char* kernel, const Case& c, unsigned seed) {
   constexpr bool bf16 = std::is_same_v<T, uint16_t>;
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> u(-1.f, 1.f);
-  const int64_t OH = (c.H + 2 * c.pad - c.dil * (c.KH - 1) - 1) / c.stride + 1;
-  const int64_t OW = (c.W + 2 * c.pad - c.dil * (c.KW - 1) - 1) / c.stride + 1;
-  const int64_t cpg = c.C / c.groups, cols = cpg * c.KH * c.KW, rpg = c.K / c.groups;
+  const int64_t OH = out_size(c.H, c.KH, c), OW = out_size(c.W, c.KW, c);
   std::vector<float> x(c.N * c.C * c.H * c.W), bias(c.K), y(c.N * c.K * OH * OW, NAN);
   for (float& v : x) v = u(rng);
   for (float& v : bias) v = u(rng);
   Packed pk = random_blocks(c, rng);
-  const int64_t nb = int64_t(pk.ptr.size()) / 3 - 1;
+  const int64_t nb = num_blocks(pk);
   constexpr uint16_t kNan = 0x7fc0;  // bf16: outputs never written stay NaN
   std::vector<uint16_t> x_bits, bias_bits, value_bits, y_bits(bf16 ? y.size() : 0, kNan);
   std::vector<uint16_t> y_split_bits(y_bits.size(), kNan);
   if constexpr (bf16) x_bits = to_bf16(x), bias_bits = to_bf16(bias), value_bits = to_bf16(pk.values);
 
-  // Dense weight [K, cols] summed from the blocks.
-  std::vector<float> w(c.K * cols, 0.f);
-  for (int64_t b = 0; b < nb; ++b) {
-    const int64_t r0 = pk.ptr[b], r1 = pk.ptr[b + 1];
-    const int64_t c0 = pk.ptr[nb + 1 + b], c1 = pk.ptr[nb + 2 + b];
-    const int64_t v0 = pk.ptr[2 * (nb + 1) + b];
-    for (int64_t i = r0; i < r1; ++i)
-      for (int64_t j = c0; j < c1; ++j)
-        w[pk.rows[i] * cols + pk.cols[j]] += pk.values[v0 + (i - r0) * (c1 - c0) + (j - c0)];
-  }
+  const std::vector<float> w = dense_weight(c, pk);
 
   BlockConvParams p{};
-  p.shape = {c.N, c.C, c.H, c.W, c.K, OH, OW, c.KH, c.KW, c.stride, c.stride,
-             c.pad, c.pad, c.dil, c.dil, c.groups};
-  p.blocks = {pk.rows.data(), pk.cols.data(), pk.ptr.data(), pk.ptr.data() + nb + 1,
-              pk.ptr.data() + 2 * (nb + 1), nb};
+  p.shape = shape_of(c);
+  p.blocks = index_of(pk);
   if (const char* err = check_block_index(p.shape, p.blocks, int64_t(pk.rows.size()),
                                           int64_t(pk.cols.size()), int64_t(pk.values.size()))) {
     std::printf("FAIL: valid blocks rejected: %s\n", err);
     return 1;
   }
   p.input = bf16 ? static_cast<const void*>(x_bits.data()) : x.data();
-  const int64_t nchw_in[4] = {c.C * c.H * c.W, c.H * c.W, c.W, 1};
-  const int64_t nhwc_in[4] = {c.C * c.H * c.W, 1, c.W * c.C, c.C};
-  const int64_t nchw_out[4] = {c.K * OH * OW, OH * OW, OW, 1};
-  const int64_t nhwc_out[4] = {c.K * OH * OW, 1, OW * c.K, c.K};
-  const int64_t* in_stride = c.channels_last ? nhwc_in : nchw_in;
-  const int64_t* out_stride = c.channels_last ? nhwc_out : nchw_out;
-  std::memcpy(p.in_stride, in_stride, sizeof(p.in_stride));
-  std::memcpy(p.out_stride, out_stride, sizeof(p.out_stride));
+  const Strides in_stride = strides_of(c.C, c.H, c.W, c.channels_last);
+  const Strides out_stride = strides_of(c.K, OH, OW, c.channels_last);
+  std::copy(in_stride.begin(), in_stride.end(), p.in_stride);
+  std::copy(out_stride.begin(), out_stride.end(), p.out_stride);
   p.output = bf16 ? static_cast<void*>(y_bits.data()) : y.data();
   p.values = bf16 ? static_cast<const void*>(value_bits.data()) : pk.values.data();
   p.bias = !c.bias ? nullptr : bf16 ? static_cast<const void*>(bias_bits.data()) : bias.data();
@@ -173,31 +110,8 @@ int run_case(const char* kernel, const Case& c, unsigned seed) {
     for (size_t i = 0; i < y.size(); ++i) y_split[i] = cpu::to_float(y_split_bits[i]);
   const bool same = std::memcmp(y.data(), y_split.data(), y.size() * sizeof(float)) == 0;
 
-  double max_err = 0;
-  for (int64_t n = 0; n < c.N; ++n)
-    for (int64_t k = 0; k < c.K; ++k)
-      for (int64_t oh = 0; oh < OH; ++oh)
-        for (int64_t ow = 0; ow < OW; ++ow) {
-          double acc = c.bias ? bias[k] : 0.0;
-          const int64_t g = k / rpg;
-          for (int64_t ci = 0; ci < cpg; ++ci)
-            for (int64_t kh = 0; kh < c.KH; ++kh)
-              for (int64_t kw = 0; kw < c.KW; ++kw) {
-                const int64_t ih = oh * c.stride - c.pad + kh * c.dil;
-                const int64_t iw = ow * c.stride - c.pad + kw * c.dil;
-                if (ih < 0 || ih >= c.H || iw < 0 || iw >= c.W) continue;
-                acc += double(w[k * cols + (ci * c.KH + kh) * c.KW + kw]) *
-                       x[n * in_stride[0] + (g * cpg + ci) * in_stride[1] + ih * in_stride[2] +
-                         iw * in_stride[3]];
-              }
-          if (c.relu && acc < 0) acc = 0;
-          const double got =
-              y[n * out_stride[0] + k * out_stride[1] + oh * out_stride[2] + ow * out_stride[3]];
-          // beyond a bf16 output's rounding (at most 2^-9 relative; 2^-8 allowed)
-          const double err = std::fabs(got - acc) - (bf16 ? std::fabs(acc) / 256 : 0);
-          max_err = std::fmax(max_err, err);  // NaN (unwritten) stays NaN
-          if (std::isnan(got)) max_err = INFINITY;
-        }
+  const double max_err = max_output_error(c, w, x.data(), in_stride, c.bias ? bias.data() : nullptr,
+                                          y.data(), out_stride, bf16);
   const bool ok = max_err <= 1e-4 && same;
   std::printf("%s%s %s%s%s N=%lld C=%lld K=%lld %lldx%lld k=%lldx%lld s=%lld p=%lld d=%lld g=%lld: "
               "%lld blocks in %lld row sets, max err %.3g\n",
