@@ -28,6 +28,46 @@ def test_cpu_suite_quick_mode_writes_results(tmp_path):
     assert "| kind |" in (tmp_path / json_file.name.replace(".json", ".md")).read_text()
 
 
+def test_reproduce_quick_mode_measures_against_the_flop_limit(tmp_path):
+    from bench import reproduce
+
+    records = reproduce.main(["--quick", "--out", str(tmp_path)])
+    (json_file,) = tmp_path.glob("reproduce-cpu-*-quick.json")
+    saved = json.loads(json_file.read_text())
+    assert saved["environment"]["command"] == "python -m bench.reproduce --quick"
+    assert [r["transform"] for r in saved["results"]] == ["refill", "kernel"] == [r["transform"] for r in records]
+    for r in saved["results"]:
+        assert r["max_error"] <= r["bound"] and r["flop_limit"] > 1 and r["runs"] == 5
+        assert r["dense_quartiles_ms"][0] <= r["dense_ms"] <= r["dense_quartiles_ms"][1]
+        assert abs(r["saving"] - (1 - r["compiled_ms"] / r["dense_ms"])) < 1e-9
+        assert abs(r["limit_saving"] - (1 - 1 / r["flop_limit"])) < 1e-9
+        assert any(layer["structure"] != "dense" for layer in r["layers"])  # 80%: the per-layer breakdown
+    refill, kernel = saved["results"]
+    assert reproduce.paper_row(refill)["paper"] == "Structure-LTH"
+    assert kernel["acceleration_rate"] >= 1
+    markdown = (tmp_path / json_file.name.replace(".json", ".md")).read_text()
+    assert "| wrn32_2 | float32 | 2 | refill |" in markdown and "## The papers' figures" in markdown
+    assert (tmp_path / json_file.name.replace(".json", ".png")).stat().st_size > 1000
+
+
+def test_the_papers_ticket_keeps_its_blocks_and_flop_limit():
+    """The regrouped ResNet-18 ticket as masks: about 65% sparse, and its convolutions' FLOP limit
+    end to end is 1.41x (layer1 and layer2 stay dense), the figure its savings are read against."""
+    import torch
+
+    from bench import reproduce
+    from bench.masks import flop_limit
+    from sparsekit import zoo
+
+    model = zoo.create("resnet18").eval()
+    masks = reproduce.ticket_masks(model)
+    assert len(masks) == 20 and all(m.shape == model.get_submodule(k[:-7]).weight.shape for k, m in masks.items())
+    kept = sum(m.sum() for m in masks.values()) / sum(m.numel() for m in masks.values())
+    assert 0.3 < kept < 0.4
+    assert all(m.all() for k, m in masks.items() if k.startswith(("layer1.", "conv1")))
+    assert abs(flop_limit(model, masks, torch.randn(2, 3, 32, 32)) - 1.41) < 0.01
+
+
 def test_gpu_suite_quick_mode_checks_and_times_every_side(tmp_path):
     from bench import gpu_suite
 

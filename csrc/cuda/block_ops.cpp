@@ -7,6 +7,8 @@
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
+#include <cstring>
+
 #include "../block_args.h"
 #include "../weights_cache.h"
 #include "kernels/launch.h"
@@ -43,7 +45,7 @@ std::shared_ptr<const DeviceLayout> build_layout(const BlockConvParams& p, const
   const tiles::TileLayout host = tiles::build_tile_layout(p.shape, index, values.const_data_ptr(), bytes);
   const at::Device device = pack[0]->device();
   at::Tensor weights = at::empty({int64_t(host.weights.size()) / bytes}, values.options());
-  std::memcpy(weights.data_ptr(), host.weights.data(), host.weights.size());
+  if (!host.weights.empty()) std::memcpy(weights.data_ptr(), host.weights.data(), host.weights.size());
   return std::make_shared<const DeviceLayout>(DeviceLayout{
       host.num_tiles, to_device(host.tile_rows, device), to_device(host.tile_ptr, device),
       to_device(host.taps, device), to_device(host.channels, device),

@@ -98,10 +98,21 @@ bool emulate(const TileConvParams& p, const TileLayout& layout) {
   return true;
 }
 
+// Block 0 holds its first row a second time, with weights of its own: both must add up.
+void repeat_first_row(Packed& pk, std::mt19937& rng) {
+  const int64_t nb = num_blocks(pk), cols = pk.ptr[nb + 2] - pk.ptr[nb + 1];
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  std::vector<float> weights(static_cast<size_t>(cols));
+  for (float& v : weights) v = u(rng);
+  pk.rows.insert(pk.rows.begin() + pk.ptr[1], pk.rows[0]);
+  pk.values.insert(pk.values.begin() + pk.ptr[2 * (nb + 1) + 1], weights.begin(), weights.end());
+  for (int64_t b = 1; b <= nb; ++b) pk.ptr[b] += 1, pk.ptr[2 * (nb + 1) + b] += cols;
+}
+
 // One case in fp32 (T = float) or bf16 (uint16_t): input channels-last, output in the case's
-// layout. vector: the input's strides allow the kernel's 16-byte loads.
+// layout.
 template <typename T>
-int run_case(const Case& c, bool all_columns, unsigned seed) {
+int run_case(const Case& c, bool all_columns, bool repeat_row, unsigned seed) {
   constexpr bool bf16 = std::is_same_v<T, uint16_t>;
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> u(-1.f, 1.f);
@@ -110,6 +121,7 @@ int run_case(const Case& c, bool all_columns, unsigned seed) {
   for (float& v : x) v = u(rng);
   for (float& v : bias) v = u(rng);
   Packed pk = random_blocks(c, rng, all_columns);
+  if (repeat_row) repeat_first_row(pk, rng);
   std::vector<T> x_t(x.size()), bias_t(bias.size()), values_t(pk.values.size());
   std::vector<T> y_t(size_t(c.N * c.K * shape.OH * shape.OW), cpu::from_float<T>(NAN));
   for (auto [from, to] : {std::pair{&x, &x_t}, {&bias, &bias_t}, {&pk.values, &values_t}})
@@ -144,9 +156,10 @@ int run_case(const Case& c, bool all_columns, unsigned seed) {
   const double err = max_output_error(c, dense_weight(c, pk), x.data(), in_stride,
                                       c.bias ? bias.data() : nullptr, y.data(), out_stride, bf16);
   const bool ok = covered && err <= 1e-4;
-  std::printf("%s %s%s N=%lld C=%lld K=%lld %lldx%lld k=%lldx%lld s=%lld p=%lld d=%lld g=%lld: "
+  std::printf("%s %s%s%s N=%lld C=%lld K=%lld %lldx%lld k=%lldx%lld s=%lld p=%lld d=%lld g=%lld: "
               "%lld tiles, %lld K-tiles, %lld of %zu chunks in 16-byte loads%s, max err %.3g\n",
               ok ? "ok  " : "FAIL", bf16 ? "bf16" : "fp32", c.channels_last ? " channels_last out" : "",
+              repeat_row ? " a block's row twice" : "",
               (long long)c.N, (long long)c.C, (long long)c.K, (long long)c.H, (long long)c.W,
               (long long)c.KH, (long long)c.KW, (long long)c.stride, (long long)c.pad,
               (long long)c.dil, (long long)c.groups, (long long)layout.num_tiles,
@@ -160,7 +173,7 @@ int run_case(const Case& c, bool all_columns, unsigned seed) {
 int main() {
   struct Run {
     Case c;
-    bool all_columns;
+    bool all_columns, repeat_row = false;
   };
   const Run runs[] = {
       // whole channels: K-tiles of consecutive channels, 16-byte loads
@@ -178,12 +191,15 @@ int main() {
       {{2, 5, 11, 10, 6, 2, 2, 3, 1, 2, 1, true, true, false}, false},   // stride 3, dilation 2
       {{4, 16, 8, 8, 100, 5, 5, 2, 2, 1, 1, false, true, true}, false},  // 2 row tiles
       {{2, 12, 4, 4, 140, 3, 3, 1, 1, 1, 2, false, true, false}, false}, // 70 rows a group
+      // a row a block holds twice (the CPU kernels add both)
+      {{2, 16, 5, 5, 24, 3, 3, 1, 1, 1, 1, false, true, true}, true, true},
+      {{1, 6, 6, 6, 80, 3, 3, 1, 1, 1, 2, true, false, false}, false, true},
   };
   int failures = 0, count = 0;
   unsigned seed = 1;
   for (const Run& r : runs) {
-    failures += run_case<float>(r.c, r.all_columns, seed);
-    failures += run_case<uint16_t>(r.c, r.all_columns, seed++);
+    failures += run_case<float>(r.c, r.all_columns, r.repeat_row, seed);
+    failures += run_case<uint16_t>(r.c, r.all_columns, r.repeat_row, seed++);
     count += 2;
   }
   std::printf("%d passed, %d failed\n", count - failures, failures);

@@ -53,34 +53,41 @@ TileLayout build_tile_layout(const ConvShape& s, const BlockIndex& b, const void
     for (int64_t blk = 0; blk < b.num_blocks; ++blk) {
       const int64_t r0 = b.row_ptr[blk], r1 = b.row_ptr[blk + 1];
       const int64_t cols = b.col_ptr[blk + 1] - b.col_ptr[blk];
-      std::vector<std::pair<int64_t, int64_t>> owned;  // (slot, row in the block) in this tile
+      // (slot, row in the block) of the block's rows in this tile; a row the block holds twice
+      // goes to a second pass of its K-tiles, so that both add up as on the CPU
+      std::vector<std::vector<std::pair<int64_t, int64_t>>> passes;
+      std::vector<size_t> seen_in_block(kRows, 0);
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t at = place[size_t(b.row_idx[r])];
-        if (at / kRows == t) owned.emplace_back(at % kRows, r - r0);
+        if (at / kRows != t) continue;
+        const size_t pass = seen_in_block[size_t(at % kRows)]++;
+        if (pass == passes.size()) passes.emplace_back();
+        passes[pass].emplace_back(at % kRows, r - r0);
       }
-      if (owned.empty()) continue;
-      for (const auto& [tap, columns] : block_taps[size_t(blk)]) {
-        for (size_t first = 0; first < columns.size(); first += kCols) {
-          const size_t count = std::min(columns.size() - first, size_t(kCols));
-          layout.taps.push_back(tap);
-          const size_t base = layout.channels.size();
-          layout.channels.resize(base + kCols, -1);
-          const size_t w0 = layout.weights.size();
-          layout.weights.resize(w0 + ktile_bytes, 0);
-          for (size_t j = 0; j < count; ++j) {
-            layout.channels[base + j] = columns[first + j].first;
-            for (const auto& [sl, r] : owned)
-              std::memcpy(&layout.weights[w0 + (size_t(sl) * kCols + j) * size_t(element_bytes)],
-                          bytes + (b.val_ptr[blk] + r * cols + columns[first + j].second) *
-                                      element_bytes,
-                          size_t(element_bytes));
-          }
-          for (size_t c = 0; c < size_t(kCols); c += size_t(chunk)) {
-            const int32_t lead = layout.channels[base + c];
-            bool consecutive = lead >= 0 && lead % chunk == 0;
-            for (size_t i = 1; consecutive && i < size_t(chunk); ++i)
-              consecutive = layout.channels[base + c + i] == lead + int32_t(i);
-            layout.chunk_first.push_back(consecutive ? lead : -1);
+      for (const auto& owned : passes) {
+        for (const auto& [tap, columns] : block_taps[size_t(blk)]) {
+          for (size_t first = 0; first < columns.size(); first += kCols) {
+            const size_t count = std::min(columns.size() - first, size_t(kCols));
+            layout.taps.push_back(tap);
+            const size_t base = layout.channels.size();
+            layout.channels.resize(base + kCols, -1);
+            const size_t w0 = layout.weights.size();
+            layout.weights.resize(w0 + ktile_bytes, 0);
+            for (size_t j = 0; j < count; ++j) {
+              layout.channels[base + j] = columns[first + j].first;
+              for (const auto& [sl, r] : owned)
+                std::memcpy(&layout.weights[w0 + (size_t(sl) * kCols + j) * size_t(element_bytes)],
+                            bytes + (b.val_ptr[blk] + r * cols + columns[first + j].second) *
+                                        element_bytes,
+                            size_t(element_bytes));
+            }
+            for (size_t c = 0; c < size_t(kCols); c += size_t(chunk)) {
+              const int32_t lead = layout.channels[base + c];
+              bool consecutive = lead >= 0 && lead % chunk == 0;
+              for (size_t i = 1; consecutive && i < size_t(chunk); ++i)
+                consecutive = layout.channels[base + c + i] == lead + int32_t(i);
+              layout.chunk_first.push_back(consecutive ? lead : -1);
+            }
           }
         }
       }

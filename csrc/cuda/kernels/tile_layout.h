@@ -5,8 +5,10 @@
 // cut into tiles of kRows. Each tile gets, block by block in index order, the block's columns
 // grouped by tap (taps ascending, channels ascending inside a tap) in K-tiles of kCols: the
 // tap, the input channels (-1 pads the last K-tile of a tap) and the weights of the tile's
-// slots (zero for slots whose row the block does not own). So a CTA reads, per K-tile, one
-// input pixel per position plus channel offsets, and adds every block of its rows in order.
+// slots (zero for slots whose row the block does not own; a row a block holds twice gets a
+// second set of K-tiles). So a CTA reads, per K-tile, one input pixel per position plus channel
+// offsets, and adds every block of its rows in order. As the zero slots multiply the input too,
+// an Inf or NaN input turns every row of its row tile to NaN, not just the rows that read it.
 #pragma once
 
 #include <cstdint>

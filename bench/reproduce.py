@@ -1,0 +1,289 @@
+"""The papers' time savings, measured end to end: Structure-LTH's channel- and group-wise tickets
+(IMP-Refill, Refill+, IMP-Regroup) and efficient-MPT's kernel skipping, on zoo models, each model
+compiled with measured plans and verified, dense and compiled timed in the same run, beside the
+papers' numbers and the FLOP limit (dense MACs / kept MACs of the mask).
+
+Masks as the papers make them, on freshly initialised weights: layer-wise L1 unstructured masks
+over every conv but the first (a global threshold would empty whole small-init layers) at each
+sparsity, then each transform, and the plain unstructured mask; for ResNet-18 also the paper's
+own regrouped ticket (``../shared/data``). BatchNorm statistics are calibrated under each mask, so
+that compile's check against the masked model can fail. Times: dense (the masked model with its
+BatchNorm folded, in its faster memory format) and compiled (channels_last), called in
+alternation after a warm-up, ``RUNS`` calls each (torch.utils.benchmark's timer), medians and
+quartiles.
+
+    python -m bench.reproduce                  # CPU: bench/results/reproduce-cpu-<date>.{json,md,png}
+    python -m bench.reproduce --quick          # seconds: one small model and mask (CI)
+    python -m bench.reproduce --model resnet18 --sparsity 0.8 --dtype bfloat16 --batch 1
+"""
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.benchmark import Timer
+
+import sparsekit
+from sparsekit import zoo
+from sparsekit.transforms import acceleration_rate, kernel_mask, layerwise_magnitude_masks, refill_masks, regroup
+
+from .cpu_suite import _faster_format, layer_breakdown
+from .masks import flop_limit
+from .report import RESULTS
+
+MODELS = ("vgg16_bn", "resnet18", "wrn32_2", "mobilenet_v1", "resnet50")
+SPARSITIES = (0.36, 0.45, 0.58, 0.74, 0.80, 0.90)
+TRANSFORMS = ("unstructured", "refill", "refill+", "regroup", "kernel")
+REFILL_PLUS = 0.1  # Refill+'s fillback rate: the fraction of the pruned channels added back
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+BATCHES = (1, 16)
+RUNS, WARMUP = 50, 5
+TICKET = Path(__file__).resolve().parents[2] / "shared/data/structure_lth_resnet18_cifar10_blocks.json"
+
+# What the papers report, and what kind of figure each is (FACTS.md): Structure-LTH's savings come
+# from one un-warmed fp32 timing per layer-set; MPT's rates are FLOP ratios, never timed.
+PAPERS = [
+    {"paper": "Structure-LTH", "what": "CIFAR, channel/group-wise, 45-80% sparsity",
+     "transforms": ("refill", "refill+", "regroup", "ticket"), "sparsity": (0.45, 0.80), "saving": (0.5375, 0.6493),
+     "kind": "GPU running-time saving (one un-warmed fp32 timing)"},
+    {"paper": "Structure-LTH", "what": "Tiny-ImageNet, 74% sparsity", "transforms": ("refill", "regroup"),
+     "sparsity": (0.74, 0.74), "saving": (0.6484, 0.6484), "kind": "GPU running-time saving"},
+    {"paper": "Structure-LTH", "what": "ImageNet ResNet-50, 58% sparsity", "transforms": ("refill", "regroup"),
+     "sparsity": (0.58, 0.58), "saving": (0.6023, 0.6023), "kind": "GPU running-time saving"},
+    {"paper": "efficient MPT", "what": "ResNet-18 CIFAR-10 kernel skipping, AR 1.4x / 2.3x / 3.0x at 70/90/95%",
+     "transforms": ("kernel",), "sparsity": (0.70, 0.95), "saving": (1 - 1 / 1.4, 1 - 1 / 3.0),
+     "kind": "FLOP ratio (acceleration rate), never timed"},
+]
+
+
+def masks_for(model, transform: str, sparsity: float) -> dict:
+    """{param name: mask} of ``transform`` applied to layer-wise L1 masks at ``sparsity``."""
+    if transform == "ticket":
+        return ticket_masks(model)
+    masks = layerwise_magnitude_masks(model, sparsity)
+    if transform in ("refill", "refill+"):
+        return refill_masks(model, masks, extra=REFILL_PLUS if transform == "refill+" else 0.0)
+    if transform == "regroup":
+        return {key: regroup(mask)[0] for key, mask in masks.items()}
+    if transform == "kernel":
+        return {key: kernel_mask(mask) if mask.dim() == 4 else mask for key, mask in masks.items()}
+    return masks
+
+
+def ticket_masks(model) -> dict:
+    """Structure-LTH's regrouped ResNet-18 CIFAR-10 ticket: each conv's blocks as its mask."""
+    masks = {}
+    for layer, entry in json.loads(TICKET.read_text())["layers"].items():
+        out, cin, kh, kw = entry["weight_shape"]
+        mask = torch.zeros(out, cin * kh * kw)
+        for rows, cols in entry["blocks"]:
+            if rows and cols:
+                mask[torch.tensor(rows)[:, None], torch.tensor(cols)] = 1
+        masks[f"{layer}.weight"] = mask.view(out, cin, kh, kw)
+    assert set(masks) <= {f"{n}.weight" for n, _ in model.named_modules()}, "ticket names no layer of resnet18"
+    return masks
+
+
+def paired_runs(sides: dict, runs: int, warmup: int) -> dict:
+    """{side: (median, first quartile, third quartile) in ms} of ``runs`` calls of each side
+    (a function of no argument), called in alternation after ``warmup`` calls each."""
+    times = {name: [] for name in sides}
+    timers = {name: Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+              for name, fn in sides.items()}
+    with torch.no_grad():
+        for _ in range(warmup):
+            for fn in sides.values():
+                fn()
+        for _ in range(runs):
+            for name, timer in timers.items():
+                times[name].append(1e3 * timer.timeit(1).median)
+    quartiles = torch.tensor([0.5, 0.25, 0.75], dtype=torch.float64)
+    return {name: torch.tensor(t, dtype=torch.float64).quantile(quartiles).tolist() for name, t in times.items()}
+
+
+def run_case(name, transform, sparsity, dtype_name, batch, quick, gen) -> dict:
+    dtype, shape = DTYPES[dtype_name], zoo.INPUT_SHAPES[name]
+    model = zoo.create(name).eval()
+    masks = masks_for(model, transform, sparsity)
+    zoo.calibrate_batchnorm(model, [torch.randn(8, *shape, generator=gen) for _ in range(2)], masks)
+    x = torch.randn(batch, *shape, generator=gen)
+    limit = flop_limit(model, masks, x)
+    rate = mpt_rate(model, masks, x) if transform in ("kernel", "unstructured") else None
+    model = model.to(dtype).to(memory_format=torch.channels_last)
+    x = x.to(dtype).contiguous(memory_format=torch.channels_last)
+    compiled = sparsekit.compile(model, masks, x, measure=not quick)
+    report = compiled.sparsekit_report
+    if not report.discriminating:
+        raise AssertionError(f"{name}: the reference output hardly depends on the input: {report.spread}")
+    dense_model = sparsekit.compile(model, masks, x, backend="dense", measure=False, verify=False)
+    dense, dense_format = _faster_format(dense_model, x)
+    times = paired_runs({"dense": dense, "compiled": lambda: compiled(x)}, 5 if quick else RUNS,
+                        1 if quick else WARMUP)
+    kept = sum(m.sum().item() for m in masks.values()) / sum(m.numel() for m in masks.values())
+    record = {
+        "model": name, "input": list(x.shape), "dtype": dtype_name, "batch": batch, "transform": transform,
+        "nominal_sparsity": None if transform == "ticket" else sparsity, "sparsity": round(1 - kept, 4),
+        "flop_limit": limit, "max_error": report.max_error,
+        "bound": report.bound, "dense_format": dense_format,
+        "dense_ms": times["dense"][0], "dense_quartiles_ms": times["dense"][1:],
+        "compiled_ms": times["compiled"][0], "compiled_quartiles_ms": times["compiled"][1:],
+        "runs": 5 if quick else RUNS,
+        "layers_dense": [l.name for l in report.layers if l.structure == "dense"],
+    }
+    record["speedup"] = record["dense_ms"] / record["compiled_ms"]
+    record["saving"] = 1 - 1 / record["speedup"]
+    record["limit_saving"] = 1 - 1 / record["flop_limit"]
+    record["of_limit_saving"] = record["saving"] / record["limit_saving"] if record["limit_saving"] > 0 else None
+    if rate is not None:
+        record["acceleration_rate"] = rate
+    if sparsity == 0.80 or transform == "ticket":  # where the time goes, per layer
+        record["layers"] = layer_breakdown(compiled, report, masks, x)
+    return record
+
+
+def mpt_rate(model, masks: dict, x) -> float:
+    """efficient-MPT's acceleration rate of the conv masks on this input (what skipping the
+    all-zero kernels alone would gain in FLOPs)."""
+    sizes = {}
+
+    def record(key, y):
+        sizes[key] = tuple(y.shape[2:])
+
+    hooks = [model.get_submodule(key.removesuffix(".weight")).register_forward_hook(
+        lambda m, args, y, key=key: record(key, y)) for key, mask in masks.items() if mask.dim() == 4]
+    with torch.no_grad():
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    return acceleration_rate({k: masks[k] for k in sizes}, sizes)
+
+
+def paper_row(record: dict) -> dict | None:
+    """The papers' figure a record can be put beside: same transform, sparsity in its range."""
+    for row in PAPERS:
+        low, high = row["sparsity"]
+        if record["transform"] in row["transforms"] and low - 0.01 <= record["sparsity"] <= high + 0.01:
+            return row
+    return None
+
+
+def _percent(low: float, high: float) -> str:
+    return f"{low:.1%}" if low == high else f"{low:.1%}-{high:.1%}"
+
+
+def _row(r: dict) -> str:
+    paper = paper_row(r)
+    quartiles = "/".join(f"{q:.2f}" for q in r["compiled_quartiles_ms"])
+    rate = f" (AR {r['acceleration_rate']:.2f}x)" if "acceleration_rate" in r else ""
+    of_limit = f"{r['of_limit_saving']:.0%}" if r["of_limit_saving"] is not None else ""
+    beside = f"{_percent(*paper['saving'])} ({paper['paper']}: {paper['kind']})" if paper else ""
+    return (f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['transform']} | {r['sparsity']:.2f} | "
+            f"{r['dense_ms']:.2f} ({r['dense_format']}) | {r['compiled_ms']:.2f} ({quartiles}) | "
+            f"{r['speedup']:.2f}x | {r['saving']:.1%} | {r['flop_limit']:.2f}x{rate} | {r['limit_saving']:.1%} | "
+            f"{of_limit} | {r['max_error']:.1e} / {r['bound']:.1e} | {beside} |")
+
+
+HEADER = ("| model | dtype | batch | mask | sparsity | dense ms (format) | compiled ms (quartiles) | speedup | "
+          "time saving | FLOP limit | limit's saving | of limit's saving | max error / bound | paper's figure |\n"
+          + "| --- " * 14 + "|")
+
+
+def _layer_row(r: dict, l: dict) -> str:
+    timed = l["dense_ms"] and l["sparse_ms"]
+    times = f"{l['dense_ms']:.3f} | {l['sparse_ms']:.3f} | {l['dense_ms'] / l['sparse_ms']:.2f}x" if timed else "| |"
+    return (f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['transform']} | {l['layer']} | {l['structure']} | "
+            f"{l['backend']} | {times} | {l['flop_limit']:.2f}x |")
+
+
+LAYER_HEADER = ("| model | dtype | batch | mask | layer | plan | backend | dense ms | compiled ms | speedup | "
+                "FLOP limit |\n" + "| --- " * 11 + "|")
+
+
+def plot(records: list[dict], path: Path) -> None:
+    """Time saving against sparsity per model and transform (fp32, the largest batch), each
+    beside its FLOP limit's saving (dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batch = max(r["batch"] for r in records)
+    chosen = [r for r in records if r["dtype"] == "float32" and r["batch"] == batch]
+    models = sorted({r["model"] for r in chosen}, key=MODELS.index)
+    figure, axes = plt.subplots(1, max(len(models), 1), figsize=(4.5 * max(len(models), 1), 4), squeeze=False)
+    for axis, model in zip(axes[0], models):
+        for color, transform in enumerate((*TRANSFORMS, "ticket")):
+            points = sorted((r["sparsity"], r["saving"], r["limit_saving"]) for r in chosen
+                            if r["model"] == model and r["transform"] == transform)
+            if not points:
+                continue
+            s, saving, limit = zip(*points)
+            axis.plot(s, saving, "o-", color=f"C{color}", label=transform)
+            axis.plot(s, limit, "--", color=f"C{color}", linewidth=0.8)
+        axis.axhline(0, color="grey", linewidth=0.8)
+        axis.set(title=f"{model}, fp32, batch {batch}", xlabel="sparsity", ylabel="time saving (dashed: FLOP limit)")
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def environment(command: str, device: str) -> dict:
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+    else:
+        name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                     if line.startswith("model name")), "cpu")
+    return {"device": name, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "sparsekit": sparsekit.__version__, "date": datetime.date.today().isoformat(), "command": command}
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--quick", action="store_true", help="one small model and two masks, seconds (CI)")
+    parser.add_argument("--model", action="append", choices=MODELS, help="default: all")
+    parser.add_argument("--sparsity", action="append", type=float, help=f"default: {SPARSITIES}")
+    parser.add_argument("--transform", action="append", choices=(*TRANSFORMS, "ticket"), help="default: all")
+    parser.add_argument("--dtype", action="append", choices=tuple(DTYPES), help="default: both")
+    parser.add_argument("--batch", action="append", type=int, help=f"default: {BATCHES}")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.device == "cuda":
+        raise SystemExit("bench.reproduce --device cuda: the GPU part (CUDA graphs, batch 64) is not written yet")
+    words = list(argv or [])
+    if "--out" in words:
+        del words[words.index("--out"):words.index("--out") + 2]
+    env = environment(" ".join(["python -m bench.reproduce", *words]), args.device)
+    if args.quick:
+        grid = [("wrn32_2", t, 0.8, "float32", 2) for t in ("refill", "kernel")]
+    else:
+        transforms = args.transform or (*TRANSFORMS, "ticket")
+        grid = [(m, t, s, d, b) for m in args.model or MODELS for d in args.dtype or DTYPES
+                for b in args.batch or BATCHES for t in transforms
+                for s in ((None,) if t == "ticket" else args.sparsity or SPARSITIES)
+                if t != "ticket" or m == "resnet18"]
+    title = f"{env['device']}, {env['threads']} threads, torch {env['torch']}"
+    print(f"{title}\n{HEADER}", flush=True)
+    gen = torch.Generator().manual_seed(0)
+    records = []
+    for case in grid:
+        records.append(run_case(*case, quick=args.quick, gen=gen))
+        print(_row(records[-1]), flush=True)
+    stem = args.out / f"reproduce-{args.device}-{env['date']}{'-quick' if args.quick else ''}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps({"environment": env, "results": records}, indent=1))
+    layers = [_layer_row(r, l) for r in records for l in r.get("layers", ())]
+    papers = "\n".join(f"| {p['paper']} | {p['what']} | {_percent(*p['saving'])} | {p['kind']} |" for p in PAPERS)
+    stem.with_suffix(".md").write_text(
+        f"# {title}\n\n`{env['command']}`\n\n{HEADER}\n" + "\n".join(map(_row, records))
+        + "\n\n## The papers' figures\n\n| paper | what | saving | kind of figure |\n| --- | --- | --- | --- |\n"
+        + papers + f"\n\n## Per layer (80% masks and the ticket)\n\n{LAYER_HEADER}\n" + "\n".join(layers) + "\n")
+    plot(records, stem.with_suffix(".png"))
+    return records
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
