@@ -17,7 +17,6 @@ end to end, the same per layer.
 """
 
 import datetime
-import platform
 import sys
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from sparsekit.transforms import layerwise_magnitude_masks, refill_masks
 
 from .masks import conv_mask, flop_limit
 from .peak import fp32_peak_macs
-from .report import suite_arguments, write_results
+from .report import cpu_name, suite_arguments, write_results
 
 CPU = torch.device("cpu")
 
@@ -266,13 +265,8 @@ LAYER_HEADER = ("| model | mask | layer | input | plan | backend | dense ms | sp
 
 
 def environment(command: str, peak_macs: float) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     return {
-        "device": f"{cpu} ({torch.backends.cpu.get_cpu_capability()})", "threads": torch.get_num_threads(),
+        "device": f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()})", "threads": torch.get_num_threads(),
         "torch": torch.__version__, "sparsekit": sparsekit.__version__,
         "dtypes": [str(d).removeprefix("torch.") for d in DTYPES], "fp32_peak_gmacs": peak_macs / 1e9,
         "date": datetime.date.today().isoformat(), "command": command,

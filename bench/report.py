@@ -1,8 +1,9 @@
-"""What the bench suites share: their command line, and the one writer of their results (JSON:
-environment + records, and a markdown table beside it)."""
+"""What the bench suites share: their command line, the CPU's name, and the one writer of their
+results (JSON: environment + records, and a markdown table beside it)."""
 
 import argparse
 import json
+import platform
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
@@ -23,10 +24,18 @@ def suite_arguments(argv, description: str, module: str, quick_help: str, add_ar
     return args, " ".join(["python -m", module, *words])
 
 
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform knows."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def write_results(stem: Path, env: dict, title: str, header: str, rows: list[str], records: list[dict],
-                  extra: str = "") -> None:
+                  extra: str = "", more: dict | None = None) -> None:
     """``stem``.json and ``stem``.md; ``title`` heads the table, followed by the command, and
-    ``extra`` (markdown) follows it."""
+    ``extra`` (markdown) follows it; ``more`` adds keys to the JSON."""
     stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps({"environment": env, "results": records}, indent=1))
+    stem.with_suffix(".json").write_text(json.dumps({"environment": env, "results": records, **(more or {})}, indent=1))
     stem.with_suffix(".md").write_text(f"{title}; `{env['command']}`\n\n{header}\n" + "\n".join(rows) + "\n" + extra)

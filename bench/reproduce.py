@@ -18,7 +18,6 @@ quartiles.
     python -m bench.reproduce --model resnet18 --sparsity 0.8 --dtype bfloat16 --batch 1
 """
 
-import argparse
 import datetime
 import json
 import sys
@@ -33,7 +32,7 @@ from sparsekit.transforms import acceleration_rate, kernel_mask, layerwise_magni
 
 from .cpu_suite import _faster_format, layer_breakdown
 from .masks import flop_limit
-from .report import RESULTS
+from .report import cpu_name, suite_arguments, write_results
 
 MODELS = ("vgg16_bn", "resnet18", "wrn32_2", "mobilenet_v1", "resnet50")
 SPARSITIES = (0.36, 0.45, 0.58, 0.74, 0.80, 0.90)
@@ -244,32 +243,25 @@ def plot(records: list[dict], path: Path) -> None:
 
 
 def environment(command: str, device: str) -> dict:
-    if device == "cuda":
-        name = torch.cuda.get_device_name()
-    else:
-        name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                     if line.startswith("model name")), "cpu")
-    return {"device": name, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "sparsekit": sparsekit.__version__, "date": datetime.date.today().isoformat(), "command": command}
+    return {"device": torch.cuda.get_device_name() if device == "cuda" else cpu_name(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "sparsekit": sparsekit.__version__,
+            "date": datetime.date.today().isoformat(), "command": command}
 
 
 def main(argv=None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--quick", action="store_true", help="one small model and two masks, seconds (CI)")
-    parser.add_argument("--model", action="append", choices=MODELS, help="default: all")
-    parser.add_argument("--sparsity", action="append", type=float, help=f"default: {SPARSITIES}")
-    parser.add_argument("--transform", action="append", choices=(*TRANSFORMS, "ticket"), help="default: all")
-    parser.add_argument("--dtype", action="append", choices=tuple(DTYPES), help="default: both")
-    parser.add_argument("--batch", action="append", type=int, help=f"default: {BATCHES}")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
+    def add_options(parser):
+        parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+        parser.add_argument("--model", action="append", choices=MODELS, help="default: all")
+        parser.add_argument("--sparsity", action="append", type=float, help=f"default: {SPARSITIES}")
+        parser.add_argument("--transform", action="append", choices=(*TRANSFORMS, "ticket"), help="default: all")
+        parser.add_argument("--dtype", action="append", choices=tuple(DTYPES), help="default: both")
+        parser.add_argument("--batch", action="append", type=int, help=f"default: {BATCHES}")
+
+    args, command = suite_arguments(argv, __doc__.splitlines()[0], "bench.reproduce",
+                                    "one small model and two masks, seconds (CI)", add_options)
     if args.device == "cuda":
         raise SystemExit("bench.reproduce --device cuda: the GPU part (CUDA graphs, batch 64) is not written yet")
-    words = list(argv or [])
-    if "--out" in words:
-        del words[words.index("--out"):words.index("--out") + 2]
-    env = environment(" ".join(["python -m bench.reproduce", *words]), args.device)
+    env = environment(command, args.device)
     if args.quick:
         grid = [("wrn32_2", t, 0.8, "float32", 2) for t in ("refill", "kernel")]
     else:
@@ -283,20 +275,17 @@ def main(argv=None) -> list[dict]:
     gen = torch.Generator().manual_seed(0)
     records, skipped = [], []
     stem = args.out / f"reproduce-{args.device}-{env['date']}{'-quick' if args.quick else ''}"
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    papers = "\n".join(f"| {p['paper']} | {p['what']} | {_percent(*p['saving'])} | {p['kind']} |" for p in PAPERS)
     for case in grid:
         record = run_case(*case, quick=args.quick, gen=gen)
         (skipped if "skipped" in record else records).append(record)
         print(_row(record) if "skipped" not in record else f"skipped {case}: {record['skipped']}", flush=True)
-        stem.with_suffix(".json").write_text(  # after every case: a long run keeps what it measured
-            json.dumps({"environment": env, "results": records, "skipped": skipped}, indent=1))
-    layers = [_layer_row(r, l) for r in records for l in r.get("layers", ())]
-    papers = "\n".join(f"| {p['paper']} | {p['what']} | {_percent(*p['saving'])} | {p['kind']} |" for p in PAPERS)
-    stem.with_suffix(".md").write_text(
-        f"# {title}\n\n`{env['command']}`\n\n{HEADER}\n" + "\n".join(map(_row, records))
-        + "".join(f"\n\nSkipped: {r['model']} {r['transform']} {r['sparsity']}: {r['skipped']}" for r in skipped)
-        + "\n\n## The papers' figures\n\n| paper | what | saving | kind of figure |\n| --- | --- | --- | --- |\n"
-        + papers + f"\n\n## Per layer (80% masks and the ticket)\n\n{LAYER_HEADER}\n" + "\n".join(layers) + "\n")
+        layers = [_layer_row(r, l) for r in records for l in r.get("layers", ())]
+        write_results(  # after every case: a long run keeps what it measured
+            stem, env, title, HEADER, list(map(_row, records)), records, more={"skipped": skipped},
+            extra="".join(f"\nSkipped: {r['model']} {r['transform']} {r['sparsity']}: {r['skipped']}\n" for r in skipped)
+            + "\n## The papers' figures\n\n| paper | what | saving | kind of figure |\n| --- | --- | --- | --- |\n"
+            + papers + f"\n\n## Per layer (80% masks and the ticket)\n\n{LAYER_HEADER}\n" + "\n".join(layers) + "\n")
     plot(records, stem.with_suffix(".png"))
     return records
 
