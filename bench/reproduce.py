@@ -242,6 +242,33 @@ def plot(records: list[dict], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
+def table_order(record: dict) -> tuple:
+    transforms = (*TRANSFORMS, "ticket")
+    return (MODELS.index(record["model"]), record["dtype"], record["batch"], transforms.index(record["transform"]),
+            record["sparsity"])
+
+
+def case_key(record: dict) -> tuple:
+    """What identifies a case: model, mask, nominal sparsity (None for the ticket), dtype, batch."""
+    sparsity = record.get("nominal_sparsity", record["sparsity"]) if record["transform"] != "ticket" else None
+    return record["model"], record["transform"], sparsity, record["dtype"], record["batch"]
+
+
+def resumed(stem: Path, env: dict) -> tuple[list[dict], list[dict]]:
+    """(records, skipped) of ``stem``.json when it was measured on this machine with these
+    versions (``env`` then lists its commands too), else nothing."""
+    path = stem.with_suffix(".json")
+    if not path.exists():
+        return [], []
+    saved = json.loads(path.read_text())
+    same = ("device", "threads", "torch", "sparsekit")
+    if any(saved["environment"][k] != env[k] for k in same):
+        raise SystemExit(f"--resume: {path} was measured with {[saved['environment'][k] for k in same]}, "
+                         f"this run has {[env[k] for k in same]}; move it or drop --resume")
+    env["command"] = f"{saved['environment']['command']}; {env['command']}"
+    return saved["results"], saved.get("skipped", [])
+
+
 def environment(command: str, device: str) -> dict:
     return {"device": torch.cuda.get_device_name() if device == "cuda" else cpu_name(),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "sparsekit": sparsekit.__version__,
@@ -256,6 +283,9 @@ def main(argv=None) -> list[dict]:
         parser.add_argument("--transform", action="append", choices=(*TRANSFORMS, "ticket"), help="default: all")
         parser.add_argument("--dtype", action="append", choices=tuple(DTYPES), help="default: both")
         parser.add_argument("--batch", action="append", type=int, help=f"default: {BATCHES}")
+        parser.add_argument("--resume", action="store_true",
+                            help="add to the results file of the day (same machine and versions), "
+                                 "measuring only the cases it does not hold")
 
     args, command = suite_arguments(argv, __doc__.splitlines()[0], "bench.reproduce",
                                     "one small model and two masks, seconds (CI)", add_options)
@@ -272,13 +302,16 @@ def main(argv=None) -> list[dict]:
                 if t != "ticket" or m == "resnet18"]
     title = f"{env['device']}, {env['threads']} threads, torch {env['torch']}"
     print(f"{title}\n{HEADER}", flush=True)
-    gen = torch.Generator().manual_seed(0)
-    records, skipped = [], []
     stem = args.out / f"reproduce-{args.device}-{env['date']}{'-quick' if args.quick else ''}"
+    records, skipped = resumed(stem, env) if args.resume else ([], [])
+    done = {case_key(r) for r in records + skipped}
+    grid = [case for case in grid if case_key(dict(zip(("model", "transform", "sparsity", "dtype", "batch"), case)))
+            not in done]
     papers = "\n".join(f"| {p['paper']} | {p['what']} | {_percent(*p['saving'])} | {p['kind']} |" for p in PAPERS)
     for case in grid:
-        record = run_case(*case, quick=args.quick, gen=gen)
+        record = run_case(*case, quick=args.quick, gen=torch.Generator().manual_seed(0))  # one case reruns alone
         (skipped if "skipped" in record else records).append(record)
+        records.sort(key=table_order)
         print(_row(record) if "skipped" not in record else f"skipped {case}: {record['skipped']}", flush=True)
         layers = [_layer_row(r, l) for r in records for l in r.get("layers", ())]
         write_results(  # after every case: a long run keeps what it measured

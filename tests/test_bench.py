@@ -49,6 +49,13 @@ def test_reproduce_quick_mode_measures_against_the_flop_limit(tmp_path):
     assert "| wrn32_2 | float32 | 2 | refill |" in markdown and "## The papers' figures" in markdown
     assert (tmp_path / json_file.name.replace(".json", ".png")).stat().st_size > 1000
 
+    # --resume keeps the day's cases and measures only those the file lacks
+    json_file.write_text(json.dumps({**saved, "results": [refill]}))
+    again = reproduce.main(["--quick", "--out", str(tmp_path), "--resume"])
+    assert again[0] == refill and [r["transform"] for r in again] == ["refill", "kernel"]
+    assert json.loads(json_file.read_text())["environment"]["command"] == (
+        "python -m bench.reproduce --quick; python -m bench.reproduce --quick --resume")
+
 
 def test_the_papers_ticket_keeps_its_blocks_and_flop_limit():
     """The regrouped ResNet-18 ticket as masks: about 65% sparse, and its convolutions' FLOP limit
