@@ -30,7 +30,7 @@ from sparsekit.transforms import layerwise_magnitude_masks, refill_masks
 
 from .masks import conv_mask, flop_limit
 from .peak import fp32_peak_macs
-from .report import cpu_name, suite_arguments, write_results
+from .report import suite_arguments, write_results
 
 CPU = torch.device("cpu")
 
@@ -266,7 +266,7 @@ LAYER_HEADER = ("| model | mask | layer | input | plan | backend | dense ms | sp
 
 def environment(command: str, peak_macs: float) -> dict:
     return {
-        "device": f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()})", "threads": torch.get_num_threads(),
+        "device": f"{timing.device_name('cpu')} ({torch.backends.cpu.get_cpu_capability()})", "threads": torch.get_num_threads(),
         "torch": torch.__version__, "sparsekit": sparsekit.__version__,
         "dtypes": [str(d).removeprefix("torch.") for d in DTYPES], "fp32_peak_gmacs": peak_macs / 1e9,
         "date": datetime.date.today().isoformat(), "command": command,

@@ -1,9 +1,9 @@
-"""What the bench suites share: their command line, the CPU's name, and the one writer of their
-results (JSON: environment + records, and a markdown table beside it)."""
+"""What the bench suites share: their command line and the one writer of their results (JSON:
+environment + records, and a markdown table beside it), and the reader of earlier results a
+resumed run adds to."""
 
 import argparse
 import json
-import platform
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
@@ -24,14 +24,6 @@ def suite_arguments(argv, description: str, module: str, quick_help: str, add_ar
     return args, " ".join(["python -m", module, *words])
 
 
-def cpu_name() -> str:
-    """The CPU's model name (/proc/cpuinfo), else what platform knows."""
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def write_results(stem: Path, env: dict, title: str, header: str, rows: list[str], records: list[dict],
                   extra: str = "", more: dict | None = None) -> None:
     """``stem``.json and ``stem``.md; ``title`` heads the table, followed by the command, and
@@ -39,3 +31,19 @@ def write_results(stem: Path, env: dict, title: str, header: str, rows: list[str
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps({"environment": env, "results": records, **(more or {})}, indent=1))
     stem.with_suffix(".md").write_text(f"{title}; `{env['command']}`\n\n{header}\n" + "\n".join(rows) + "\n" + extra)
+
+
+def resumed(stem: Path, env: dict) -> dict:
+    """The saved ``stem``.json (``{"results": [], ...}`` when there is none) of a run on this
+    machine with these versions, whose results a run adds to; ``env``'s command then lists the
+    earlier commands too. Another machine's or version's results stop the run."""
+    path = stem.with_suffix(".json")
+    if not path.exists():
+        return {"results": []}
+    saved = json.loads(path.read_text())
+    same = ("device", "threads", "torch", "sparsekit")
+    if any(saved["environment"][k] != env[k] for k in same):
+        raise SystemExit(f"--resume: {path} was measured with {[saved['environment'][k] for k in same]}, "
+                         f"this run has {[env[k] for k in same]}; move it or drop --resume")
+    env["command"] = f"{saved['environment']['command']}; {env['command']}"
+    return saved

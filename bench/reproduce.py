@@ -28,11 +28,14 @@ from torch.utils.benchmark import Timer
 
 import sparsekit
 from sparsekit import zoo
-from sparsekit.transforms import acceleration_rate, kernel_mask, layerwise_magnitude_masks, refill_masks, regroup
+from sparsekit.timing import device_name
+from sparsekit.transforms import (
+    acceleration_rate, kernel_magnitude_mask, layerwise_magnitude_masks, refill_masks, regroup,
+)
 
 from .cpu_suite import _faster_format, layer_breakdown
 from .masks import flop_limit
-from .report import cpu_name, suite_arguments, write_results
+from .report import resumed, suite_arguments, write_results
 
 MODELS = ("vgg16_bn", "resnet18", "wrn32_2", "mobilenet_v1", "resnet50")
 SPARSITIES = (0.36, 0.45, 0.58, 0.74, 0.80, 0.90)
@@ -72,16 +75,6 @@ def masks_for(model, transform: str, sparsity: float) -> dict:
         return {key: kernel_magnitude_mask(model.get_submodule(key.removesuffix(".weight")).weight, sparsity)
                 if mask.dim() == 4 else mask for key, mask in masks.items()}
     return masks
-
-
-def kernel_magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Whole kh x kw kernels ranked by L1 norm, the top ``1 - sparsity`` of the layer's kept: the
-    kernel-level magnitude mask. (``kernel_mask`` of an element-wise mask at 80-90% keeps almost
-    no kernel, as few have half their weights left; this reaches the nominal sparsity.)"""
-    score = weight.detach().abs().sum((2, 3)).flatten()
-    kept = torch.zeros_like(score, dtype=torch.bool)
-    kept[score.topk(max(1, round((1 - sparsity) * score.numel()))).indices] = True
-    return kernel_mask(kept.view(weight.shape[:2])[:, :, None, None].expand_as(weight).float())
 
 
 def ticket_masks(model) -> dict:
@@ -254,23 +247,8 @@ def case_key(record: dict) -> tuple:
     return record["model"], record["transform"], sparsity, record["dtype"], record["batch"]
 
 
-def resumed(stem: Path, env: dict) -> tuple[list[dict], list[dict]]:
-    """(records, skipped) of ``stem``.json when it was measured on this machine with these
-    versions (``env`` then lists its commands too), else nothing."""
-    path = stem.with_suffix(".json")
-    if not path.exists():
-        return [], []
-    saved = json.loads(path.read_text())
-    same = ("device", "threads", "torch", "sparsekit")
-    if any(saved["environment"][k] != env[k] for k in same):
-        raise SystemExit(f"--resume: {path} was measured with {[saved['environment'][k] for k in same]}, "
-                         f"this run has {[env[k] for k in same]}; move it or drop --resume")
-    env["command"] = f"{saved['environment']['command']}; {env['command']}"
-    return saved["results"], saved.get("skipped", [])
-
-
 def environment(command: str, device: str) -> dict:
-    return {"device": torch.cuda.get_device_name() if device == "cuda" else cpu_name(),
+    return {"device": device_name(device),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "sparsekit": sparsekit.__version__,
             "date": datetime.date.today().isoformat(), "command": command}
 
@@ -303,7 +281,8 @@ def main(argv=None) -> list[dict]:
     title = f"{env['device']}, {env['threads']} threads, torch {env['torch']}"
     print(f"{title}\n{HEADER}", flush=True)
     stem = args.out / f"reproduce-{args.device}-{env['date']}{'-quick' if args.quick else ''}"
-    records, skipped = resumed(stem, env) if args.resume else ([], [])
+    saved = resumed(stem, env) if args.resume else {"results": []}
+    records, skipped = saved["results"], saved.get("skipped", [])
     done = {case_key(r) for r in records + skipped}
     grid = [case for case in grid if case_key(dict(zip(("model", "transform", "sparsity", "dtype", "batch"), case)))
             not in done]

@@ -1,12 +1,14 @@
-"""Command line: ``python -m sparsekit compile | inspect | demo``."""
+"""Command line: ``python -m sparsekit compile | inspect | demo | plan``."""
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
-from . import backends, masks, saving, zoo
+from . import backends, masks, saving, spdy, zoo
 from .api import compile
 from .errors import SparsekitError
 from .planners import STRUCTURES
@@ -68,6 +70,33 @@ def inspect_command(args) -> int:
     return 0
 
 
+def plan_command(args) -> int:
+    torch.manual_seed(args.seed)
+    model = zoo.create(args.model).eval()
+    shape = zoo.INPUT_SHAPES[args.model]
+    if args.weights:
+        model.load_state_dict(masks._load_file(args.weights))
+    else:  # random weights: BatchNorm statistics as training would leave them, else the output hardly varies
+        zoo.calibrate_batchnorm(model, [torch.randn(args.batch, *shape) for _ in range(2)])
+        print(f"{args.model}: random weights, BatchNorm statistics calibrated on random inputs")
+    x = torch.randn(args.batch, *shape)
+    calib = [torch.randn(args.batch, *shape) for _ in range(args.calib)]
+    layer_masks, compiled, report = spdy.plan(
+        model, x, args.speedup, calib, levels=spdy.geometric_levels(args.levels), structure=args.structure,
+        backend=args.backend, transform=None if args.transform == "none" else args.transform,
+        reconstruct=args.reconstruct, draws=args.draws, steps=args.steps, cache=args.cache, progress=True,
+        seed=args.seed)
+    print(report)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in layer_masks.items()}, args.out / "masks.safetensors")
+        (args.out / "plan.json").write_text(json.dumps(report.to_dict(), indent=1))
+        report.plot(args.out / "plan.png")
+        saving.save(compiled, args.out / "compiled")
+        print(f"masks, report (plan.json, plan.png) and the compiled model saved in {args.out}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sparsekit")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -92,6 +121,24 @@ def main(argv=None) -> int:
     c.add_argument("--batch", type=int, default=16, help="batch of the example input")
     c.add_argument("--out", required=True, type=Path)
     c.set_defaults(run=compile_command)
+
+    p = commands.add_parser("plan", help="per-layer sparsity for a measured speedup target (SPDY), compiled")
+    p.add_argument("model", choices=list(zoo.MODELS))
+    p.add_argument("--speedup", required=True, type=float, help="end-to-end speedup target over dense")
+    p.add_argument("--weights", type=Path, help=".pt or .safetensors state_dict (default: random weights)")
+    p.add_argument("--batch", type=int, default=16, help="batch of the example and calibration inputs")
+    p.add_argument("--calib", type=int, default=4, help="calibration batches (random inputs, KL to dense)")
+    p.add_argument("--levels", type=int, default=len(spdy.DEFAULT_LEVELS), help="sparsity levels, 0 included")
+    p.add_argument("--structure", default="auto", choices=STRUCTURES)
+    p.add_argument("--backend", default="auto", choices=backends.choices())
+    p.add_argument("--transform", default="none", choices=["none", "refill", "regroup", "kernel"])
+    p.add_argument("--reconstruct", action="store_true", help="refit kept weights by least squares")
+    p.add_argument("--draws", type=int, default=100)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--cache", type=Path, help="JSON file of timing tables to reuse")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="directory for masks, plan.json, plan.png and the compiled model")
+    p.set_defaults(run=plan_command)
 
     i = commands.add_parser("inspect", help="describe a saved compiled model")
     i.add_argument("dir", type=Path)

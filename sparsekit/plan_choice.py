@@ -4,8 +4,9 @@ Candidates are every planner's plan (or the one asked for) on every competing ba
 supports it. With the layer's real input each candidate first runs on it and is compared with
 the dense layer: one that differs or raises is dropped with a warning naming layer, plan and
 backend, so a wrong kernel costs speed, never correctness. The survivors are timed against the
-dense layer and the fastest is kept if it beats dense by ``KEEP_MARGIN`` (``measure=False``, or
-no input: the cost model ranks them and a plan is kept if its estimated cost is below dense).
+dense layer (one call first: one ``SCREEN`` times slower than dense is not timed further) and
+the fastest is kept if it beats dense by ``KEEP_MARGIN`` (``measure=False``, or no input: the
+cost model ranks them and a plan is kept if its estimated cost is below dense).
 """
 
 import warnings
@@ -23,6 +24,7 @@ from .planners import PLANNERS
 PACKED_STRUCTURES = tuple(s for s in PLANNERS if s != "dense")
 MIN_RUN_TIME = 0.1  # seconds of timing per candidate plan of a layer
 KEEP_MARGIN = 0.97  # a packed layer must beat dense by 3%, so timing noise cannot make it slower
+SCREEN = 1.5  # a candidate whose one timed call takes this many dense medians cannot win: not timed further
 
 
 def competing_backends(backend: str, device: torch.device, dtype: torch.dtype) -> list[Backend]:
@@ -78,9 +80,17 @@ def choose_layer(module, weight, bias, structure, competitors, layer_input, name
     """The layer to use for ``module`` (see the module doc): ``weight`` and ``bias`` are its
     effective (masked, BatchNorm-folded) parameters, ``competitors`` the backends whose plans
     compete, ``layer_input`` the input it receives on the example inputs (or None)."""
+    return timed_layer(module, weight, bias, structure, competitors, layer_input, name, measure=measure)[0]
+
+
+def timed_layer(module, weight, bias, structure, competitors, layer_input, name, *, measure=True,
+                dense_seconds=None, min_run_time=MIN_RUN_TIME):
+    """``choose_layer``'s choice and its median time on ``layer_input`` in seconds (None when
+    nothing was timed); ``dense_seconds``: the dense layer's time when already measured, which
+    is then the time of a layer that stays dense."""
     dense = _build(module, weight, bias, "dense", name)
     if structure == "dense" or not competitors:
-        return dense
+        return dense, dense_seconds
     groups = getattr(module, "groups", 1)
     structures = PACKED_STRUCTURES if structure == "auto" else (structure,)
     plans = [pack(weight, structure=s, groups=groups, name=name) for s in structures]
@@ -94,24 +104,29 @@ def choose_layer(module, weight, bias, structure, competitors, layer_input, name
             with torch.inference_mode():
                 expected = dense(layer_input)
             candidates, dropped = _checked(candidates, layer_input, expected, name)
-    chosen = _fastest(dense, candidates, layer_input if measure else None)
+    chosen, seconds = _fastest(dense, candidates, layer_input if measure else None, dense_seconds, min_run_time)
     if dropped:
         chosen.config["dropped"] = dropped
-    return chosen
+    return chosen, seconds
 
 
-def _fastest(dense, candidates, layer_input):
+def _fastest(dense, candidates, layer_input, dense_seconds, min_run_time):
     """The fastest of ``dense`` and the ``candidates`` on ``layer_input`` (None: by the cost
-    model); a candidate must beat dense by ``KEEP_MARGIN``."""
+    model) and its time; a candidate must beat dense by ``KEEP_MARGIN``."""
     if not candidates:
-        return dense
+        return dense, dense_seconds
     if layer_input is None:
         cost, _, best = min((c.summary()["cost"], i, c) for i, c in enumerate(candidates))
-        return best if cost < 1 else dense
-    dense_time = timing.median_seconds(dense, layer_input, min_run_time=MIN_RUN_TIME)
+        return (best if cost < 1 else dense), None
+    if dense_seconds is None:
+        dense_seconds = timing.median_seconds(dense, layer_input, min_run_time=min_run_time)
+    contenders = [layer for layer in candidates  # each ran once already, in _checked
+                  if timing.one_call_seconds(layer, layer_input) < SCREEN * dense_seconds]
     timed = [
-        (timing.median_seconds(layer, layer_input, min_run_time=MIN_RUN_TIME), i, layer)
-        for i, layer in enumerate(candidates)
+        (timing.median_seconds(layer, layer_input, min_run_time=min_run_time), i, layer)
+        for i, layer in enumerate(contenders)
     ]
+    if not timed:
+        return dense, dense_seconds
     best_time, _, best = min(timed)  # ties go to the earlier candidate
-    return best if best_time < KEEP_MARGIN * dense_time else dense
+    return (best, best_time) if best_time < KEEP_MARGIN * dense_seconds else (dense, dense_seconds)

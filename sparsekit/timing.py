@@ -3,8 +3,13 @@
 On CPU ``torch.utils.benchmark`` times on all of torch's threads; on CUDA
 ``triton.testing.do_bench`` (CUDA events) gives the median when triton is installed. compile(),
 verify() and the bench suites time through it; ``paired_ms`` times several sides of one ratio in
-alternation, so that a burst of load on the machine cannot skew one side.
+alternation, so that a burst of load on the machine cannot skew one side; ``one_call_seconds`` is
+the cheap first look that spares a hopeless candidate the full timing; ``device_name`` names
+the machine a time was measured on.
 """
+
+import platform
+import time
 
 import torch
 from torch.utils.benchmark import Timer
@@ -32,6 +37,20 @@ def median_seconds(fn, *args, min_run_time: float = 0.05, device: str | None = N
         return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
+def one_call_seconds(fn, *args, device: str | None = None) -> float:
+    """Wall time of one call of ``fn(*args)``, under no_grad: a cheap first look, to take after
+    a first call (a backend may build its layout on the first call)."""
+    cuda = (device or _device_of(args)) == "cuda"
+    with torch.no_grad():
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn(*args)
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+
 def paired_ms(sides: dict, min_run_time: float, rounds: int = 3, device: str = "cpu") -> dict:
     """Each side's median in ms (``sides``: name -> function of no argument), the best of
     ``rounds`` medians measured in alternation with the other sides."""
@@ -40,3 +59,14 @@ def paired_ms(sides: dict, min_run_time: float, rounds: int = 3, device: str = "
         for key, fn in sides.items():
             best[key] = min(best[key], 1e3 * median_seconds(fn, min_run_time=min_run_time, device=device))
     return best
+
+
+def device_name(device: torch.device | str = "cpu") -> str:
+    """The GPU's name, or the CPU's model name (/proc/cpuinfo, else what platform knows)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()

@@ -92,3 +92,18 @@ def test_gpu_suite_quick_mode_checks_and_times_every_side(tmp_path):
     (model,) = (r for r in saved["results"] if r["kind"] == "model")
     assert any(layer["structure"] != "dense" for layer in model["layers"])
     assert any("torch_ms" in r for r in saved["results"])
+
+
+def test_plan_against_uniform_quick_mode_on_digits(tmp_path):
+    from bench import plan_vs_uniform
+
+    (record,) = plan_vs_uniform.main(["--quick", "--workload", "digits", "--speedup", "1.2", "--out", str(tmp_path)])
+    assert record["speedup"] >= 1.2 and record["rounds"][-1]["speedup"] == record["speedup"]
+    assert [round(u["sparsity"], 3) for u in record["uniform"]] == [0.0, 0.4, 0.827, 0.95]
+    assert record["uniform"][0]["loss"] == 0 or record["uniform"][0]["loss"] < record["uniform"][-1]["loss"]
+    assert 0 < record["accuracy"] <= 1 and record["max_error"] < 1e-3
+    assert plan_vs_uniform.interpolated([{"speedup": 1.0, "loss": 0.0}, {"speedup": 3.0, "loss": 1.0}], 2.5,
+                                        "loss") == 0.75
+    saved = json.loads((tmp_path / "plan-vs-uniform-cpu-quick.json").read_text())
+    assert saved["results"][0]["workload"] == "digits"
+    assert (tmp_path / "plan-vs-uniform-cpu-quick-digits.png").stat().st_size > 1000

@@ -45,14 +45,23 @@ def layerwise_magnitude_masks(model: nn.Module, sparsity: float) -> dict:
     name: 0/1 float mask}``."""
     if not 0.0 <= sparsity < 1.0:
         raise SparsekitError(f"sparsity {sparsity!r} must lie in [0, 1)")
-    masks = {}
-    for name, conv in prunable_convs(model):
-        scores = conv.weight.detach().abs().flatten()
-        count = int(round(sparsity * scores.numel()))
-        mask = torch.ones_like(scores, dtype=torch.float32)
-        mask[scores.argsort(stable=True)[:count]] = 0  # exactly `count` pruned, ties by position
-        masks[f"{name}.weight"] = mask.view_as(conv.weight)
-    return masks
+    return {f"{name}.weight": magnitude_mask(conv.weight, sparsity) for name, conv in prunable_convs(model)}
+
+
+def magnitude_mask(weight: torch.Tensor, sparsity: float, order: torch.Tensor | None = None) -> torch.Tensor:
+    """The 0/1 float mask pruning the ``round(sparsity * numel)`` weights of least magnitude
+    (exactly that many, ties by position); ``order``: ``magnitude_order(weight)`` when known."""
+    if not 0.0 <= sparsity < 1.0:
+        raise SparsekitError(f"sparsity {sparsity!r} must lie in [0, 1)")
+    order = magnitude_order(weight) if order is None else order
+    mask = torch.ones(weight.numel(), dtype=torch.float32, device=weight.device)
+    mask[order[: int(round(sparsity * weight.numel()))]] = 0
+    return mask.view_as(weight)
+
+
+def magnitude_order(weight: torch.Tensor) -> torch.Tensor:
+    """The flat indices of ``weight`` from least to greatest magnitude (ties by position)."""
+    return weight.detach().abs().flatten().argsort(stable=True)
 
 
 def _post_process(post, model, masks, **kwargs) -> dict:

@@ -18,6 +18,21 @@ def kernel_mask(mask: torch.Tensor, *, min_kept: float = 0.5) -> torch.Tensor:
     return kept[:, :, None, None].expand_as(mask).to(mask.dtype).clone()
 
 
+def kernel_magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """The kernel-level magnitude mask of a Conv2d ``weight``: its kh x kw kernels ranked by L1
+    norm, the top ``1 - sparsity`` kept whole (at least one). (``kernel_mask`` of an element-wise
+    mask at 80-90% keeps almost no kernel, as few have half their weights left; this reaches
+    the nominal sparsity.)"""
+    if weight.dim() != 4:
+        raise SparsekitError(f"kernel_magnitude_mask: expected a Conv2d weight, got {tuple(weight.shape)}")
+    if not 0.0 <= sparsity < 1.0:
+        raise SparsekitError(f"kernel_magnitude_mask: sparsity {sparsity!r} must lie in [0, 1)")
+    score = weight.detach().abs().sum((2, 3)).flatten()
+    kept = torch.zeros_like(score, dtype=torch.bool)
+    kept[score.topk(max(1, round((1 - sparsity) * score.numel()))).indices] = True
+    return kernel_mask(kept.view(weight.shape[:2])[:, :, None, None].expand_as(weight).float())
+
+
 def acceleration_rate(masks: dict, output_sizes: dict) -> float:
     """AR = sum(N*M*D*D*k*k) / sum(P*D*D*k*k) over layers (efficient-MPT's report): N*M kernels
     of k*k weights per layer, P of them non-zero, on a D x D (or H x W) output map.

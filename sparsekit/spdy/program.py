@@ -1,4 +1,4 @@
-"""Latency-aware layer-wise sparsity (SPDY, Frantar & Alistarh, ICML 2022): the dynamic program.
+"""SPDY's dynamic program.
 
 ``solve(times, costs, budget)`` picks one sparsity level per layer so that the summed cost is
 least while the summed time stays within the budget. Time is discretised into ``buckets`` equal
@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from .errors import SparsekitError
+from ..errors import SparsekitError
 
 DEFAULT_BUCKETS = 10_000
 
