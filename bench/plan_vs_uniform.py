@@ -135,7 +135,7 @@ def _details(r: dict) -> str:
     name = r["workload"]
     uniform = "\n".join(f"| {u['sparsity']:.3f} | {u['speedup']:.2f}x | {u['loss']:.4g} | "
                         f"{format(u['accuracy'], '.4f') if u['accuracy'] is not None else 'n/a'} | "
-                        f"{'yes' if u.get('discriminating', True) else 'no'} |" for u in r["uniform"])
+                        f"{ {True: 'yes', False: 'no'}.get(u.get('discriminating'), 'n/a')} |" for u in r["uniform"])
     layers = "\n".join(f"| {layer} | {s:.1%} | {r['plans'][layer]} |" for layer, s in r["sparsities"].items())
     rounds = "\n".join(f"| {a['budget_ms']:.2f} | {a['predicted_speedup']:.2f}x | {a['speedup']:.2f}x | {a['loss']:.4g} |"
                        for a in r["rounds"])
