@@ -266,7 +266,8 @@ LAYER_HEADER = ("| model | mask | layer | input | plan | backend | dense ms | sp
 
 def environment(command: str, peak_macs: float) -> dict:
     return {
-        "device": f"{timing.device_name('cpu')} ({torch.backends.cpu.get_cpu_capability()})", "threads": torch.get_num_threads(),
+        "device": f"{timing.device_name('cpu')} ({torch.backends.cpu.get_cpu_capability()})",
+        "threads": torch.get_num_threads(),
         "torch": torch.__version__, "sparsekit": sparsekit.__version__,
         "dtypes": [str(d).removeprefix("torch.") for d in DTYPES], "fp32_peak_gmacs": peak_macs / 1e9,
         "date": datetime.date.today().isoformat(), "command": command,

@@ -30,7 +30,7 @@ import torch
 import sparsekit
 from sparsekit import spdy, timing, zoo
 from sparsekit.errors import SparsekitWarning
-from sparsekit.spdy.planning import PAIRED_RUN_TIME, _every_layer_mask
+from sparsekit.spdy.planning import PAIRED_RUN_TIME, every_layer_ones
 from sparsekit.spdy.search import Scorer
 
 from .report import resumed, suite_arguments, write_results
@@ -70,7 +70,7 @@ def uniform_rows(model, x, calib, test, table, dense, transform) -> list[dict]:
     """Each uniform level of the table compiled, timed against ``dense``, scored."""
     db = spdy.ErrorDatabase(model, table.layers, table.levels, transform)
     scorer = Scorer(db, model, calib)
-    everything = _every_layer_mask(model)
+    everything = every_layer_ones(model)
     rows = []
     for level, sparsity in enumerate(table.levels):
         choice = [level] * len(table.layers)
@@ -104,7 +104,7 @@ def run(name: str, target: float | None, quick: bool, cache) -> tuple[dict, spdy
                                              draws=5 if quick else 100,
                                              steps=5 if quick else 100, cache=cache,
                                              progress=not quick)
-    dense = sparsekit.compile(model, _every_layer_mask(model), x, backend="dense", verify=False, measure=False)
+    dense = sparsekit.compile(model, every_layer_ones(model), x, backend="dense", verify=False, measure=False)
     uniform = uniform_rows(model, x, calib, test, table, dense, transform)
     record = {
         "workload": name, "input": list(x.shape), "transform": transform, "target": target, "layers": len(table.layers),

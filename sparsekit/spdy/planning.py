@@ -81,7 +81,7 @@ class PlanReport:
         plt.close(figure)
 
 
-def _every_layer_mask(model: nn.Module) -> dict:
+def every_layer_ones(model: nn.Module) -> dict:
     """All-ones masks of every Conv2d / Linear: compile then folds every BatchNorm."""
     return {f"{name}.weight": torch.ones_like(m.weight) for name, m in model.named_modules()
             if isinstance(m, SPARSE_MODULES)}
@@ -135,7 +135,7 @@ def plan(model: nn.Module, example_inputs, target_speedup: float, calib, loss_fn
     calib = list(calib)
     table = timing_table(model, inputs, levels, structure, backend, transform, cache=cache, progress=progress)
     times = torch.tensor(table.seconds, dtype=torch.float64)
-    everything = _every_layer_mask(model)
+    everything = every_layer_ones(model)
     dense = compile_model(model, everything, inputs, backend="dense", verify=False, measure=False)
     dense_seconds = timing.median_seconds(dense, *inputs, min_run_time=PAIRED_RUN_TIME)
     rest = max(0.0, dense_seconds - times[:, 0].sum().item())  # time outside the prunable layers
