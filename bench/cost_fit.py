@@ -20,7 +20,6 @@ from sparsekit import timing
 from sparsekit.backends import cpu
 from sparsekit.planners import cost
 
-from .cpu_suite import _faster_format
 
 SHAPES = [(256, 16, 16), (256, 8, 64)]  # (channels, size, batch)
 BLOCK_ROWS = (1, 2, 3, 6, 8, 12, 16, 32, 48, 64)
@@ -40,8 +39,8 @@ def measure(channels: int, size: int, batch: int, rows: int, gen) -> dict:
     x = torch.randn(batch, channels, size, size, generator=gen)
     weight = torch.randn(channels, channels, 3, 3, generator=gen) * kernel_mask(channels, rows, gen)
     layer = sparsekit.SparseConv2d.from_weight(weight, padding=1, structure="kernel", backend="cpu")
-    dense, _ = _faster_format(lambda x, w: F.conv2d(x, w, None, 1, 1), x, weight)
-    sparse, _ = _faster_format(lambda x: layer(x), x)
+    dense, _, _ = timing.in_faster_format(lambda x, w: F.conv2d(x, w, None, 1, 1), x, weight)
+    sparse, _, _ = timing.in_faster_format(lambda x: layer(x), x)
     with torch.no_grad(), cpu.phase_profile() as totals:
         sparse()
     exact = totals["tap_calls"] == 1

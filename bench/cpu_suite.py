@@ -52,10 +52,10 @@ def conv_cases(shapes, quick: bool, gen):
                 for dtype in DTYPES:
                     x, weight = x32.to(dtype), weight32.to(dtype)
                     layer = sparsekit.SparseConv2d.from_weight(weight, padding=1, structure=plan)
-                    dense, dense_format = _faster_format(lambda x, w: F.conv2d(x, w, None, 1, 1), x, weight)
+                    dense, dense_format, _ = timing.in_faster_format(lambda x, w: F.conv2d(x, w, None, 1, 1), x, weight)
                     for backend in backends.auto(CPU, dtype, layer.packed()):  # all auto would time
                         twin = layer.with_backend(backend.name)
-                        sparse, sparse_format = _faster_format(lambda x, l=twin: l(x), x)
+                        sparse, sparse_format, _ = timing.in_faster_format(lambda x, l=twin: l(x), x)
                         yield {
                             "kind": "conv3x3", "shape": [channels, channels, 3, 3], "input": list(x.shape),
                             "dtype": str(dtype).removeprefix("torch."), "structure": structure,
@@ -67,27 +67,6 @@ def conv_cases(shapes, quick: bool, gen):
                             "dense_macs": weight.numel() * batch * size * size,
                             "output_positions": batch * size * size,
                         }, dense, sparse, None
-
-
-def _faster_format(fn, x, *weights):
-    """``fn(x, *weights)`` (a layer or model, dense or sparse) in its faster memory format for this shape,
-    NCHW or channels_last (``x``, 4-d ``weights`` and a module ``fn`` converted), picked by a
-    first timing; returns it as a function of no argument, and the format's name."""
-    def in_format(memory_format):
-        def convert(t):
-            return t.contiguous(memory_format=memory_format) if t.dim() == 4 else t
-        if isinstance(fn, torch.nn.Module):
-            return fn.to(memory_format=memory_format), convert(x), ()
-        return fn, convert(x), tuple(map(convert, weights))
-
-    formats = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
-    times = {}
-    for name, memory_format in formats.items():  # one at a time: a module converts in place
-        f, xs, ws = in_format(memory_format)
-        times[name] = timing.median_seconds(f, xs, *ws, min_run_time=0.05)
-    faster = min(times, key=times.get)
-    f, xs, ws = in_format(formats[faster])
-    return (lambda: f(xs, *ws)), faster
 
 
 def kernel_phases(run, calls: int = PROFILED_CALLS) -> dict:
@@ -157,7 +136,7 @@ def model_cases(quick: bool, gen):
         if not report.discriminating:
             raise AssertionError(f"{name}: the reference output hardly depends on the input: {report.spread}")
         kept = sum(m.sum().item() for m in masks.values()) / sum(m.numel() for m in masks.values())
-        dense, dense_format = _faster_format(model, x)
+        dense, dense_format, _ = timing.in_faster_format(model, x)
         yield {
             "kind": "model", "shape": name, "input": list(x.shape), "dtype": "float32",
             "structure": f"layer-wise {kind} {sparsity:.0%}", "sparsity": round(1 - kept, 4),

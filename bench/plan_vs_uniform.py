@@ -4,18 +4,19 @@ Workloads: the zoo ResNet-18 (32x32, batch 16; random weights, BatchNorm calibra
 inputs; calibration loss: KL divergence to the dense model on 4 random batches) and the digits CNN
 of ``examples/structure_lth_digits.py`` trained dense on scikit-learn's digits (batch: the
 360-image test set; calibration loss: cross-entropy on 4 training batches; held-out accuracy on
-the test set). Pruning is one-shot, without retraining or reconstruction (least squares would
-change nothing here: refilled levels keep or drop whole rows). Each is planned for its target speedup, measured; then every uniform level of
-the same timing table (all prunable layers at one sparsity) is compiled, its speedup measured the
-same way and its loss scored on the same batches. The uniform loss at the plan's measured
-speedup is interpolated linearly between the two uniform levels around it.
+the test set). Model and inputs are channels_last, dense is timed in its faster memory format.
+Pruning is one-shot, without retraining or least squares (refilled levels keep or drop whole rows:
+it would change nothing), BatchNorm statistics re-estimated on the calibration inputs for every
+choice, the plan's and the uniform levels' alike. Each workload is planned for its target speedup,
+measured; then every uniform level of the same timing table (all prunable layers at one sparsity)
+is compiled, its speedup measured the same way and its loss scored on the same batches. The
+uniform loss at the plan's measured speedup is interpolated linearly between the two uniform
+levels around it.
 
-Both plan over refilled (channel-wise) levels: with plain magnitude masks the CPU kernels reach
-at most about 1.9x on ResNet-18 even at 95% in every layer, and barely beat dense on the digits
-CNN's 8x8 and 4x4 maps (``plan`` refuses those targets, saying the most the table allows).
-Targets: ResNet-18 2x; the digits CNN 1.4x: a third to a half of its dense time is spent outside
-the prunable layers (the first conv, BatchNorm, pooling), which caps it at about 1.6x (``plan``
-refused 2x and 1.6x). The table of plain magnitude masks is built too, for its build time.
+Both plan over refilled (channel-wise) levels to a 2x target: with plain magnitude masks the CPU
+kernels reach at most about 1.9x on ResNet-18 even at 95% in every layer, and barely beat dense on
+the digits CNN's 8x8 and 4x4 maps (``plan`` refuses such targets, saying the most the table
+allows). The table of plain magnitude masks is built too, for its build time.
 
     python -m bench.plan_vs_uniform [--workload resnet18|digits] [--speedup X] [--quick]
 """
@@ -56,7 +57,15 @@ def digits_workload(quick: bool):
 
 
 # name: (workload, target speedup, levels' transform)
-WORKLOADS = {"resnet18": (resnet18_workload, 2.0, "refill"), "digits": (digits_workload, 1.4, "refill")}
+WORKLOADS = {"resnet18": (resnet18_workload, 2.0, "refill"), "digits": (digits_workload, 2.0, "refill")}
+
+
+def channels_last(model, x, calib):
+    def convert(t):
+        return t.contiguous(memory_format=torch.channels_last)
+
+    return (model.to(memory_format=torch.channels_last), convert(x),
+            [(convert(b[0]), b[1]) if isinstance(b, tuple) else convert(b) for b in calib])
 
 
 def accuracy(model, test) -> float | None:
@@ -67,8 +76,10 @@ def accuracy(model, test) -> float | None:
 
 
 def uniform_rows(model, x, calib, test, table, dense, transform) -> list[dict]:
-    """Each uniform level of the table compiled, timed against ``dense``, scored."""
-    db = spdy.ErrorDatabase(model, table.layers, table.levels, transform)
+    """Each uniform level of the table compiled, timed against ``dense`` (a function of no
+    argument: dense in the memory format the plan found faster), scored."""
+    db = spdy.ErrorDatabase(model, table.layers, table.levels, transform, recalibrate_batchnorm=True,
+                            calib_inputs=[b[0] if isinstance(b, tuple) else b for b in calib])
     scorer = Scorer(db, model, calib)
     everything = every_layer_ones(model)
     rows = []
@@ -77,7 +88,7 @@ def uniform_rows(model, x, calib, test, table, dense, transform) -> list[dict]:
         with warnings.catch_warnings():  # a check that cannot fail is recorded in the row instead
             warnings.simplefilter("ignore", SparsekitWarning)
             compiled = sparsekit.compile(db.stitched(choice), {**everything, **db.masks_of(choice)}, x)
-        ms = timing.paired_ms({"dense": lambda: dense(x), "compiled": lambda: compiled(x)}, PAIRED_RUN_TIME)
+        ms = timing.paired_ms({"dense": dense, "compiled": lambda: compiled(x)}, PAIRED_RUN_TIME)
         rows.append({"sparsity": sparsity, "speedup": ms["dense"] / ms["compiled"], "loss": scorer(choice),
                      "accuracy": accuracy(compiled, test), "max_error": compiled.sparsekit_report.max_error,
                      "discriminating": compiled.sparsekit_report.discriminating})
@@ -97,18 +108,19 @@ def run(name: str, target: float | None, quick: bool, cache) -> tuple[dict, spdy
     workload, default_target, transform = WORKLOADS[name]
     target = target or default_target
     model, x, calib, test = workload(quick)
+    model, x, calib = channels_last(model, x, calib)
     levels = spdy.geometric_levels(4 if quick else 12)
     table = spdy.timing_table(model, x, levels, transform=transform, cache=cache, progress=not quick)  # plan finds it
     magnitude = None if quick else spdy.timing_table(model, x, levels, cache=cache, progress=True)
     masks, compiled, report = sparsekit.plan(model, x, target, calib, levels=levels, transform=transform,
-                                             draws=5 if quick else 100,
-                                             steps=5 if quick else 100, cache=cache,
-                                             progress=not quick)
+                                             recalibrate_batchnorm=True, draws=5 if quick else 100,
+                                             steps=5 if quick else 100, cache=cache, progress=not quick)
     dense = sparsekit.compile(model, every_layer_ones(model), x, backend="dense", verify=False, measure=False)
-    uniform = uniform_rows(model, x, calib, test, table, dense, transform)
+    dense, dense_x = timing.in_memory_format(dense, (x,), timing.MEMORY_FORMATS[report.dense_format])
+    uniform = uniform_rows(model, x, calib, test, table, lambda: dense(*dense_x), transform)
     record = {
         "workload": name, "input": list(x.shape), "transform": transform, "target": target, "layers": len(table.layers),
-        "levels": len(levels), "table_seconds": table.build_seconds,
+        "levels": len(levels), "dense_format": report.dense_format, "table_seconds": table.build_seconds,
         "magnitude_table_seconds": magnitude.build_seconds if magnitude else None, "speedup": report.speedup, "loss": report.loss,
         "accuracy": accuracy(compiled, test), "dense_accuracy": accuracy(model, test),
         "sparsities": dict(zip(report.layers, report.sparsities)), "plans": dict(zip(report.layers, report.plans)),
@@ -125,7 +137,8 @@ def _row(r: dict) -> str:
 
     magnitude = f" (magnitude masks: {r['magnitude_table_seconds']:.0f} s)" if r["magnitude_table_seconds"] else ""
 
-    return (f"| {r['workload']} | {r['input']} | {r['transform'] or 'magnitude'} | {r['target']:.2f}x | {r['speedup']:.2f}x | {r['loss']:.4g} | "
+    return (f"| {r['workload']} | {r['input']} | {r['transform'] or 'magnitude'} | {r['target']:.2f}x | "
+            f"{r['speedup']:.2f}x | {r['dense_format']} | {r['loss']:.4g} | "
             f"{number(r['uniform_loss_at_speedup'], '.4g')} | {number(r['accuracy'], '.4f')} | "
             f"{number(r['uniform_accuracy_at_speedup'], '.4f')} | {number(r['dense_accuracy'], '.4f')} | "
             f"{r['layers']}x{r['levels']} in {r['table_seconds']:.0f} s{magnitude} |")
@@ -146,8 +159,9 @@ def _details(r: dict) -> str:
             + "| --- " * 4 + f"|\n{rounds}\n")
 
 
-HEADER = ("| workload | input | levels' masks | target | measured speedup | plan loss | uniform loss at that speedup | plan accuracy "
-          "| uniform accuracy at that speedup | dense accuracy | timing table |\n" + "| --- " * 11 + "|")
+HEADER = ("| workload | input | levels' masks | target | measured speedup | dense timed in | plan loss "
+          "| uniform loss at that speedup | plan accuracy | uniform accuracy at that speedup | dense accuracy "
+          "| timing table |\n" + "| --- " * 12 + "|")
 
 
 def main(argv=None) -> list[dict]:

@@ -27,13 +27,12 @@ import torch
 from torch.utils.benchmark import Timer
 
 import sparsekit
-from sparsekit import zoo
-from sparsekit.timing import device_name
+from sparsekit import timing, zoo
 from sparsekit.transforms import (
     acceleration_rate, kernel_magnitude_mask, layerwise_magnitude_masks, refill_masks, regroup,
 )
 
-from .cpu_suite import _faster_format, layer_breakdown
+from .cpu_suite import layer_breakdown
 from .masks import flop_limit
 from .report import resumed, suite_arguments, write_results
 
@@ -124,7 +123,7 @@ def run_case(name, transform, sparsity, dtype_name, batch, quick, gen) -> dict:
         return {"model": name, "dtype": dtype_name, "batch": batch, "transform": transform, "sparsity": sparsity,
                 "skipped": f"the masked model's output hardly depends on its input (spread {report.spread})"}
     dense_model = sparsekit.compile(model, masks, x, backend="dense", measure=False, verify=False)
-    dense, dense_format = _faster_format(dense_model, x)
+    dense, dense_format, _ = timing.in_faster_format(dense_model, x)
     times = paired_runs({"dense": dense, "compiled": lambda: compiled(x)}, 5 if quick else RUNS,
                         1 if quick else WARMUP)
     kept = sum(m.sum().item() for m in masks.values()) / sum(m.numel() for m in masks.values())
@@ -248,7 +247,7 @@ def case_key(record: dict) -> tuple:
 
 
 def environment(command: str, device: str) -> dict:
-    return {"device": device_name(device),
+    return {"device": timing.device_name(device),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "sparsekit": sparsekit.__version__,
             "date": datetime.date.today().isoformat(), "command": command}
 

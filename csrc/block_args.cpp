@@ -98,9 +98,10 @@ BlockCall conv2d_call(const at::Tensor& input, const at::Tensor& values, const a
                     ") must divide both input (", s.C, ") and output (", s.K, ") channels");
   bind_blocks(call, input, values, row_idx, col_idx, block_ptr, bias, device);
 
-  // The output keeps the input's memory format, as the schema's fake says (geometry.py).
-  const bool channels_last =
-      input.is_contiguous(at::MemoryFormat::ChannelsLast) && !input.is_contiguous();
+  // The output keeps the input's memory format, as the schema's fake says (geometry.py's
+  // is_channels_last: where both formats fit, the strides decide, as in torch's conv).
+  const bool channels_last = input.is_contiguous(at::MemoryFormat::ChannelsLast) &&
+                             (!input.is_contiguous() || input.stride(1) < input.stride(2));
   call.out = at::empty({s.N, s.K, s.OH, s.OW},
                        input.options().memory_format(channels_last
                                                          ? at::MemoryFormat::ChannelsLast

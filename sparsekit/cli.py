@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from . import backends, masks, saving, spdy, zoo
+from . import backends, masks, saving, spdy, timing, zoo
 from .api import compile
 from .errors import SparsekitError
 from .planners import STRUCTURES
@@ -79,13 +79,15 @@ def plan_command(args) -> int:
     else:  # random weights: BatchNorm statistics as training would leave them, else the output hardly varies
         zoo.calibrate_batchnorm(model, [torch.randn(args.batch, *shape) for _ in range(2)])
         print(f"{args.model}: random weights, BatchNorm statistics calibrated on random inputs")
-    x = torch.randn(args.batch, *shape)
-    calib = [torch.randn(args.batch, *shape) for _ in range(args.calib)]
+    memory_format = timing.MEMORY_FORMATS[args.memory_format]
+    model = model.to(memory_format=memory_format)
+    x = torch.randn(args.batch, *shape).contiguous(memory_format=memory_format)
+    calib = [torch.randn(args.batch, *shape).contiguous(memory_format=memory_format) for _ in range(args.calib)]
     layer_masks, compiled, report = spdy.plan(
         model, x, args.speedup, calib, levels=spdy.geometric_levels(args.levels), structure=args.structure,
         backend=args.backend, transform=None if args.transform == "none" else args.transform,
-        reconstruct=args.reconstruct, draws=args.draws, steps=args.steps, cache=args.cache, progress=True,
-        seed=args.seed)
+        reconstruct=args.reconstruct, recalibrate_batchnorm=args.recalibrate_batchnorm, draws=args.draws,
+        steps=args.steps, cache=args.cache, progress=True, seed=args.seed)
     print(report)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -133,6 +135,10 @@ def main(argv=None) -> int:
     p.add_argument("--backend", default="auto", choices=backends.choices())
     p.add_argument("--transform", default="none", choices=["none", "refill", "regroup", "kernel"])
     p.add_argument("--reconstruct", action="store_true", help="refit kept weights by least squares")
+    p.add_argument("--recalibrate-batchnorm", action="store_true",
+                   help="re-estimate BatchNorm statistics of each pruned choice on the calibration inputs")
+    p.add_argument("--memory-format", default="channels_last", choices=list(timing.MEMORY_FORMATS),
+                   help="of the model and its inputs (dense is timed in its faster one either way)")
     p.add_argument("--draws", type=int, default=100)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--cache", type=Path, help="JSON file of timing tables to reuse")

@@ -20,9 +20,16 @@ def block_linear_shape(input_shape, out_features) -> list:
     return [*input_shape[:-1], out_features]
 
 
+def is_channels_last(t: torch.Tensor) -> bool:
+    """A 4-d tensor laid out channels_last, read as torch's conv reads it: a tensor contiguous in
+    both formats (one channel or one pixel) counts as channels_last when its strides say so,
+    as a channels_last [O, 1, kh, kw] weight's do."""
+    if t.dim() != 4 or not t.is_contiguous(memory_format=torch.channels_last):
+        return False
+    return not t.is_contiguous() or t.stride(1) < t.stride(2)
+
+
 def output_memory_format(input: torch.Tensor) -> torch.memory_format:
-    """The memory format of a conv's output: channels_last for an input that is channels_last
-    (and not also plainly contiguous, as a tensor with one channel or one pixel is), else
+    """The memory format of a conv's output: channels_last for a channels_last input, else
     contiguous. Every backend and the fakes follow it, so a channels_last model stays so."""
-    channels_last = input.dim() == 4 and input.is_contiguous(memory_format=torch.channels_last)
-    return torch.channels_last if channels_last and not input.is_contiguous() else torch.contiguous_format
+    return torch.channels_last if is_channels_last(input) else torch.contiguous_format

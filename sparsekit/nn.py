@@ -17,7 +17,7 @@ from torch import nn
 from . import backends, ops
 from .errors import SparsekitError
 from .formats import PackedWeight, pack
-from .geometry import output_memory_format
+from .geometry import is_channels_last, output_memory_format
 
 PACKED_BUFFERS = ("values", "row_idx", "col_idx", "block_ptr")
 DTYPES = {str(d): d for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16)}
@@ -176,19 +176,21 @@ class SparseConv2d(_SparseLayer):
     def from_weight(
         cls, weight, bias=None, *, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
         padding_mode="zeros", structure="auto", backend="auto", relu=False, name="weight",
-        packed=None,
+        packed=None, channels_last=False,
     ) -> "SparseConv2d":
         """A layer computing ``conv2d(x, weight, bias, ...)`` (then ReLU if ``relu``), the zeros
         of ``weight`` being its mask. ``padding`` takes ints, ``"same"`` or ``"valid"``;
         ``backend``: ``"dense"``, ``"auto"`` or a backend's name; ``packed``: a pack of
-        ``weight`` already made, reused instead of planning again."""
+        ``weight`` already made, reused instead of planning again; ``channels_last``: compute
+        in channels_last whatever the input's format, as torch's conv does for a layer whose
+        weight is channels_last (``from_conv`` sets it so)."""
         kernel_size = tuple(weight.shape[2:])
         entries, packed = _packed_config(weight, bias, structure, backend, groups, name, packed)
         config = entries | {
             "type": "SparseConv2d", "in_channels": weight.shape[1] * groups,
             "out_channels": weight.shape[0], "kernel_size": list(kernel_size),
             "stride": list(ops.pair(stride, "stride", 1)), "dilation": list(ops.pair(dilation, "dilation", 1)),
-            "groups": groups, "padding_mode": padding_mode, "relu": relu,
+            "groups": groups, "padding_mode": padding_mode, "relu": relu, "channels_last": channels_last,
         }
         if not isinstance(padding, str):
             padding = ops.pair(padding, "padding", 0)
@@ -200,11 +202,13 @@ class SparseConv2d(_SparseLayer):
         return cls.from_weight(
             conv.weight.detach(), None if conv.bias is None else conv.bias.detach(),
             stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
-            padding_mode=conv.padding_mode, **kwargs,
+            padding_mode=conv.padding_mode, channels_last=is_channels_last(conv.weight), **kwargs,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config
+        if c.get("channels_last") and x.dim() == 4:  # (.get: a model saved before the key existed)
+            x = x.contiguous(memory_format=torch.channels_last)
         if self._pre_pad is not None:
             amounts, mode = self._pre_pad
             fmt = output_memory_format(x)  # circular padding would drop channels_last

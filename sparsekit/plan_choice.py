@@ -18,6 +18,7 @@ from . import backends, timing, tolerance
 from .backends import Backend
 from .errors import SparsekitWarning
 from .formats import pack
+from .geometry import is_channels_last
 from .nn import SparseConv2d, SparseLinear
 from .planners import PLANNERS
 
@@ -43,7 +44,7 @@ def _build(module, weight, bias, backend, name, packed=None):
         return SparseConv2d.from_weight(
             weight, bias, stride=module.stride, padding=module.padding, dilation=module.dilation,
             groups=module.groups, padding_mode=module.padding_mode, backend=backend, name=name,
-            packed=packed,
+            packed=packed, channels_last=is_channels_last(module.weight),
         )
     return SparseLinear.from_weight(weight, bias, backend=backend, name=name, packed=packed)
 

@@ -4,8 +4,9 @@ On CPU ``torch.utils.benchmark`` times on all of torch's threads; on CUDA
 ``triton.testing.do_bench`` (CUDA events) gives the median when triton is installed. compile(),
 verify() and the bench suites time through it; ``paired_ms`` times several sides of one ratio in
 alternation, so that a burst of load on the machine cannot skew one side; ``one_call_seconds`` is
-the cheap first look that spares a hopeless candidate the full timing; ``device_name`` names
-the machine a time was measured on.
+the cheap first look that spares a hopeless candidate the full timing; ``in_faster_format``
+runs a side in whichever of NCHW and channels_last is faster for its shapes (a ratio is read
+against dense at its best); ``device_name`` names the machine a time was measured on.
 """
 
 import platform
@@ -59,6 +60,30 @@ def paired_ms(sides: dict, min_run_time: float, rounds: int = 3, device: str = "
         for key, fn in sides.items():
             best[key] = min(best[key], 1e3 * median_seconds(fn, min_run_time=min_run_time, device=device))
     return best
+
+
+MEMORY_FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def in_memory_format(fn, args, memory_format: torch.memory_format):
+    """``(fn, args)`` with every 4-d tensor argument in ``memory_format``; a module ``fn`` is
+    converted in place."""
+    if isinstance(fn, torch.nn.Module):
+        fn = fn.to(memory_format=memory_format)
+    return fn, tuple(a.contiguous(memory_format=memory_format) if isinstance(a, torch.Tensor) and a.dim() == 4
+                     else a for a in args)
+
+
+def in_faster_format(fn, *args, min_run_time: float = 0.05):
+    """``(run, name, seconds)``: ``fn(*args)`` as a function of no argument in the faster of
+    NCHW and channels_last for these shapes (``name``), picked by timing both, and its median."""
+    times = {}
+    for name, memory_format in MEMORY_FORMATS.items():  # one at a time: a module converts in place
+        converted, converted_args = in_memory_format(fn, args, memory_format)
+        times[name] = median_seconds(converted, *converted_args, min_run_time=min_run_time)
+    faster = min(times, key=times.get)
+    fn, args = in_memory_format(fn, args, MEMORY_FORMATS[faster])
+    return (lambda: fn(*args)), faster, times[faster]
 
 
 def device_name(device: torch.device | str = "cpu") -> str:

@@ -332,6 +332,26 @@ def test_channels_last_stays_channels_last_through_a_compiled_zoo_model():
     assert len(formats) > 5 and all(formats.values()), formats
 
 
+def test_a_channels_last_model_computes_in_channels_last_from_a_one_channel_input():
+    """A one-channel input cannot say its format; torch's conv answers in channels_last for a
+    channels_last weight, and so must the compiled layers, or the compiled model runs NCHW."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(32, 32, 3, padding=1)).eval().to(memory_format=torch.channels_last)
+    masks = {name: (torch.rand(p.shape) > 0.7).float() for name, p in model.named_parameters() if p.dim() == 4}
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        assert model(x).is_contiguous(memory_format=torch.channels_last) and not model(x).is_contiguous()
+    compiled = sparsekit.compile(model, masks, x, measure=False)
+    assert all(compiled[i].config["channels_last"] for i in (0, 2, 4))
+    with torch.no_grad():
+        y = compiled(x)
+    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    assert_model_close(y, dense_masked(model, masks)(x))
+    plain = sparsekit.compile(model.to(memory_format=torch.contiguous_format), masks, x, measure=False)
+    assert not plain[2].config["channels_last"] and plain(x).is_contiguous()
+
+
 def test_progress_bar_shows_by_default_on_a_terminal(monkeypatch, capsys):
     model, masks = small_model()
     for terminal in (False, True):

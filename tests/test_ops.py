@@ -7,7 +7,7 @@ from torch.utils.benchmark import Timer
 
 from sparsekit import SparsekitError, backends, ops, pack
 from sparsekit.backends import schema
-from sparsekit.geometry import output_memory_format
+from sparsekit.geometry import is_channels_last, output_memory_format
 
 from .helpers import (
     CONV_CASES, CPU_BACKENDS, LAYOUTS, assert_matches, backend_dtypes, conv_input, expected_conv,
@@ -19,6 +19,18 @@ BACKEND_DTYPES = [(b, d) for b in CPU_BACKENDS for d in backend_dtypes(b)]
 
 def test_every_cpu_backend_is_tested():
     assert {"cpu", "torch", "reference"} <= set(CPU_BACKENDS) and len(BACKEND_DTYPES) >= 10
+
+
+@pytest.mark.parametrize("shape", [(16, 1, 3, 3), (4, 1, 8, 8), (4, 3, 1, 1), (4, 1, 1, 1), (2, 3, 1, 5), (2, 3, 4, 5)])
+@pytest.mark.parametrize("fmt", [torch.channels_last, torch.contiguous_format], ids=str)
+def test_is_channels_last_reads_a_tensor_as_torch_conv_does(shape, fmt):
+    """Tensors with one channel or one pixel are contiguous in both formats; their strides decide,
+    as they decide the strides of torch's conv output (six channels, so never ambiguous)."""
+    t = torch.randn(shape).to(memory_format=fmt)
+    out = F.conv2d(t, torch.randn(6, shape[1], 1, 1))
+    torch_says = out.stride() == torch.empty(out.shape, memory_format=torch.channels_last).stride()
+    assert is_channels_last(t) == is_channels_last(out) == torch_says
+    assert torch_says == (fmt == torch.channels_last and shape[1:] != (1, 1, 1))
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "-".join(map(str, c)))

@@ -1,6 +1,7 @@
 """sparsekit.plan and its parts: levels, timing tables (cached), the error database (least-squares
 reconstruction), the calibration score and the coefficient search."""
 
+import copy
 import itertools
 import json
 
@@ -70,6 +71,9 @@ def test_timing_table_times_what_compile_builds_and_is_cached(tmp_path, monkeypa
     assert spdy.timing_table(model, x, LEVELS, cache=cache) == table
     with pytest.raises(AssertionError, match="measured again"):  # another key: another table
         spdy.timing_table(model, x[:4], LEVELS, cache=cache)
+    with pytest.raises(AssertionError, match="measured again"):  # so is another memory format
+        spdy.timing_table(model, x.contiguous(memory_format=torch.channels_last), LEVELS, cache=cache)
+    assert table.key["formats"]["3"] == "nchw"
     assert len(json.loads(cache.read_text())["tables"]) == 1
 
 
@@ -89,6 +93,27 @@ def test_reconstruction_fits_the_dense_outputs_better_than_masking():
                           for w in (fitted, masked)]
             assert errors[0] < 0.9 * errors[1]
         assert torch.equal(db.weight(name, 0), conv.weight)
+
+
+def test_recalibrated_batchnorm_follows_the_pruned_layers_and_lowers_the_loss():
+    model = small_cnn()
+    calib = [torch.randn(16, 3, 16, 16) for _ in range(2)]
+    with pytest.raises(SparsekitError, match="calibration inputs are needed"):
+        spdy.ErrorDatabase(model, ["3"], LEVELS, recalibrate_batchnorm=True)
+    db = spdy.ErrorDatabase(model, ["3", "6", "9"], LEVELS, "refill", calib_inputs=calib, recalibrate_batchnorm=True)
+    plain = spdy.ErrorDatabase(model, ["3", "6", "9"], LEVELS, "refill")
+    stitched = db.stitched([2, 2, 2])
+    assert not stitched.training and stitched[4].momentum == model[4].momentum
+    expected = copy.deepcopy(plain.stitched([2, 2, 2]))
+    sparsekit.zoo.calibrate_batchnorm(expected, calib)  # what the stitched model's BatchNorms saw
+    for norm, reference in ((stitched[i], expected[i]) for i in (1, 4, 7, 10)):
+        assert torch.allclose(norm.running_mean, reference.running_mean, atol=1e-5)
+        assert torch.allclose(norm.running_var, reference.running_var, rtol=1e-4)
+    assert not torch.allclose(stitched[4].running_mean, model[4].running_mean)
+    pruned = stitched[3].weight.flatten(1).abs().sum(1) == 0  # refilled: whole channels gone
+    assert pruned.any() and torch.allclose(stitched[4].running_mean[pruned], stitched[3].bias[pruned], atol=1e-6)
+    assert (stitched[4].running_var[pruned] < 1e-6).all()  # a pruned channel is its bias, a constant
+    assert Scorer(db, model, calib)([2, 2, 2]) < Scorer(plain, model, calib)([2, 2, 2])
 
 
 def test_gram_matrices_are_those_of_the_im2col_rows():
@@ -138,11 +163,12 @@ def test_search_keeps_to_the_budget_and_improves_on_its_draws():
 
 
 def test_plan_meets_the_target_measured_and_compiles_the_masks():
-    model = small_cnn()
-    x = torch.randn(16, 3, 16, 16)
+    model = small_cnn().to(memory_format=torch.channels_last)  # dense is timed in its faster format anyway
+    x = torch.randn(16, 3, 16, 16).contiguous(memory_format=torch.channels_last)
     calib = [torch.randn(16, 3, 16, 16) for _ in range(2)]
     masks, compiled, report = sparsekit.plan(model, x, 1.25, calib, levels=LEVELS, draws=8, steps=4)
     assert report.speedup >= 1.25 and report.rounds[-1]["speedup"] == report.speedup
+    assert report.dense_format in ("nchw", "channels_last")
     assert set(masks) == {"3.weight", "6.weight", "9.weight"}
     assert [1 - float(masks[f"{n}.weight"].mean()) for n in report.layers] == pytest.approx(report.sparsities, abs=0.01)
     reference = sparsekit.masked_model.dense_masked_copy(model, sparsekit.masks.collect_masks(model, masks))

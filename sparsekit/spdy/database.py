@@ -7,6 +7,11 @@ X w||^2 + damp ||w_S||^2`` where ``X`` holds the layer's calibration inputs as i
 ``damp`` is 1% of the mean of ``diag(X^T X)``; the Gram matrix ``X^T X`` is accumulated in fp64 on
 the model's device. It solves one system per row and level, of the row's kept size: meant for
 small models (its cost grows with the cube of a row's kept weights).
+
+BatchNorm recalibration (optional): each stitched model's BatchNorm statistics are re-estimated
+on the calibration inputs, as the pruned layers change what each BatchNorm sees; one-shot
+channel pruning loses far less accuracy so (without it a pruned channel still has its dense
+mean subtracted, and its constant output shifts the next layer).
 """
 
 import torch
@@ -17,6 +22,7 @@ from tqdm import tqdm
 from ..errors import SparsekitError
 from ..masked_model import copy_model
 from ..recording import as_input_tuple, record_inputs
+from ..zoo import calibrate_batchnorm
 from .levels import level_masks
 
 DAMP = 0.01
@@ -59,10 +65,14 @@ def reconstructed(weight: torch.Tensor, mask: torch.Tensor, grams: torch.Tensor)
 class ErrorDatabase:
     """Per layer and level, the pruned weight (``weight(layer, level)``) and its mask
     (``masks_of(choice)``); ``stitched(choice)`` is the model with each layer at its chosen
-    level, a working copy updated in place (only the layers whose level changed)."""
+    level, a working copy updated in place (only the layers whose level changed), its BatchNorm
+    statistics re-estimated on ``calib_inputs`` with ``recalibrate_batchnorm``."""
 
     def __init__(self, model: nn.Module, layers, levels, transform=None, *, calib_inputs=(),
-                 reconstruct: bool = False, progress: bool = False):
+                 reconstruct: bool = False, recalibrate_batchnorm: bool = False, progress: bool = False):
+        calib_inputs = list(calib_inputs)
+        if (reconstruct or recalibrate_batchnorm) and not calib_inputs:
+            raise SparsekitError("reconstruct / recalibrate_batchnorm: calibration inputs are needed")
         modules = dict(model.named_modules())
         self.layers, self.levels = list(layers), tuple(levels)
         self.masks = {name: [m.bool() for m in level_masks(modules[name].weight, self.levels, transform)]
@@ -76,6 +86,7 @@ class ErrorDatabase:
         self._model = copy_model(model).eval()
         self._dense = {name: modules[name].weight.detach().clone() for name in self.layers}
         self._current = dict.fromkeys(self.layers)
+        self._recalibration_batches = calib_inputs if recalibrate_batchnorm else None
 
     def _grams(self, model, calib_inputs) -> dict:
         grams = {}
@@ -87,8 +98,6 @@ class ErrorDatabase:
                     raise SparsekitError(f"reconstruct: the calibration inputs never reach layer {name!r}")
                 g = gram(modules[name], seen[name])
                 grams[name] = g if name not in grams else grams[name] + g
-        if not grams:
-            raise SparsekitError("reconstruct: calibration inputs are needed")
         return grams
 
     def weight(self, layer: str, level: int) -> torch.Tensor:
@@ -104,9 +113,11 @@ class ErrorDatabase:
         """The model with each layer's weight at its level in ``choice`` (one index per layer)."""
         if len(choice) != len(self.layers):
             raise SparsekitError(f"stitched: {len(choice)} levels for {len(self.layers)} layers")
+        changed = {name: level for name, level in zip(self.layers, choice) if self._current[name] != level}
         with torch.no_grad():
-            for name, level in zip(self.layers, choice):
-                if self._current[name] != level:
-                    self._model.get_submodule(name).weight.copy_(self.weight(name, level))
-                    self._current[name] = level
+            for name, level in changed.items():
+                self._model.get_submodule(name).weight.copy_(self.weight(name, level))
+                self._current[name] = level
+        if changed and self._recalibration_batches is not None:
+            calibrate_batchnorm(self._model, [as_input_tuple(b) for b in self._recalibration_batches])
         return self._model

@@ -3,11 +3,13 @@ the end-to-end speedup measured, not promised.
 
 The budget follows SPDY: the dense model's measured time over the target, less the time outside
 the prunable layers (the dense model's time less the table's dense layer times). The search's
-best choice is compiled and timed against the dense model (both compiled, BatchNorm folded, on
-the example inputs, in alternation). Layer times do not add up exactly, so while the measured
-speedup misses the target the budget shrinks by the shortfall and the next choice is the
-least-loss one that fits it, of those searched and the program's with the best coefficients, up
-to ``rounds`` compiles; then it says it cannot.
+best choice is compiled and timed against the dense model (both compiled, BatchNorm folded, in
+alternation; the compiled model on the example inputs as given, the dense one in the faster of
+NCHW and channels_last, so that the speedup is read against dense at its best: on CPU, pass
+channels_last inputs, in which the compiled model runs too). Layer times do not add up exactly,
+so while the measured speedup misses the target the budget shrinks by the shortfall and the next
+choice is the least-loss one that fits it, of those searched and the program's with the best
+coefficients, up to ``rounds`` compiles; then it says it cannot.
 """
 
 import time
@@ -37,6 +39,7 @@ class PlanReport:
     speedup: float  # measured end to end against the dense model
     dense_ms: float
     compiled_ms: float
+    dense_format: str  # the memory format dense was timed in, the faster: "nchw" or "channels_last"
     loss: float  # calibration loss of the chosen sparsities
     layers: list[str]
     sparsities: list[float]  # chosen per layer
@@ -51,9 +54,9 @@ class PlanReport:
 
     def __str__(self) -> str:
         lines = [f"sparsekit.plan: measured speedup {self.speedup:.2f}x (target {self.target:.2f}x): "
-                 f"dense {self.dense_ms:.2f} ms, compiled {self.compiled_ms:.2f} ms; calibration loss "
-                 f"{self.loss:.4g}; {len(self.candidates)} candidates searched in {self.search_seconds:.0f} s, "
-                 f"{len(self.rounds)} compiled"]
+                 f"dense {self.dense_ms:.2f} ms ({self.dense_format}), compiled {self.compiled_ms:.2f} ms; "
+                 f"calibration loss {self.loss:.4g}; {len(self.candidates)} candidates searched in "
+                 f"{self.search_seconds:.0f} s, {len(self.rounds)} compiled"]
         lines += [f"  {name:<28} sparsity {s:6.1%}  {p}" for name, s, p in zip(self.layers, self.sparsities, self.plans)]
         return "\n".join(lines)
 
@@ -108,19 +111,23 @@ def _next_choice(tried: list, times, coefficients, budget, compiled: list, score
 
 def plan(model: nn.Module, example_inputs, target_speedup: float, calib, loss_fn=None, *,
          levels=DEFAULT_LEVELS, structure: str = "auto", backend: str = "auto", transform=None,
-         reconstruct: bool = False, draws: int = 100, steps: int = 100, rounds: int = 5,
-         buckets: int = DEFAULT_BUCKETS, cache=None, progress: bool | None = None, seed: int = 0):
+         reconstruct: bool = False, recalibrate_batchnorm: bool = False, draws: int = 100,
+         steps: int = 100, rounds: int = 5, buckets: int = DEFAULT_BUCKETS, cache=None,
+         progress: bool | None = None, seed: int = 0):
     """Masks for ``model``'s prunable layers (every Conv2d but the first) that meet
     ``target_speedup`` on ``example_inputs``, measured, with the least calibration loss SPDY
     finds; returns ``(masks, compiled, report)``: ``{param name: 0/1 mask}``, the compiled model
-    (its reconstructed weights with ``reconstruct``) and a ``PlanReport``.
+    (its weights reconstructed with ``reconstruct``, its BatchNorm statistics re-estimated with
+    ``recalibrate_batchnorm``: then ``masks`` alone do not give it) and a ``PlanReport``.
 
     ``calib``: calibration batches (see ``search.Scorer``: input tensors, scored by KL divergence
     to the dense model's outputs, or ``(inputs, labels)`` pairs, by cross-entropy), ``loss_fn``:
     ``loss_fn(output, target)`` instead. ``levels``, ``structure``, ``backend``, ``transform``,
     ``cache``: as ``timing_table``; ``reconstruct``: refit the kept weights by least squares on
-    the calibration inputs; ``draws`` / ``steps``: the search's random draws and local steps;
-    ``rounds``: compiles tried before it gives up (``SparsekitError``, with what it measured)."""
+    the calibration inputs; ``recalibrate_batchnorm``: re-estimate BatchNorm statistics on the
+    calibration inputs for every choice scored (see ``ErrorDatabase``); ``draws`` / ``steps``:
+    the search's random draws and local steps; ``rounds``: compiles tried before it gives up
+    (``SparsekitError``, with what it measured)."""
     if model.training:
         raise SparsekitError("plan: call model.eval() first")
     try:
@@ -137,7 +144,7 @@ def plan(model: nn.Module, example_inputs, target_speedup: float, calib, loss_fn
     times = torch.tensor(table.seconds, dtype=torch.float64)
     everything = every_layer_ones(model)
     dense = compile_model(model, everything, inputs, backend="dense", verify=False, measure=False)
-    dense_seconds = timing.median_seconds(dense, *inputs, min_run_time=PAIRED_RUN_TIME)
+    run_dense, dense_format, dense_seconds = timing.in_faster_format(dense, *inputs, min_run_time=PAIRED_RUN_TIME)
     rest = max(0.0, dense_seconds - times[:, 0].sum().item())  # time outside the prunable layers
     budget, fastest = dense_seconds / target - rest, times.min(dim=1).values.sum().item()
     if budget <= fastest:
@@ -147,8 +154,8 @@ def plan(model: nn.Module, example_inputs, target_speedup: float, calib, loss_fn
             f"take {1e3 * fastest:.2f} ms: at most {dense_seconds / (rest + fastest):.2f}x by the timing table")
 
     database = ErrorDatabase(model, table.layers, table.levels, transform, reconstruct=reconstruct,
-                             calib_inputs=[b[0] if isinstance(b, (tuple, list)) else b for b in calib],
-                             progress=bool(progress))
+                             recalibrate_batchnorm=recalibrate_batchnorm, progress=bool(progress),
+                             calib_inputs=[b[0] if isinstance(b, (tuple, list)) else b for b in calib])
     scorer = Scorer(database, model, calib, loss_fn)
     started = time.perf_counter()
     tried = search(times, scorer, budget, draws=draws, steps=steps, seed=seed, buckets=buckets, progress=bool(progress))
@@ -163,7 +170,7 @@ def plan(model: nn.Module, example_inputs, target_speedup: float, calib, loss_fn
         masks = database.masks_of(choice)
         compiled = compile_model(database.stitched(choice), {**everything, **masks}, inputs, structure=structure,
                                  backend=backend, progress=progress)
-        measured = timing.paired_ms({"dense": lambda: dense(*inputs), "compiled": lambda: compiled(*inputs)},
+        measured = timing.paired_ms({"dense": run_dense, "compiled": lambda: compiled(*inputs)},
                                     min_run_time=PAIRED_RUN_TIME, device=inputs[0].device.type)
         speedup = measured["dense"] / measured["compiled"]
         seconds = float(sum(times[layer, level] for layer, level in enumerate(choice)))
@@ -174,6 +181,7 @@ def plan(model: nn.Module, example_inputs, target_speedup: float, calib, loss_fn
                      for m in compiled.modules() if isinstance(m, (SparseConv2d, SparseLinear))}
             report = PlanReport(
                 target=target, speedup=speedup, dense_ms=measured["dense"], compiled_ms=measured["compiled"],
+                dense_format=dense_format,
                 loss=scorer(choice), layers=table.layers, sparsities=[table.levels[i] for i in choice],
                 plans=[plans.get(name, "dense/dense") for name in table.layers], rounds=attempts,
                 candidates=[{"predicted_speedup": predicted(c.seconds), "loss": c.loss, "choice": c.choice}

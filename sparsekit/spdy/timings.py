@@ -5,7 +5,7 @@ A cell is the layer compile would build for that level's mask (``plan_choice.tim
 plan on every competing backend, checked against the dense layer, the fastest kept if it beats
 dense) and its median time; level 0 is the dense layer, timed once per layer. Tables are cached
 in a JSON file under a key of everything they depend on (device, dtype, threads, input shapes,
-layers, levels, structure, transform, backend, package version).
+layers and their inputs' memory formats, levels, structure, transform, backend, package version).
 """
 
 import json
@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from .. import __version__, timing
 from ..errors import SparsekitError
+from ..geometry import is_channels_last
 from ..graph import conv_bn_pairs
 from ..masked_model import folded_weight
 from ..plan_choice import competing_backends, timed_layer
@@ -48,7 +49,9 @@ def _key(model, inputs, layer_inputs, names, levels, structure, transform, backe
     return {
         "device": timing.device_name(first.device), "dtype": str(first.dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(), "inputs": [list(x.shape) for x in inputs if isinstance(x, torch.Tensor)],
-        "layers": {name: list(layer_inputs[name].shape) for name in names}, "levels": list(levels),
+        "layers": {name: list(layer_inputs[name].shape) for name in names},
+        "formats": {name: "channels_last" if is_channels_last(layer_inputs[name]) else "nchw" for name in names},
+        "levels": list(levels),
         "structure": structure, "transform": transform, "backend": backend, "sparsekit": __version__,
     }
 
