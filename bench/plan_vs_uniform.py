@@ -13,10 +13,12 @@ is compiled, its speedup measured the same way and its loss scored on the same b
 uniform loss at the plan's measured speedup is interpolated linearly between the two uniform
 levels around it.
 
-Both plan over refilled (channel-wise) levels to a 2x target: with plain magnitude masks the CPU
-kernels reach at most about 1.9x on ResNet-18 even at 95% in every layer, and barely beat dense on
-the digits CNN's 8x8 and 4x4 maps (``plan`` refuses such targets, saying the most the table
-allows). The table of plain magnitude masks is built too, for its build time.
+Both plan over refilled (channel-wise) levels: with plain magnitude masks the CPU kernels reach
+at most about 1.9x on ResNet-18 even at 95% in every layer, and barely beat dense on the digits
+CNN's 8x8 and 4x4 maps (``plan`` refuses such targets, saying the most the table allows).
+Targets: ResNet-18 2x; the digits CNN 1.6x: its first conv, BatchNorm and pooling stay dense, and
+at 2x the measured speedup of its sparsest choices fell short (1.74x, 1.49x). The table of plain
+magnitude masks is built too, for its build time.
 
     python -m bench.plan_vs_uniform [--workload resnet18|digits] [--speedup X] [--quick]
 """
@@ -57,7 +59,7 @@ def digits_workload(quick: bool):
 
 
 # name: (workload, target speedup, levels' transform)
-WORKLOADS = {"resnet18": (resnet18_workload, 2.0, "refill"), "digits": (digits_workload, 2.0, "refill")}
+WORKLOADS = {"resnet18": (resnet18_workload, 2.0, "refill"), "digits": (digits_workload, 1.6, "refill")}
 
 
 def channels_last(model, x, calib):

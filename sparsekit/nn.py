@@ -172,6 +172,15 @@ class SparseConv2d(_SparseLayer):
         self._padding = (top, left) if symmetric else (0, 0)
         self._pre_pad = None if symmetric else (config["pad"], config["padding_mode"])
 
+    def _apply(self, fn, recurse=True):
+        # .to(memory_format=...) converts a conv's 4-d weight and with it the format torch's conv
+        # computes in; a packed layer has no 4-d tensor, so its flag follows what fn does to one
+        probe = torch.empty(1, 2, 1, 2)  # channels_last or not, never both
+        if self.config.get("channels_last"):
+            probe = probe.contiguous(memory_format=torch.channels_last)
+        self.config["channels_last"] = is_channels_last(fn(probe))
+        return super()._apply(fn, recurse)
+
     @classmethod
     def from_weight(
         cls, weight, bias=None, *, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,

@@ -4,9 +4,10 @@ Candidates are every planner's plan (or the one asked for) on every competing ba
 supports it. With the layer's real input each candidate first runs on it and is compared with
 the dense layer: one that differs or raises is dropped with a warning naming layer, plan and
 backend, so a wrong kernel costs speed, never correctness. The survivors are timed against the
-dense layer (one call first: one ``SCREEN`` times slower than dense is not timed further) and
-the fastest is kept if it beats dense by ``KEEP_MARGIN`` (``measure=False``, or no input: the
-cost model ranks them and a plan is kept if its estimated cost is below dense).
+dense layer (one call each first: one ``SCREEN`` times slower than the dense median or another
+candidate's call is not timed further) and the fastest is kept if it beats dense by
+``KEEP_MARGIN`` (``measure=False``, or no input: the cost model ranks them and a plan is kept if
+its estimated cost is below dense).
 """
 
 import warnings
@@ -25,7 +26,7 @@ from .planners import PLANNERS
 PACKED_STRUCTURES = tuple(s for s in PLANNERS if s != "dense")
 MIN_RUN_TIME = 0.1  # seconds of timing per candidate plan of a layer
 KEEP_MARGIN = 0.97  # a packed layer must beat dense by 3%, so timing noise cannot make it slower
-SCREEN = 1.5  # a candidate whose one timed call takes this many dense medians cannot win: not timed further
+SCREEN = 1.5  # a candidate whose one timed call takes this many of the best seen cannot win: not timed further
 
 
 def competing_backends(backend: str, device: torch.device, dtype: torch.dtype) -> list[Backend]:
@@ -121,8 +122,9 @@ def _fastest(dense, candidates, layer_input, dense_seconds, min_run_time):
         return (best if cost < 1 else dense), None
     if dense_seconds is None:
         dense_seconds = timing.median_seconds(dense, layer_input, min_run_time=min_run_time)
-    contenders = [layer for layer in candidates  # each ran once already, in _checked
-                  if timing.one_call_seconds(layer, layer_input) < SCREEN * dense_seconds]
+    firsts = [(timing.one_call_seconds(layer, layer_input), layer) for layer in candidates]  # each ran in _checked
+    bar = SCREEN * min([dense_seconds] + [seconds for seconds, _ in firsts])
+    contenders = [layer for seconds, layer in firsts if seconds < bar]
     timed = [
         (timing.median_seconds(layer, layer_input, min_run_time=min_run_time), i, layer)
         for i, layer in enumerate(contenders)

@@ -156,6 +156,7 @@ def test_plan_choice_compares_backends(monkeypatch):
     x = torch.randn(1, 16, 8, 8)
     times = {"dense": 1.0, "cpu": 0.6, "torch": 0.4}
     monkeypatch.setattr(plan_choice.timing, "median_seconds", lambda layer, *a, **k: times[layer.backend])
+    monkeypatch.setattr(plan_choice.timing, "one_call_seconds", lambda layer, *a, **k: times[layer.backend])
     both = [backends.get("cpu"), backends.get("torch")]
     chosen = plan_choice.choose_layer(conv, weight, None, "channel", both, x, "conv")
     assert chosen.backend == "torch"
@@ -165,6 +166,28 @@ def test_plan_choice_compares_backends(monkeypatch):
     partial = conv.weight.detach() * (torch.rand_like(conv.weight) < 0.2)  # no whole kernels
     chosen = plan_choice.choose_layer(conv, partial, None, "group", both[1:], x, "conv")
     assert chosen.is_dense  # no packed candidate: backend torch cannot run partial kernels
+
+
+def test_plan_choice_times_only_candidates_whose_first_call_is_close_to_the_best(monkeypatch):
+    """One call screens: a candidate SCREEN times slower than dense's median or another
+    candidate's call is not timed further, so a slow backend costs one call, not a timing."""
+    conv = nn.Conv2d(16, 32, 3)
+    weight = conv.weight.detach() * (torch.arange(32) < 4).view(-1, 1, 1, 1)
+    x = torch.randn(1, 16, 8, 8)
+    first = {"cpu": 1.0, "torch": 1.0}
+    timed = []
+    monkeypatch.setattr(plan_choice.timing, "one_call_seconds", lambda layer, *a, **k: first[layer.backend])
+    monkeypatch.setattr(plan_choice.timing, "median_seconds",
+                        lambda layer, *a, **k: timed.append(layer.backend) or (10.0 if layer.is_dense else 1.0))
+    both = [backends.get("cpu"), backends.get("torch")]
+    assert plan_choice.choose_layer(conv, weight, None, "channel", both, x, "conv").backend == "cpu"
+    assert timed == ["dense", "cpu", "torch"]  # both close to the best first call: both timed
+    for slow, factor in (("torch", 1.6), ("cpu", 1.6), ("torch", 1.4)):
+        timed.clear()
+        first.update(cpu=1.0, torch=1.0)
+        first[slow] = factor
+        plan_choice.choose_layer(conv, weight, None, "channel", both, x, "conv")
+        assert (slow in timed) == (factor < plan_choice.SCREEN), (slow, factor, timed)
 
 
 def test_measured_compile_is_never_slower_than_its_dense_plan_by_construction():

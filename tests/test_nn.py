@@ -7,7 +7,7 @@ from torch import nn
 
 from sparsekit import SparseConv2d, SparseLinear, SparsekitError, backends
 from sparsekit.backends import Backend
-from sparsekit.geometry import output_memory_format
+from sparsekit.geometry import is_channels_last, output_memory_format
 from sparsekit.nn import from_config
 
 from .helpers import CPU_BACKENDS, assert_matches, conv_input, pack_for
@@ -39,6 +39,22 @@ def test_sparse_conv2d_equals_the_conv_it_replaces(conv, backend, layout):
     assert_matches(y, conv(x).double(), torch.float32)
     assert y.is_contiguous(memory_format=output_memory_format(x))  # padding modes included
     assert layer.backend == backend and repr(layer).startswith("SparseConv2d(")
+
+
+@pytest.mark.parametrize("backend", ["dense", *CPU_BACKENDS])
+def test_sparse_conv2d_computes_in_the_memory_format_torch_conv_would(backend):
+    """A channels_last weight makes torch's conv answer channels_last for an NCHW input; the layer
+    follows, and follows ``.to(memory_format=...)`` as the conv does."""
+    conv = nn.Conv2d(4, 6, 3, padding=1).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        conv.weight.mul_(torch.rand_like(conv.weight) < 0.5)
+    layer = SparseConv2d.from_conv(conv, structure="group" if backend == "dense" else "auto", backend=backend)
+    x = torch.randn(2, 4, 7, 7)
+    for memory_format in (torch.channels_last, torch.contiguous_format, torch.channels_last):
+        conv, layer = conv.to(memory_format=memory_format), layer.to(memory_format=memory_format)
+        expected, y = conv(x), layer(x)
+        assert is_channels_last(y) == is_channels_last(expected) == (memory_format == torch.channels_last)
+        assert_matches(y, expected.double(), torch.float32)
 
 
 @pytest.mark.parametrize("backend", ["dense", *CPU_BACKENDS])
