@@ -16,9 +16,10 @@ levels around it.
 Both plan over refilled (channel-wise) levels: with plain magnitude masks the CPU kernels reach
 at most about 1.9x on ResNet-18 even at 95% in every layer, and barely beat dense on the digits
 CNN's 8x8 and 4x4 maps (``plan`` refuses such targets, saying the most the table allows).
-Targets: ResNet-18 2x; the digits CNN 1.6x: its first conv, BatchNorm and pooling stay dense, and
-at 2x the measured speedup of its sparsest choices fell short (1.74x, 1.49x). The table of plain
-magnitude masks is built too, for its build time.
+Targets: ResNet-18 2x; the digits CNN 1.5x: its first conv, BatchNorm and pooling stay dense, and
+its 20 ms dense run times noisily (5 choices compiled for 1.6x measured 1.40-1.56x in one run,
+1.63x in another; 2x: 1.74x, 1.49x). The table of plain magnitude masks is built too, for its
+build time.
 
     python -m bench.plan_vs_uniform [--workload resnet18|digits] [--speedup X] [--quick]
 """
@@ -59,7 +60,7 @@ def digits_workload(quick: bool):
 
 
 # name: (workload, target speedup, levels' transform)
-WORKLOADS = {"resnet18": (resnet18_workload, 2.0, "refill"), "digits": (digits_workload, 1.6, "refill")}
+WORKLOADS = {"resnet18": (resnet18_workload, 2.0, "refill"), "digits": (digits_workload, 1.5, "refill")}
 
 
 def channels_last(model, x, calib):
