@@ -86,7 +86,7 @@ class ErrorDatabase:
         self._model = copy_model(model).eval()
         self._dense = {name: modules[name].weight.detach().clone() for name in self.layers}
         self._current = dict.fromkeys(self.layers)
-        self._recalibration_batches = calib_inputs if recalibrate_batchnorm else None
+        self._recalibration_batches = [as_input_tuple(b) for b in calib_inputs] if recalibrate_batchnorm else None
 
     def _grams(self, model, calib_inputs) -> dict:
         grams = {}
@@ -119,5 +119,5 @@ class ErrorDatabase:
                 self._model.get_submodule(name).weight.copy_(self.weight(name, level))
                 self._current[name] = level
         if changed and self._recalibration_batches is not None:
-            calibrate_batchnorm(self._model, [as_input_tuple(b) for b in self._recalibration_batches])
+            calibrate_batchnorm(self._model, self._recalibration_batches)
         return self._model
