@@ -52,7 +52,7 @@ def measure(channels: int, size: int, batch: int, rows: int, gen) -> dict:
     computed = sum((-(-r // panel) * panel if exact else r) * c for r, c in shapes)
     dense_macs = channels * channels * 9
     return {"rows": rows, "kernel": "exact" if exact else "planes", "ratio": ratio,
-            "per_mac": ratio * dense_macs / computed, "model": layer.packed().summary()["cost"]}
+            "per_mac": ratio * dense_macs / computed, "model": cpu.BACKEND.cost(layer.packed())}
 
 
 def main() -> None:

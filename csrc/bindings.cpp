@@ -7,6 +7,7 @@
 #include "ops.h"
 
 TORCH_LIBRARY_IMPL(sparsekit, CPU, m) {
+  m.impl("prepack", TORCH_FN(sparsekit::prepack_cpu));
   m.impl("block_conv2d", TORCH_FN(sparsekit::block_conv2d_cpu));
   m.impl("block_linear", TORCH_FN(sparsekit::block_linear_cpu));
 }

@@ -20,38 +20,13 @@ const char* device_name(c10::DeviceType device) {
   return device == c10::DeviceType::CUDA ? "CUDA" : "CPU";
 }
 
-// Checks the packed tensors and fills call.p's blocks, values, bias and dtype; call.keep gets
-// the contiguous tensors the kernel reads.
-void bind_blocks(BlockCall& call, const at::Tensor& input, const at::Tensor& values,
-                 const at::Tensor& row_idx, const at::Tensor& col_idx,
-                 const at::Tensor& block_ptr, const std::optional<at::Tensor>& bias,
-                 c10::DeviceType device) {
+// Checks the input's device and dtype and the bias, and fills p's bias and dtype.
+void bind_input(BlockCall& call, const at::Tensor& input, const std::optional<at::Tensor>& bias,
+                c10::DeviceType device) {
   BlockConvParams& p = call.p;
-  TORCH_CHECK_VALUE(values.scalar_type() == input.scalar_type(), "sparsekit: values dtype ",
-                    values.scalar_type(), " differs from input dtype ", input.scalar_type());
-  TORCH_CHECK_VALUE(values.dim() == 1, "sparsekit: values must be 1-D");
-  TORCH_CHECK_VALUE(row_idx.scalar_type() == at::kInt && col_idx.scalar_type() == at::kInt &&
-                        row_idx.dim() == 1 && col_idx.dim() == 1,
-                    "sparsekit: row_idx and col_idx must be 1-D int32");
-  TORCH_CHECK_VALUE(block_ptr.scalar_type() == at::kLong && block_ptr.dim() == 2 &&
-                        block_ptr.size(0) == 3 && block_ptr.size(1) >= 1,
-                    "sparsekit: block_ptr must be int64 of shape [3, num_blocks + 1]");
-  for (const at::Tensor* t : {&input, &values, &row_idx, &col_idx, &block_ptr})
-    TORCH_CHECK_VALUE(t->device().type() == device && t->device() == input.device(),
-                      "sparsekit: all tensors must be on the input's ", device_name(device),
-                      " device");
-  call.keep = {values.contiguous(), row_idx.contiguous(), col_idx.contiguous(),
-               block_ptr.contiguous()};
-  const int64_t nb = block_ptr.size(1) - 1;
-  const int64_t* ptr = call.keep[3].data_ptr<int64_t>();
-  p.blocks = {call.keep[1].data_ptr<int32_t>(), call.keep[2].data_ptr<int32_t>(), ptr,
-              ptr + nb + 1, ptr + 2 * (nb + 1), nb};
-  if (device == c10::DeviceType::CPU) {
-    const char* error = check_block_index(p.shape, p.blocks, row_idx.numel(), col_idx.numel(),
-                                          values.numel());
-    TORCH_CHECK_VALUE(error == nullptr, "sparsekit: ", error);
-  }
-  p.values = call.keep[0].data_ptr();
+  TORCH_CHECK_VALUE(input.device().type() == device, "sparsekit: the input must be a ",
+                    device_name(device), " tensor for these kernels");
+  p.dtype = kernel_dtype(input);
   p.bias = nullptr;
   if (bias.has_value()) {
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == p.shape.K &&
@@ -62,16 +37,50 @@ void bind_blocks(BlockCall& call, const at::Tensor& input, const at::Tensor& val
     call.keep.push_back(bias->contiguous());
     p.bias = call.keep.back().data_ptr();
   }
-  p.dtype = kernel_dtype(input);
 }
 
 }  // namespace
 
-BlockCall conv2d_call(const at::Tensor& input, const at::Tensor& values, const at::Tensor& row_idx,
-                      const at::Tensor& col_idx, const at::Tensor& block_ptr,
-                      int64_t out_channels, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                      at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                      const std::optional<at::Tensor>& bias, bool relu, c10::DeviceType device) {
+BlockCall pack_call(const at::Tensor& values, const at::Tensor& row_idx,
+                    const at::Tensor& col_idx, const at::Tensor& block_ptr, int64_t out_channels,
+                    int64_t in_channels, at::IntArrayRef kernel_size, int64_t groups) {
+  TORCH_CHECK_VALUE(values.dim() == 1, "sparsekit: values must be 1-D");
+  TORCH_CHECK_VALUE(row_idx.scalar_type() == at::kInt && col_idx.scalar_type() == at::kInt &&
+                        row_idx.dim() == 1 && col_idx.dim() == 1,
+                    "sparsekit: row_idx and col_idx must be 1-D int32");
+  TORCH_CHECK_VALUE(block_ptr.scalar_type() == at::kLong && block_ptr.dim() == 2 &&
+                        block_ptr.size(0) == 3 && block_ptr.size(1) >= 1,
+                    "sparsekit: block_ptr must be int64 of shape [3, num_blocks + 1]");
+  for (const at::Tensor* t : {&row_idx, &col_idx, &block_ptr})
+    TORCH_CHECK_VALUE(t->device() == values.device(),
+                      "sparsekit: the packed tensors must be on one device");
+  TORCH_CHECK_VALUE(kernel_size.size() == 2 && kernel_size[0] > 0 && kernel_size[1] > 0 &&
+                        out_channels > 0 && in_channels > 0 && groups > 0,
+                    "sparsekit: kernel_size (two values), channels and groups must be positive");
+  BlockCall call;
+  BlockConvParams& p = call.p;
+  ConvShape& s = p.shape;
+  s.N = s.H = s.W = s.OH = s.OW = 1;
+  s.C = in_channels, s.K = out_channels, s.KH = kernel_size[0], s.KW = kernel_size[1];
+  s.stride_h = s.stride_w = s.dil_h = s.dil_w = 1, s.pad_h = s.pad_w = 0, s.groups = groups;
+  p.dtype = kernel_dtype(values);
+  call.keep = {values.contiguous().cpu(), row_idx.contiguous().cpu(), col_idx.contiguous().cpu(),
+               block_ptr.contiguous().cpu()};
+  const int64_t nb = block_ptr.size(1) - 1;
+  const int64_t* ptr = call.keep[3].const_data_ptr<int64_t>();
+  p.blocks = {call.keep[1].const_data_ptr<int32_t>(), call.keep[2].const_data_ptr<int32_t>(), ptr,
+              ptr + nb + 1, ptr + 2 * (nb + 1), nb};
+  const char* error = check_block_index(s, p.blocks, row_idx.numel(), col_idx.numel(),
+                                        values.numel());
+  TORCH_CHECK_VALUE(error == nullptr, "sparsekit: ", error);
+  p.values = call.keep[0].const_data_ptr();
+  return call;
+}
+
+BlockCall conv2d_call(const at::Tensor& input, int64_t out_channels, at::IntArrayRef kernel_size,
+                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                      int64_t groups, const std::optional<at::Tensor>& bias, bool relu,
+                      c10::DeviceType device) {
   TORCH_CHECK_VALUE(input.dim() == 4, "sparsekit: block_conv2d input must be [N, C, H, W], got ",
                     input.sizes());
   TORCH_CHECK_VALUE(kernel_size.size() == 2 && stride.size() == 2 && padding.size() == 2 &&
@@ -93,10 +102,9 @@ BlockCall conv2d_call(const at::Tensor& input, const at::Tensor& values, const a
   s.OW = (s.W + 2 * s.pad_w - s.dil_w * (s.KW - 1) - 1) / s.stride_w + 1;
   TORCH_CHECK_VALUE(s.OH > 0 && s.OW > 0, "sparsekit: input ", input.sizes(),
                     " is smaller than the dilated kernel");
-  // Also checked with the block index, which a CUDA call checks only once per pack.
   TORCH_CHECK_VALUE(s.K % groups == 0 && s.C % groups == 0, "sparsekit: groups (", groups,
                     ") must divide both input (", s.C, ") and output (", s.K, ") channels");
-  bind_blocks(call, input, values, row_idx, col_idx, block_ptr, bias, device);
+  bind_input(call, input, bias, device);
 
   // The output keeps the input's memory format, as the schema's fake says (geometry.py's
   // is_channels_last: where both formats fit, the strides decide, as in torch's conv).
@@ -113,10 +121,8 @@ BlockCall conv2d_call(const at::Tensor& input, const at::Tensor& values, const a
   return call;
 }
 
-BlockCall linear_call(const at::Tensor& input, const at::Tensor& values, const at::Tensor& row_idx,
-                      const at::Tensor& col_idx, const at::Tensor& block_ptr,
-                      int64_t out_features, const std::optional<at::Tensor>& bias, bool relu,
-                      c10::DeviceType device) {
+BlockCall linear_call(const at::Tensor& input, int64_t out_features,
+                      const std::optional<at::Tensor>& bias, bool relu, c10::DeviceType device) {
   TORCH_CHECK_VALUE(input.dim() >= 1, "sparsekit: block_linear input must have a feature dim");
   TORCH_CHECK_VALUE(out_features > 0, "sparsekit: out_features must be positive");
   // [*, C] -> [M, C] (a view whenever the leading dims allow), seen as a 1x1 conv over
@@ -128,7 +134,7 @@ BlockCall linear_call(const at::Tensor& input, const at::Tensor& values, const a
   s.N = 1, s.C = x.size(1), s.H = 1, s.W = x.size(0), s.K = out_features;
   s.KH = s.KW = 1, s.stride_h = s.stride_w = 1, s.pad_h = s.pad_w = 0, s.dil_h = s.dil_w = 1;
   s.groups = 1, s.OH = 1, s.OW = s.W;
-  bind_blocks(call, input, values, row_idx, col_idx, block_ptr, bias, device);
+  bind_input(call, input, bias, device);
   call.keep.push_back(x);  // the reshaped input, when a copy
 
   std::vector<int64_t> out_shape(input.sizes().begin(), input.sizes().end() - 1);

@@ -19,18 +19,22 @@ struct BlockCall {
   at::Tensor out;
 };
 
-// The ops' arguments checked for kernels on `device`: every tensor there, dtypes, shapes. On
-// the CPU the block index is also checked against the shape (nothing reads out of bounds); a
-// CUDA call leaves it to the glue, which reads it to the host once per pack, not every call.
-BlockCall conv2d_call(const at::Tensor& input, const at::Tensor& values, const at::Tensor& row_idx,
-                      const at::Tensor& col_idx, const at::Tensor& block_ptr,
-                      int64_t out_channels, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                      at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                      const std::optional<at::Tensor>& bias, bool relu, c10::DeviceType device);
+// A pack checked for building a layout (prepack): p's shape holds the layer's channels, kernel
+// and groups (no input: N, H, W are 1), its blocks the index, checked against that shape
+// (nothing a layout points to is out of bounds), and its values; all read from host copies
+// in keep, wherever the pack lies.
+BlockCall pack_call(const at::Tensor& values, const at::Tensor& row_idx,
+                    const at::Tensor& col_idx, const at::Tensor& block_ptr, int64_t out_channels,
+                    int64_t in_channels, at::IntArrayRef kernel_size, int64_t groups);
 
-BlockCall linear_call(const at::Tensor& input, const at::Tensor& values, const at::Tensor& row_idx,
-                      const at::Tensor& col_idx, const at::Tensor& block_ptr,
-                      int64_t out_features, const std::optional<at::Tensor>& bias, bool relu,
+// A run op's input, bias and geometry checked for kernels on `device`, the output allocated:
+// p holds everything but the blocks and values, which the kernels read from their layout.
+BlockCall conv2d_call(const at::Tensor& input, int64_t out_channels, at::IntArrayRef kernel_size,
+                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                      int64_t groups, const std::optional<at::Tensor>& bias, bool relu,
                       c10::DeviceType device);
+
+BlockCall linear_call(const at::Tensor& input, int64_t out_features,
+                      const std::optional<at::Tensor>& bias, bool relu, c10::DeviceType device);
 
 }  // namespace sparsekit

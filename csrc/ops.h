@@ -4,18 +4,25 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
 
+#include <tuple>
+#include <vector>
+
 namespace sparsekit {
 
-at::Tensor block_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
-                            const at::Tensor& row_idx, const at::Tensor& col_idx,
-                            const at::Tensor& block_ptr, int64_t out_channels,
+// A CPU pack's layout for the CPU kernels: one uint8 tensor (cpu/kernels/layout.h), no ints.
+std::tuple<std::vector<at::Tensor>, std::vector<int64_t>> prepack_cpu(
+    const at::Tensor& values, const at::Tensor& row_idx, const at::Tensor& col_idx,
+    const at::Tensor& block_ptr, int64_t out_channels, int64_t in_channels,
+    at::IntArrayRef kernel_size, int64_t groups);
+
+at::Tensor block_conv2d_cpu(const at::Tensor& input, at::TensorList layout,
+                            at::IntArrayRef layout_ints, int64_t out_channels,
                             at::IntArrayRef kernel_size, at::IntArrayRef stride,
                             at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                             const std::optional<at::Tensor>& bias, bool relu);
 
-at::Tensor block_linear_cpu(const at::Tensor& input, const at::Tensor& values,
-                            const at::Tensor& row_idx, const at::Tensor& col_idx,
-                            const at::Tensor& block_ptr, int64_t out_features,
+at::Tensor block_linear_cpu(const at::Tensor& input, at::TensorList layout,
+                            at::IntArrayRef layout_ints, int64_t out_features,
                             const std::optional<at::Tensor>& bias, bool relu);
 
 // Phase profile of the CPU kernels, for the bench's breakdown: set_phase_profile(true) zeroes

@@ -16,7 +16,6 @@ import torch
 
 from . import masks
 from .errors import SparsekitError
-from .planners import Block, cost
 from .planners import plan as plan_blocks
 
 INDEX_LIMIT = torch.iinfo(torch.int32).max
@@ -77,12 +76,48 @@ class PackedWeight:
             block_ptr=self.block_ptr.to(device),
         )
 
+    def check(self, name: str = "weight") -> "PackedWeight":
+        """This pack, after checking that its tensors form a valid index of its weight shape
+        (dtypes, offsets, indices in range, each block inside one group): what every layout is
+        built from, so that no kernel reads out of bounds. SparsekitError naming ``name`` if not."""
+        problem = self._problem()
+        if problem:
+            raise SparsekitError(f"{name}: the packed tensors are malformed: {problem}")
+        return self
+
+    def _problem(self) -> str | None:
+        if self.row_idx.dtype != torch.int32 or self.col_idx.dtype != torch.int32:
+            return "row_idx and col_idx must be int32"
+        if self.row_idx.dim() != 1 or self.col_idx.dim() != 1 or self.values.dim() != 1:
+            return "values, row_idx and col_idx must be 1-D"
+        if self.block_ptr.dtype != torch.int64 or self.block_ptr.dim() != 2 or self.block_ptr.shape[0] != 3:
+            return "block_ptr must be int64 of shape [3, blocks + 1]"
+        if self.block_ptr.shape[1] < 1 or self.groups < 1 or self.out_features % self.groups:
+            return "block_ptr needs a first offset, and groups must divide the rows"
+        ptr = self.block_ptr.cpu()
+        rows, cols = ptr[0].diff(), ptr[1].diff()
+        if bool(ptr[:, 0].any()) or bool((rows < 1).any()) or bool((cols < 1).any()):
+            return "block offsets must start at 0 and every block hold a row and a column"
+        if not torch.equal(ptr[2].diff(), rows * cols):
+            return "block value offsets do not match rows x columns"
+        if ptr[:, -1].tolist() != [self.row_idx.numel(), self.col_idx.numel(), self.values.numel()]:
+            return "block offsets do not end at the lengths of row_idx, col_idx and values"
+        row_idx, col_idx = self.row_idx.cpu().long(), self.col_idx.cpu().long()
+        if row_idx.numel() and not (0 <= int(row_idx.min()) and int(row_idx.max()) < self.out_features):
+            return f"a row index lies outside [0, {self.out_features})"
+        if col_idx.numel() and not (0 <= int(col_idx.min()) and int(col_idx.max()) < math.prod(self.weight_shape[1:])):
+            return f"a column index lies outside [0, {math.prod(self.weight_shape[1:])})"
+        group = row_idx // (self.out_features // self.groups)
+        first = group[ptr[0, :-1]].repeat_interleave(rows)
+        if not torch.equal(group, first):
+            return "a block's rows span several groups"
+        return None
+
     def summary(self) -> dict:
-        """Structure, blocks, kept weights (nnz), stored values, density inside blocks, FLOPs
-        and estimated cost relative to the dense layer."""
+        """Structure, blocks, kept weights (nnz), stored values, density inside blocks and
+        FLOPs relative to the dense layer."""
         cols = math.prod(self.weight_shape[1:])
         stored, nnz = self.values.numel(), int(torch.count_nonzero(self.values))
-        blocks = [Block(r.cpu(), c.cpu()) for r, c, _ in self.blocks()]
         return {
             "weight_shape": list(self.weight_shape),
             "groups": self.groups,
@@ -92,7 +127,6 @@ class PackedWeight:
             "stored": stored,
             "density": nnz / stored if stored else 1.0,
             "flops_ratio": stored / (self.out_features * cols),
-            "cost": cost.plan_cost(blocks) / cost.dense_cost(self.out_features, cols),
         }
 
     def __repr__(self) -> str:

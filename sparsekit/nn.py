@@ -4,10 +4,16 @@ A layer is built from its effective weight (masked, BatchNorm folded) with ``fro
 is described by a JSON-able ``config`` from which an empty twin is made (``from_config``) for
 loading a state_dict. ``backend="dense"`` keeps the weight dense and calls ``F.conv2d`` /
 ``F.linear``; any other backend (see ``sparsekit.backends``) packs it and calls the sparsekit
-ops. A packed layer keeps its backend's own layout of the pack (``Backend.prepack``) as a cache:
-built with the layer, after moving it (``.to()``) and by ``ready()`` (``sparsekit.load`` calls
-it), dropped by ``load_state_dict`` and then rebuilt on first use; never part of the
-state_dict.
+ops.
+
+A packed layer's state is the canonical pack (its buffers ``values``, ``row_idx``, ``col_idx``,
+``block_ptr``: what ``state_dict`` saves) and its backend's layout of it (``Backend.prepack``),
+held as non-persistent buffers ``layout_0``, ``layout_1``, ... . ``ready()`` checks the pack,
+resolves the backend and builds the layout: at build, after ``load_state_dict`` and after every
+``.to()`` / ``.cuda()`` / ``.half()``. A call then only runs the backend's op on it: no check
+of the pack, no backend lookup, no layout built. A layer whose backend cannot run where it
+now lies (a ``"cpu"`` layer moved to a GPU) keeps no layout and says so when called; after
+changing the packed buffers in place, call ``ready()``.
 """
 
 import torch
@@ -15,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import backends, ops
+from .backends.base import Layout
 from .errors import SparsekitError
 from .formats import PackedWeight, pack
 from .geometry import is_channels_last, output_memory_format
@@ -24,7 +31,8 @@ DTYPES = {str(d): d for d in (torch.float32, torch.float64, torch.float16, torch
 
 
 class _SparseLayer(nn.Module):
-    """Buffers and bookkeeping shared by both layers: a dense ``weight`` or the packed tensors."""
+    """Buffers and bookkeeping shared by both layers: a dense ``weight`` or the packed tensors
+    and the layout."""
 
     def __init__(self, config: dict, weight_shape: tuple[int, ...], device=None):
         super().__init__()
@@ -41,8 +49,11 @@ class _SparseLayer(nn.Module):
             self.register_buffer("block_ptr", torch.empty(3, sizes["blocks"] + 1, dtype=torch.int64, device=device))
         bias_shape = (weight_shape[0],) if config["bias"] else None
         self.register_buffer("bias", None if bias_shape is None else torch.empty(bias_shape, dtype=dtype, device=device))
-        self._prepacked = None
-        self.register_load_state_dict_post_hook(_forget_prepacked)
+        self._layout_names: tuple[str, ...] = ()
+        self._layout_ints: list[int] = []
+        self._op = None  # the backend's op, once ready()
+        self._not_ready = "its buffers were not loaded yet (load_state_dict, or sparsekit.load)"
+        self.register_load_state_dict_post_hook(_ready_after_load)
 
     @property
     def is_dense(self) -> bool:
@@ -58,26 +69,53 @@ class _SparseLayer(nn.Module):
             self.col_idx, self.block_ptr, self.config["structure"],
         )
 
-    def prepacked(self):
-        """The pack in this layer's backend's own layout (see the module doc)."""
-        if self._prepacked is not None:
-            return self._prepacked
-        layout = backends.get(self.backend).prepack(self.packed())
-        if not torch.compiler.is_compiling():  # a trace must not change the module
-            self._prepacked = layout
-        return layout
-
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        _forget_prepacked(self, None)  # the buffers are new tensors now
-        return self if any(b.is_meta for b in self.buffers()) else self.ready()  # meta: no data
+    def layout(self) -> Layout:
+        """The backend's layout this layer holds (see the module doc)."""
+        return Layout(tuple(getattr(self, name) for name in self._layout_names), tuple(self._layout_ints))
 
     def ready(self):
-        """This layer, its backend checked against its pack (SparsekitError if it cannot run
-        it) and its prepacked layout built, so that a trace finds it made."""
-        if not self.is_dense:
-            self.check_backend().prepacked()
+        """This layer, its pack checked, its backend resolved and its layout built (see the
+        module doc); SparsekitError if the pack is malformed or its backend cannot run it."""
+        if self.is_dense:
+            return self
+        self._drop_layout()
+        if any(b.is_meta for b in self.buffers()):  # no data to check or lay out
+            self._not_ready = "its buffers are on the meta device"
+            return self
+        packed = self.packed().check(f"layer {self.config.get('source', {}).get('layer', 'weight')!r}")
+        backend = backends.get(self.backend)
+        if not backend.supports(packed):
+            raise SparsekitError(
+                f"backend {self.backend!r} cannot run this {self.config['structure']!r} plan "
+                f"({backend.unsupported_reason})"
+            )
+        problem = backend.problem(packed.device, packed.dtype)
+        if problem is not None:  # e.g. moved to a device it does not run on: said when called
+            self._not_ready = f"backend {self.backend!r} {problem}"
+            return self
+        layout = backend.prepack(packed)
+        self._layout_names = tuple(f"layout_{i}" for i in range(len(layout.tensors)))
+        for name, tensor in zip(self._layout_names, layout.tensors):
+            self.register_buffer(name, tensor, persistent=False)
+        self._layout_ints = list(layout.ints)
+        self._op = backend.conv2d_op if isinstance(self, SparseConv2d) else backend.linear_op
         return self
+
+    def _drop_layout(self) -> None:
+        for name in self._layout_names:
+            delattr(self, name)
+        self._layout_names, self._layout_ints, self._op = (), [], None
+
+    def _apply(self, fn, recurse=True):
+        self._drop_layout()  # built again from the moved pack, not moved itself
+        super()._apply(fn, recurse)
+        return self.ready()
+
+    def _run(self):
+        """The backend's op, with this layer's layout as its first arguments after the input."""
+        if self._op is None:
+            raise SparsekitError(f"{type(self).__name__} cannot run: {self._not_ready}")
+        return self._op, [getattr(self, name) for name in self._layout_names], self._layout_ints
 
     def supports(self, backend: str) -> bool:
         """Whether this layer's pack can run on ``backend`` (see ``ops.supports``)."""
@@ -89,16 +127,7 @@ class _SparseLayer(nn.Module):
             raise SparsekitError(f"backend: a {self.backend!r} layer cannot move to {backend!r}")
         twin = from_config(self.config | {"backend": backend}, self.values.device)
         twin.load_state_dict(self.state_dict())
-        return twin.ready()
-
-    def check_backend(self):
-        """This layer, after checking that its backend can run its pack (SparsekitError if not)."""
-        if not self.is_dense and not self.supports(self.backend):
-            raise SparsekitError(
-                f"backend {self.backend!r} cannot run this {self.config['structure']!r} plan "
-                f"({backends.get(self.backend).unsupported_reason})"
-            )
-        return self
+        return twin
 
     def _fill(self, weight: torch.Tensor, bias: torch.Tensor | None, packed: PackedWeight | None):
         with torch.no_grad():
@@ -109,7 +138,6 @@ class _SparseLayer(nn.Module):
                     getattr(self, name).copy_(getattr(packed, name))
             if bias is not None:
                 self.bias.copy_(bias)
-        _forget_prepacked(self, None)
         return self.ready()
 
     def summary(self) -> dict:
@@ -120,7 +148,7 @@ class _SparseLayer(nn.Module):
         return {
             "weight_shape": list(self.weight_shape), "groups": self.config.get("groups", 1),
             "structure": "dense", "blocks": 0, "nnz": nnz, "stored": self.weight.numel(),
-            "density": nnz / self.weight.numel(), "flops_ratio": 1.0, "cost": 1.0,
+            "density": nnz / self.weight.numel(), "flops_ratio": 1.0,
         }
 
     def extra_repr(self) -> str:
@@ -225,10 +253,9 @@ class SparseConv2d(_SparseLayer):
         if self.is_dense:
             y = F.conv2d(x, self.weight, self.bias, c["stride"], self._padding, c["dilation"], c["groups"])
             return F.relu(y) if c["relu"] else y
-        return ops.block_conv2d(
-            x, self.packed(), self.bias, c["stride"], self._padding, c["dilation"], c["relu"],
-            self.backend, prepacked=self.prepacked(),
-        )
+        op, layout, ints = self._run()
+        return op(x, layout, ints, c["out_channels"], c["kernel_size"], c["stride"], self._padding,
+                  c["dilation"], c["groups"], self.bias, c["relu"])
 
 
 class SparseLinear(_SparseLayer):
@@ -260,15 +287,15 @@ class SparseLinear(_SparseLayer):
         if self.is_dense:
             y = F.linear(x, self.weight, self.bias)
             return F.relu(y) if self.config["relu"] else y
-        return ops.block_linear(
-            x, self.packed(), self.bias, self.config["relu"], self.backend, prepacked=self.prepacked()
-        )
+        op, layout, ints = self._run()
+        return op(x, layout, ints, self.config["out_features"], self.bias, self.config["relu"])
 
 
-def _forget_prepacked(layer: _SparseLayer, incompatible_keys) -> None:
-    """Drops the layer's prepacked layout, rebuilt on next use from the new buffers (a
-    load_state_dict post-hook, also run after filling or moving the layer)."""
-    layer._prepacked = None
+def _ready_after_load(layer: _SparseLayer, incompatible_keys) -> None:
+    """Builds the layer's layout from the tensors just loaded (a load_state_dict post-hook):
+    unless some were missing, which the load reports itself."""
+    if not incompatible_keys.missing_keys:
+        layer.ready()
 
 
 LAYERS = {"SparseConv2d": SparseConv2d, "SparseLinear": SparseLinear}

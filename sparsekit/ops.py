@@ -1,9 +1,12 @@
-"""Ops: the Python entry to every sparsekit op, with argument checks and backend dispatch.
+"""Ops: the functional Python entry to every sparsekit op, with argument checks and backend
+dispatch.
 
-``torch.ops.sparsekit.<prefix>block_conv2d`` / ``block_linear`` take the packed tensors of a
-``PackedWeight`` (see ``formats``); the functions here take the ``PackedWeight`` itself, check
-the arguments (raising ``SparsekitError``), pick the backend through the registry
-(``sparsekit.backends``: ``"auto"`` or a backend's name) and run its op.
+``torch.ops.sparsekit.<prefix>block_conv2d`` / ``block_linear`` take a backend's layout of a
+pack (``Backend.prepack``); the functions here take the ``PackedWeight`` itself, check the
+arguments (raising ``SparsekitError``), pick the backend through the registry
+(``sparsekit.backends``: ``"auto"`` or a backend's name), build its layout and run its op. They
+build the layout on every call, so they are for eager use: a layer (``sparsekit.nn``) builds it
+once and calls the op directly, which is what torch.compile and torch.export trace.
 """
 
 import torch
@@ -22,7 +25,7 @@ def pair(value, name: str, minimum: int = 0) -> tuple[int, int]:
     return values
 
 
-def _check_args(input, weight, bias, backend: str, op: str, prepacked):
+def _check_args(input, weight, bias, backend: str, op: str):
     """Checks shared by both ops; returns the backend to run."""
     if not isinstance(input, torch.Tensor):
         raise SparsekitError(f"{op}: input must be a tensor, got {type(input).__name__}")
@@ -45,10 +48,9 @@ def _check_args(input, weight, bias, backend: str, op: str, prepacked):
         raise SparsekitError(
             f"{op}: bias must be a [{weight.out_features}] tensor of the input's dtype and device"
         )
-    if prepacked is not None and backend == "auto":
-        raise SparsekitError(f"{op}: a prepacked layout belongs to one backend; name it")
-    try:  # a prepacked layout comes from a layer, which checked its pack against its backend
-        return backends.resolve(backend, input.device, input.dtype, None if prepacked is not None else weight)
+    weight.check(f"{op}: weight")
+    try:
+        return backends.resolve(backend, input.device, input.dtype, weight)
     except SparsekitError as error:
         raise SparsekitError(f"{op}: {error}") from None
 
@@ -87,17 +89,14 @@ def block_conv2d(
     dilation=1,
     relu: bool = False,
     backend: str = "auto",
-    *,
-    prepacked=None,
 ) -> torch.Tensor:
     """``F.conv2d(input, unpack(weight), bias, stride, padding, dilation, weight.groups)``
     (then ReLU if ``relu``) computed over the packed blocks only, in the input's memory format
-    (channels_last stays channels_last). ``prepacked``: the backend's layout of ``weight``
-    (``Backend.prepack``), which layers keep; without it the op derives it on every call."""
-    chosen = _check_args(input, weight, bias, backend, "block_conv2d", prepacked)
+    (channels_last stays channels_last)."""
+    chosen = _check_args(input, weight, bias, backend, "block_conv2d")
     stride, padding, dilation, _ = _conv_geometry(input, weight, stride, padding, dilation)
-    layout = chosen.prepack(weight) if prepacked is None else prepacked
-    return chosen.block_conv2d(input, layout, bias, stride, padding, dilation, relu)
+    return chosen.block_conv2d(input, chosen.prepack(weight), weight, bias, stride, padding,
+                               dilation, relu)
 
 
 def block_linear(
@@ -106,16 +105,13 @@ def block_linear(
     bias: torch.Tensor | None = None,
     relu: bool = False,
     backend: str = "auto",
-    *,
-    prepacked=None,
 ) -> torch.Tensor:
     """``F.linear(input, unpack(weight), bias)`` (then ReLU if ``relu``) over the packed blocks,
-    for any leading batch dimensions; ``prepacked`` as for ``block_conv2d``."""
-    chosen = _check_args(input, weight, bias, backend, "block_linear", prepacked)
+    for any leading batch dimensions."""
+    chosen = _check_args(input, weight, bias, backend, "block_linear")
     if input.dim() == 0 or input.shape[-1] != weight.in_features:
         raise SparsekitError(
             f"block_linear: input shape {tuple(input.shape)} does not end in the weight's "
             f"{weight.in_features} features"
         )
-    layout = chosen.prepack(weight) if prepacked is None else prepacked
-    return chosen.block_linear(input, layout, bias, relu)
+    return chosen.block_linear(input, chosen.prepack(weight), weight, bias, relu)

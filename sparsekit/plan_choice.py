@@ -117,8 +117,12 @@ def _fastest(dense, candidates, layer_input, dense_seconds, min_run_time):
     model) and its time; a candidate must beat dense by ``KEEP_MARGIN``."""
     if not candidates:
         return dense, dense_seconds
-    if layer_input is None:
-        cost, _, best = min((c.summary()["cost"], i, c) for i, c in enumerate(candidates))
+    if layer_input is None:  # ranked by the cost models of the backends that have one
+        costs = [(backends.get(c.backend).cost(c.packed()), i, c) for i, c in enumerate(candidates)]
+        ranked = [entry for entry in costs if entry[0] is not None]
+        if not ranked:
+            return dense, None
+        cost, _, best = min(ranked)
         return (best if cost < 1 else dense), None
     if dense_seconds is None:
         dense_seconds = timing.median_seconds(dense, layer_input, min_run_time=min_run_time)

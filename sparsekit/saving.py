@@ -75,12 +75,10 @@ def load(path, model: nn.Module) -> nn.Module:
             raise SparsekitError(f"load: the config of layer {name!r} is not an object")
         kind = nn.Conv2d if config.get("type") == "SparseConv2d" else nn.Linear
         _replace(rebuilt, name, kind, from_config(config))
-    try:
+    try:  # the sparse layers check their packs and build their layouts as they load
         rebuilt.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise SparsekitError(f"load: the saved tensors do not fit the model: {error}") from error
-    for name in meta["layers"]:
-        rebuilt.get_submodule(name).ready()
     return rebuilt.eval().requires_grad_(False)  # as compile() returns it: an inference model
 
 

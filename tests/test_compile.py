@@ -287,13 +287,23 @@ class PlantedBackend(Backend):
     def __init__(self, name: str, wrong_rows: int, fault: str):
         self.name, self.wrong_rows, self.fault = name, wrong_rows, fault
 
-    def block_conv2d(self, input, prepacked, bias, stride, padding, dilation, relu):
-        y = backends.get("cpu").block_conv2d(input, prepacked, bias, stride, padding, dilation, relu)
-        if prepacked.out_features != self.wrong_rows:
-            return y
-        if self.fault == "raises":
-            raise RuntimeError("planted failure")
-        return y + 1e-2
+    def prepack(self, packed):
+        return backends.get("cpu").prepack(packed)
+
+    def cost(self, packed):  # it runs the C++ kernels
+        return backends.get("cpu").cost(packed)
+
+    @property
+    def conv2d_op(self):
+        def run(input, layout, ints, out_channels, *args):
+            y = torch.ops.sparsekit.block_conv2d(input, layout, ints, out_channels, *args)
+            if out_channels != self.wrong_rows:
+                return y
+            if self.fault == "raises":
+                raise RuntimeError("planted failure")
+            return y + 1e-2
+
+        return run
 
 
 @pytest.fixture

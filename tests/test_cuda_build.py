@@ -15,9 +15,9 @@ LIBRARY = Path(__file__).resolve().parents[1] / "build" / "cmake" / "libsparseki
 # registrations would otherwise stay in the test session).
 PROBE = """
 import sys, torch
-from sparsekit.backends import schema
+from sparsekit.backends import extension
 def registered():
-    return [op for op in schema.SCHEMAS
+    return [op for op in extension.OPS
             if torch._C._dispatch_has_kernel_for_dispatch_key(f"sparsekit::{op}", "CUDA")]
 before = registered()
 torch.ops.load_library(sys.argv[1])
@@ -32,7 +32,7 @@ def test_cuda_ops_register_a_kernel_for_every_op():
         pytest.skip("the CUDA ops are not built (no nvcc, or CMake not run)")
     import torch
 
-    from sparsekit.backends import schema
+    from sparsekit.backends import extension
 
     if torch.version.cuda is not None:
         pytest.skip("a CUDA torch: the extension itself registers the CUDA kernels")
@@ -41,4 +41,4 @@ def test_cuda_ops_register_a_kernel_for_every_op():
     assert result.returncode == 0, result.stderr
     before, after = result.stdout.strip().split("|")
     assert before == ""  # a CPU torch: the kernels come from the library
-    assert after.split(",") == list(schema.SCHEMAS)
+    assert after.split(",") == list(extension.OPS)

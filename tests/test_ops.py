@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -374,6 +376,12 @@ def backend_op(backend: str, op: str):
     return getattr(torch.ops.sparsekit, f"{backends.get(backend).op_prefix}{op}").default
 
 
+def layout_args(backend: str, packed) -> tuple:
+    """(layout, layout_ints) of ``backend``'s layout of ``packed``, as its ops take them."""
+    layout = backends.get(backend).prepack(packed)
+    return list(layout.tensors), list(layout.ints)
+
+
 @pytest.mark.parametrize("sample", SAMPLES, ids=str)
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_opcheck_block_conv2d(sample, backend):
@@ -385,8 +393,8 @@ def test_opcheck_block_conv2d(sample, backend):
     x = torch.randn(x_shape).to(dtype)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
-    args = (x, p.values, p.row_idx, p.col_idx, p.block_ptr,
-            w_shape[0], list(w_shape[2:]), [1, 1], [1, 1], [1, 1], groups, bias, True)
+    args = (x, *layout_args(backend, p), w_shape[0], list(w_shape[2:]), [1, 1], [1, 1], [1, 1],
+            groups, bias, True)
     torch.library.opcheck(backend_op(backend, "block_conv2d"), args)
 
 
@@ -395,8 +403,7 @@ def test_opcheck_block_conv2d(sample, backend):
 def test_opcheck_block_linear(x_shape, backend):
     for dtype in backend_dtypes(backend):
         p = pack(torch.randn(9, 12).to(dtype), torch.rand(9, 12) < 0.5, structure="kernel")
-        args = (torch.randn(x_shape).to(dtype), p.values, p.row_idx, p.col_idx, p.block_ptr, 9,
-                torch.randn(9).to(dtype), False)
+        args = (torch.randn(x_shape).to(dtype), *layout_args(backend, p), 9, torch.randn(9).to(dtype), False)
         torch.library.opcheck(backend_op(backend, "block_linear"), args)
 
 
@@ -406,6 +413,17 @@ def test_the_cpu_kernels_are_registered_against_the_one_schema():
     for op in schema.SCHEMAS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"sparsekit::{op}", "CPU")
         assert str(getattr(torch.ops.sparsekit, op).default._schema) == f"sparsekit::{op}{schema.SCHEMAS[op]}"
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("sparsekit::prepack", "CPU")
+
+
+def test_torch_backend_runs_half_types_in_fp32_on_cpu():
+    """torch 2.13's CPU fp16 conv2d crashes the process on a width-1 input padded along its
+    width (this geometry); the torch backend computes half types in fp32 on CPU."""
+    packed = pack(torch.randn(2, 2, 3, 1).half(), structure="kernel")
+    x = torch.randn(2, 2, 5, 1).half()
+    args = (None, (3, 2), (2, 1), (1, 2), False)
+    assert_matches(ops.block_conv2d(x, packed, *args, backend="torch"), expected_conv(x, packed, *args),
+                   torch.float16)
 
 
 def test_torch_backend_refuses_blocks_of_partial_kernels():
@@ -416,28 +434,28 @@ def test_torch_backend_refuses_blocks_of_partial_kernels():
     x = torch.randn(1, 3, 5, 5)
     with pytest.raises(SparsekitError, match="whole kernels"):
         ops.block_conv2d(x, packed, backend="torch")
-    with pytest.raises(SparsekitError, match="whole kernels"):  # the op itself, as a trace runs it
-        backends.get("torch").block_conv2d(x, packed, None, (1, 1), (0, 0), (1, 1), False)
-
-
-def test_a_prepacked_layout_needs_its_backend_named():
-    packed = packed_conv(4, 3, (3, 3), 1, torch.float32)
-    with pytest.raises(SparsekitError, match="prepacked layout belongs to one backend"):
-        ops.block_conv2d(torch.randn(1, 3, 5, 5), packed, prepacked=packed)
+    with pytest.raises(SparsekitError, match="whole kernels"):  # no layout of it is made
+        backends.get("torch").prepack(packed)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_ops_trace_under_torch_compile(backend):
+    """The ops on layouts built beforehand (as layers hold them) trace whole; ``ops``' functions
+    build a layout per call and are for eager use."""
     conv = packed_conv(8, 4, (3, 3), 1, torch.float32, backend=backend)
     lin = pack(torch.randn(6, 8 * 3 * 3), torch.rand(6, 72) < 0.5)
+    chosen = backends.get(backend)
+    conv_layout, lin_layout = chosen.prepack(conv), chosen.prepack(lin)
 
     def f(x):
-        y = ops.block_conv2d(x, conv, stride=2, padding=1, relu=True, backend=backend)
-        return ops.block_linear(y.flatten(1), lin, backend=backend)
+        y = chosen.block_conv2d(x, conv_layout, conv, None, (2, 2), (1, 1), (1, 1), True)
+        return chosen.block_linear(y.flatten(1), lin_layout, lin, None, False)
 
     x = torch.randn(2, 4, 6, 6)
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
-    assert torch.equal(compiled(x), f(x))
+    expected = ops.block_linear(ops.block_conv2d(x, conv, None, 2, 1, relu=True, backend=backend).flatten(1), lin,
+                                backend=backend)
+    assert torch.equal(compiled(x), f(x)) and torch.equal(f(x), expected)
 
 
 def test_dense_plan_is_within_10x_of_dense_conv():
@@ -478,20 +496,39 @@ def test_bad_op_arguments_are_sparsekit_errors(call, message):
         call(packed, torch.randn(2, 3, 5, 5))
 
 
-def test_raw_op_rejects_malformed_blocks():
+def test_malformed_packs_get_no_layout():
+    """The index is checked once, when a layout is built, by the Python layers and by the raw
+    prepack op alike: nothing a kernel reads from its layout is out of bounds."""
     p = packed_conv(4, 3, (3, 3), 1, torch.float32, density=1.0, kind="random")
-    x = torch.randn(1, 3, 5, 5)
     rows = p.row_idx.clone()
     rows[0] = 4  # out of range
+    geometry = (4, 3, [3, 3], 1)
     with pytest.raises(ValueError, match="row index out of range"):
-        torch.ops.sparsekit.block_conv2d(
-            x, p.values, rows, p.col_idx, p.block_ptr, 4, [3, 3], [1, 1], [0, 0], [1, 1], 1, None, False
-        )
+        torch.ops.sparsekit.prepack(p.values, rows, p.col_idx, p.block_ptr, *geometry)
     with pytest.raises(ValueError, match="offsets"):
-        torch.ops.sparsekit.block_conv2d(
-            x, p.values[:-1], p.row_idx, p.col_idx, p.block_ptr, 4, [3, 3], [1, 1], [0, 0], [1, 1], 1,
-            None, False,
-        )
+        torch.ops.sparsekit.prepack(p.values[:-1], p.row_idx, p.col_idx, p.block_ptr, *geometry)
+    with pytest.raises(SparsekitError, match="row index lies outside"):
+        dataclasses.replace(p, row_idx=rows).check()
+    with pytest.raises(SparsekitError, match="do not end at the lengths"):
+        ops.block_conv2d(torch.randn(1, 3, 5, 5), dataclasses.replace(p, values=p.values[:-1]))
+
+
+def test_raw_ops_refuse_a_layout_of_another_layer():
+    """A call checks that its layout was built for its layer and dtype, in O(1)."""
+    p = packed_conv(4, 3, (3, 3), 1, torch.float32)
+    layout, ints = layout_args("cpu", p)
+    x = torch.randn(1, 3, 5, 5)
+    run = lambda x, out, layout: torch.ops.sparsekit.block_conv2d(  # noqa: E731
+        x, layout, ints, out, [3, 3], [1, 1], [0, 0], [1, 1], 1, None, False)
+    assert run(x, 4, layout).shape == (1, 4, 3, 3)
+    with pytest.raises(ValueError, match="another layer"):
+        run(x, 5, layout)
+    with pytest.raises(ValueError, match="another dtype"):
+        run(x.bfloat16(), 4, layout)
+    with pytest.raises(ValueError, match="not a CPU layout"):
+        run(x, 4, [torch.zeros(256, dtype=torch.uint8)])
+    with pytest.raises(ValueError, match="damaged"):
+        run(x, 4, [layout[0][:-64].clone()])
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

@@ -143,7 +143,9 @@ def test_row_tile_heights_and_load_paths(consecutive, cout, rows):
     if not consecutive:
         mask[:, [5, 40]] = 0
     packed = pack(weight, mask, structure="channel")
-    tiles = block_conv.layout(packed.values, packed.row_idx, packed.col_idx, packed.block_ptr, cout, 64, 1, 9)
+    tensors, ints = block_conv.layout(packed.values, packed.row_idx, packed.col_idx, packed.block_ptr,
+                                      cout, 64, [3, 3], 1)
+    tiles = row_tiles.RowTiles.of(tensors, bool(ints[-1]))
     assert tiles.consecutive == consecutive
     if block_conv.INTERPRETED:  # on a GPU, strict fp32 holds 32-row tiles only
         assert tiles.rows == rows
@@ -173,10 +175,12 @@ def test_huge_batches_keep_shapes_and_launch_bounds():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     packed = packed_conv(64, 32, (3, 3), 1, torch.float32)
+    layout = backends.get("triton").prepack(packed)
     with FakeTensorMode() as mode:
         x = torch.empty(2**16, 32, 224, 224).to(memory_format=torch.channels_last)
-        tensors = [mode.from_tensor(t) for t in (packed.values, packed.row_idx, packed.col_idx, packed.block_ptr)]
-        y = torch.ops.sparsekit.triton_block_conv2d(x, *tensors, 64, [3, 3], [1, 1], [1, 1], [1, 1], 1, None, False)
+        tensors = [mode.from_tensor(t) for t in layout.tensors]
+        y = torch.ops.sparsekit.triton_block_conv2d(x, tensors, list(layout.ints), 64, [3, 3], [1, 1], [1, 1],
+                                                    [1, 1], 1, None, False)
         assert y.shape == (2**16, 64, 224, 224) and y.is_contiguous(memory_format=torch.channels_last)
     positions = 2**16 * 224 * 224  # past 2**31: the kernel's position index is int64
     assert block_conv.size_class(positions) == block_conv.size_class(2 * positions) == 12
@@ -203,25 +207,23 @@ def test_opcheck(op):
         x = torch.randn(2, 4, 5, 5, device=DEVICE)
         if op.endswith("channels_last"):
             x = x.to(memory_format=torch.channels_last)
-        args = (x, p.values, p.row_idx, p.col_idx, p.block_ptr,
-                6, [3, 3], [1, 1], [1, 1], [1, 1], 2, torch.randn(6, device=DEVICE), True)
+        layout = backends.get("triton").prepack(p)
+        args = (x, list(layout.tensors), list(layout.ints), 6, [3, 3], [1, 1], [1, 1], [1, 1], 2,
+                torch.randn(6, device=DEVICE), True)
         torch.library.opcheck(torch.ops.sparsekit.triton_block_conv2d.default, args)
     else:
         p = on_device(pack(torch.randn(9, 12), torch.rand(9, 12) < 0.5, structure="group"))
-        args = (torch.randn(2, 3, 12, device=DEVICE), p.values, p.row_idx, p.col_idx, p.block_ptr, 9,
-                None, False)
+        layout = backends.get("triton").prepack(p)
+        args = (torch.randn(2, 3, 12, device=DEVICE), list(layout.tensors), list(layout.ints), 9, None, False)
         torch.library.opcheck(torch.ops.sparsekit.triton_block_linear.default, args)
 
 
 def test_traces_under_torch_compile():
-    conv = on_device(packed_conv(8, 4, (3, 3), 1, torch.float32))
-
-    def f(x):
-        return ops.block_conv2d(x, conv, stride=2, padding=1, relu=True, backend="triton")
-
+    weight = torch.randn(8, 4, 3, 3, device=DEVICE) * (torch.rand(8, 4, 3, 3, device=DEVICE) < 0.5)
+    layer = sparsekit.SparseConv2d.from_weight(weight, stride=2, padding=1, relu=True, backend="triton")
     x = torch.randn(2, 4, 6, 6, device=DEVICE)
-    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
-    assert torch.equal(compiled(x), f(x))
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    assert torch.equal(compiled(x), layer(x))
 
 
 @pytest.mark.skipif(not GPU, reason="a layer's device matters where the weight is not on the CPU")
@@ -234,14 +236,17 @@ def test_layers_and_their_twins_live_on_the_weights_device():
     assert torch.allclose(layer(x), twin(x), atol=1e-3, rtol=1e-3)
 
 
-def test_compile_with_the_triton_backend_is_verified():
+def test_compile_with_the_triton_backend_is_verified(monkeypatch):
+    # triton has no cost model (its plans are chosen by measurement): one that always prefers
+    # the pack makes compile keep it without timing the interpreter
+    monkeypatch.setattr(backends.get("triton"), "cost", lambda packed: 0.5)
     model = nn.Sequential(
         nn.Conv2d(3, 256, 3, padding=1), nn.BatchNorm2d(256), nn.ReLU(), nn.Conv2d(256, 256, 3),
         nn.BatchNorm2d(256), nn.ReLU(), nn.Flatten(), nn.Linear(256 * 2 * 2, 10),
     ).eval().to(DEVICE)
     x = torch.randn(2, 3, 4, 4, device=DEVICE)
     mask = torch.zeros(256, 256, 3, 3, device=DEVICE)
-    mask[::2] = 1  # half the output channels: packed by the cost model (no timing here)
+    mask[::2] = 1  # half the output channels
     zoo.calibrate_batchnorm(model, [torch.randn(8, 3, 4, 4, device=DEVICE)], {"3.weight": mask})
     compiled = sparsekit.compile(model, {"3.weight": mask}, x, backend="triton", measure=False)
     report = compiled.sparsekit_report

@@ -21,8 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from sparsekit.errors import SparsekitError
 from sparsekit.geometry import block_conv2d_shape, block_linear_shape, output_memory_format
-from sparsekit.tensor_memo import memoize
 
 from . import row_tiles
 from .row_tiles import K_TILE, RowTiles
@@ -189,13 +189,22 @@ def _input_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 and not tf32 else "tf32"
 
 
-def layout(values, row_idx, col_idx, block_ptr, out_channels, in_channels, groups, kernel_area) -> RowTiles:
-    """The pack's row tiles (``row_tiles``), built once per set of packed tensors."""
-    return memoize(
-        "triton row tiles", (values, row_idx, col_idx, block_ptr),
-        lambda: row_tiles.build(values, row_idx, col_idx, block_ptr, out_channels, in_channels,
-                                groups, kernel_area, row_tiles_that_fit(values.dtype)),
-    )
+def layout(values, row_idx, col_idx, block_ptr, out_channels, in_channels, kernel_size, groups):
+    """The layout of a (checked) pack, as the ops take it: the row tiles' tensors
+    (``row_tiles``) and the ints ``(in_channels, out_channels, kh, kw, groups, consecutive)``."""
+    tiles = row_tiles.build(values, row_idx, col_idx, block_ptr, out_channels, in_channels, groups,
+                            kernel_size[0] * kernel_size[1], row_tiles_that_fit(values.dtype))
+    return tiles.tensors(), (in_channels, out_channels, *kernel_size, groups, int(tiles.consecutive))
+
+
+def _tiles(layout_tensors, layout_ints, op, in_channels, out_channels, kernel_size, groups) -> RowTiles:
+    """The row tiles of a layout, after checking that it was built for this call's layer."""
+    if list(layout_ints[:5]) != [in_channels, out_channels, *kernel_size, groups]:
+        raise SparsekitError(
+            f"sparsekit::triton_{op}: the layout was built for another layer (its ints "
+            f"{list(layout_ints)} are not the call's in and out channels, kernel size and groups)"
+        )
+    return RowTiles.of(layout_tensors, bool(layout_ints[5]))
 
 
 def programs(work_items: int, device: torch.device) -> int:
@@ -234,18 +243,18 @@ def _run(x, strides, geometry, tiles: RowTiles, out_channels, bias, relu, memory
     return out
 
 
-def block_conv2d(input, values, row_idx, col_idx, block_ptr, out_channels, kernel_size, stride,
-                 padding, dilation, groups, bias, relu):
-    tiles = layout(values, row_idx, col_idx, block_ptr, out_channels, input.shape[1], groups,
-                   kernel_size[0] * kernel_size[1])
+def block_conv2d(input, layout_tensors, layout_ints, out_channels, kernel_size, stride, padding,
+                 dilation, groups, bias, relu):
+    tiles = _tiles(layout_tensors, layout_ints, "block_conv2d", input.shape[1], out_channels,
+                   list(kernel_size), groups)
     geometry = (*input.shape, *kernel_size, stride, padding, dilation)
     return _run(input, input.stride(), geometry, tiles, out_channels, bias, relu,
                 output_memory_format(input))
 
 
-def block_linear(input, values, row_idx, col_idx, block_ptr, out_features, bias, relu):
+def block_linear(input, layout_tensors, layout_ints, out_features, bias, relu):
     x = input.reshape(-1, input.shape[-1])
-    tiles = layout(values, row_idx, col_idx, block_ptr, out_features, x.shape[1], 1, 1)
+    tiles = _tiles(layout_tensors, layout_ints, "block_linear", x.shape[1], out_features, [1, 1], 1)
     geometry = (x.shape[0], x.shape[1], 1, 1, 1, 1, (1, 1), (0, 0), (1, 1))
     out = _run(x, (*x.stride(), 0, 0), geometry, tiles, out_features, bias, relu, torch.contiguous_format)
     return out.view(block_linear_shape(input.shape, out_features))

@@ -40,6 +40,15 @@ class RowTiles:
     def num_tiles(self) -> int:
         return self.tile_rows.shape[0]
 
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The layout's tensors, as the ops take them (``of`` makes them a ``RowTiles`` again)."""
+        return self.tile_rows, self.tile_ptr, self.taps, self.channels, self.weights
+
+    @classmethod
+    def of(cls, tensors, consecutive: bool) -> "RowTiles":
+        tile_rows, tile_ptr, taps, channels, weights = tensors
+        return cls(tile_rows.shape[1], tile_rows, tile_ptr, taps, channels, weights, consecutive)
+
 
 NO_K_TILES = torch.zeros(0, K_TILE, dtype=torch.long)
 SENTINEL = torch.full((1, K_TILE), -1, dtype=torch.long)

@@ -29,6 +29,8 @@ struct BlockIndex {
   int64_t num_blocks;
 };
 
+// One call of a kernel, or (shape, blocks, values and dtype) the pack a layout is built from:
+// kernels read the blocks from their layout, not from here.
 struct BlockConvParams {
   ConvShape shape;
   BlockIndex blocks;

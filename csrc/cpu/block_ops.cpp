@@ -1,18 +1,20 @@
-// Torch glue of the CPU block ops: the checked call (block_args.h), then the torch-free kernels
-// over at::parallel_for (torch's OpenMP pool, so torch.set_num_threads applies).
+// Torch glue of the CPU block ops: prepack builds a layer's layout (kernels/layout.h) once, as a
+// byte tensor the layer holds; each call is checked (block_args.h) and runs the torch-free
+// kernels on that layout over at::parallel_for (torch's OpenMP pool, so torch.set_num_threads
+// applies).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
-#include <array>
 #include <atomic>
 #include <chrono>
-#include <memory>
+#include <cstring>
+#include <tuple>
 #include <type_traits>
 
 #include "../block_args.h"
 #include "../ops.h"
-#include "../weights_cache.h"
 #include "kernels/block_conv.h"
+#include "kernels/layout.h"
 #include "kernels/tap_conv.h"
 
 namespace sparsekit {
@@ -33,12 +35,13 @@ int64_t since(std::chrono::steady_clock::time_point start) {
                                                               start).count();
 }
 
-template <typename Kernel, typename... Weights>
+// macs: the layout's multiply-adds per output position.
+template <typename Kernel, typename Weights>
 void run_kernel(const BlockConvParams& p, std::chrono::steady_clock::time_point start,
-                const Weights&... weights) {
-  Kernel conv(p, weights...);
+                int64_t macs, const Weights& weights) {
+  Kernel conv(p, weights);
   const int64_t units = conv.pack_units(), tiles = conv.num_tiles();
-  const bool serial = p.blocks.val_ptr[p.blocks.num_blocks] * conv.grid_positions() < kParallelMacs;
+  const bool serial = macs * conv.grid_positions() < kParallelMacs;
   const int64_t threads = at::get_num_threads();
   // Too few tiles to balance the threads (a few per thread): each tile's rows are split too.
   const bool split = !serial && threads > 1 && tiles < 4 * threads;
@@ -66,35 +69,34 @@ void run_kernel(const BlockConvParams& p, std::chrono::steady_clock::time_point 
   ++calls;
   if constexpr (std::is_same_v<Kernel, cpu::TapConv>) {
     ++tap_calls;
-    if ((weights.pairs() && ...)) ++pair_calls;
+    if (weights.pairs()) ++pair_calls;
   }
 }
 
-// Blocks of many rows run on the exact-position kernel; lone rows and small blocks, which
-// would leave its 16-row panels mostly empty, on the planes kernel. The exact-position
-// kernel's panels depend on the kernel's geometry only, the planes kernel's columns on the
-// whole call's.
-void run(const BlockConvParams& p, const Pack& pack) {
+// The layout's kernel on the call: the exact-position kernel for a "taps" layout (blocks of
+// many rows), the planes kernel for a "planes" one (lone rows and small blocks, which would
+// leave its 16-row panels mostly empty).
+void run(const BlockConvParams& p, const void* layout) {
   const auto start = std::chrono::steady_clock::now();
-  const ConvShape& s = p.shape;
-  if (cpu::TapConv::suits(p)) {
-    static WeightsCache<cpu::TapWeights> cache;
-    const auto weights = cache.get({s.C, s.K, s.KH, s.KW, s.groups, int64_t(p.dtype)}, pack, [&] {
-      auto w = std::make_shared<cpu::TapWeights>(p);
-      at::parallel_for(0, w->pack_units(), 1, [&](int64_t begin, int64_t end) {
-        w->pack(p, begin, end);
-      });
-      return w;
-    });
-    run_kernel<cpu::TapConv>(p, start, *weights);
-  } else {
-    static WeightsCache<cpu::PlanesWeights> cache;
-    const auto weights = cache.get(
-        {s.N, s.C, s.H, s.W, s.K, s.KH, s.KW, s.stride_h, s.stride_w, s.pad_h, s.pad_w, s.dil_h,
-         s.dil_w, s.groups, int64_t(p.dtype)},
-        pack, [&] { return std::make_shared<cpu::PlanesWeights>(p); });
-    run_kernel<cpu::BlockConv>(p, start, *weights);
-  }
+  const cpu::LayoutHeader& header = cpu::layout_header(layout);
+  if (header.kind == cpu::LayoutKind::Taps)
+    run_kernel<cpu::TapConv>(p, start, header.values, cpu::TapWeights(layout));
+  else
+    run_kernel<cpu::BlockConv>(p, start, header.values, cpu::PlanesWeights(layout));
+}
+
+// The call's layout: the one byte tensor prepack made, checked against the call (O(1)).
+const void* checked_layout(at::TensorList layout, at::IntArrayRef layout_ints,
+                           const BlockConvParams& p) {
+  TORCH_CHECK_VALUE(layout.size() == 1 && layout_ints.empty() && layout[0].device().is_cpu() &&
+                        layout[0].scalar_type() == at::kByte && layout[0].dim() == 1 &&
+                        layout[0].is_contiguous(),
+                    "sparsekit: the CPU ops take as layout the one uint8 tensor that "
+                    "sparsekit::prepack makes of a CPU pack, and no layout ints");
+  const void* data = layout[0].const_data_ptr();
+  const char* error = cpu::check_layout(data, layout[0].numel(), p.shape, p.dtype);
+  TORCH_CHECK_VALUE(error == nullptr, "sparsekit: ", error);
+  return data;
 }
 
 }  // namespace
@@ -112,26 +114,38 @@ PhaseTotals phase_totals() {
           grid.load(), tap_calls.load(), pair_calls.load()};
 }
 
-at::Tensor block_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
-                            const at::Tensor& row_idx, const at::Tensor& col_idx,
-                            const at::Tensor& block_ptr, int64_t out_channels,
+std::tuple<std::vector<at::Tensor>, std::vector<int64_t>> prepack_cpu(
+    const at::Tensor& values, const at::Tensor& row_idx, const at::Tensor& col_idx,
+    const at::Tensor& block_ptr, int64_t out_channels, int64_t in_channels,
+    at::IntArrayRef kernel_size, int64_t groups) {
+  const BlockCall pack = pack_call(values, row_idx, col_idx, block_ptr, out_channels, in_channels,
+                                   kernel_size, groups);
+  const cpu::LayoutBytes bytes = cpu::build_layout(pack.p, [](int64_t units, const auto& body) {
+    at::parallel_for(0, units, 1, body);
+  });
+  at::Tensor layout = at::empty({int64_t(bytes.size()) * cpu::kLayoutAlign}, at::kByte);
+  std::memcpy(layout.data_ptr(), bytes.data(), layout.numel());
+  return {{layout}, {}};  // the geometry it serves is in its header
+}
+
+at::Tensor block_conv2d_cpu(const at::Tensor& input, at::TensorList layout,
+                            at::IntArrayRef layout_ints, int64_t out_channels,
                             at::IntArrayRef kernel_size, at::IntArrayRef stride,
                             at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                             const std::optional<at::Tensor>& bias, bool relu) {
-  const BlockCall call = conv2d_call(input, values, row_idx, col_idx, block_ptr, out_channels,
-                                     kernel_size, stride, padding, dilation, groups, bias, relu,
-                                     c10::DeviceType::CPU);
-  if (call.out.numel() > 0) run(call.p, {&values, &row_idx, &col_idx, &block_ptr});
+  const BlockCall call = conv2d_call(input, out_channels, kernel_size, stride, padding, dilation,
+                                     groups, bias, relu, c10::DeviceType::CPU);
+  const void* data = checked_layout(layout, layout_ints, call.p);
+  if (call.out.numel() > 0) run(call.p, data);
   return call.out;
 }
 
-at::Tensor block_linear_cpu(const at::Tensor& input, const at::Tensor& values,
-                            const at::Tensor& row_idx, const at::Tensor& col_idx,
-                            const at::Tensor& block_ptr, int64_t out_features,
+at::Tensor block_linear_cpu(const at::Tensor& input, at::TensorList layout,
+                            at::IntArrayRef layout_ints, int64_t out_features,
                             const std::optional<at::Tensor>& bias, bool relu) {
-  const BlockCall call = linear_call(input, values, row_idx, col_idx, block_ptr, out_features,
-                                     bias, relu, c10::DeviceType::CPU);
-  if (call.out.numel() > 0) run(call.p, {&values, &row_idx, &col_idx, &block_ptr});
+  const BlockCall call = linear_call(input, out_features, bias, relu, c10::DeviceType::CPU);
+  const void* data = checked_layout(layout, layout_ints, call.p);
+  if (call.out.numel() > 0) run(call.p, data);
   return call.out;
 }
 

@@ -1,11 +1,15 @@
 """Backend ``"cpu"``: the C++ kernels of ``sparsekit._C`` on CPU tensors (fp32, bf16, fp16 with
-fp32 accumulation; register-blocked, AVX-512 / AVX2 clones chosen at load)."""
+fp32 accumulation; register-blocked, AVX-512 / AVX2 clones chosen at load), on the layout
+``sparsekit::prepack`` builds (one byte tensor: the exact-position kernel's panels or the
+planes kernel's columns). Its cost model (``planners.cost``) was fitted to these kernels."""
 
+import math
 from contextlib import contextmanager
 
 import torch
 
 from ..errors import SparsekitError
+from ..planners import Block, cost
 from . import extension
 from .base import Backend
 
@@ -21,6 +25,13 @@ class CpuBackend(Backend):
 
     def unavailable(self, device):
         return super().unavailable(device) or MISSING
+
+    def prepack(self, packed):
+        return extension.prepack(packed)
+
+    def cost(self, packed):
+        blocks = [Block(rows.cpu(), cols.cpu()) for rows, cols, _ in packed.blocks()]
+        return cost.plan_cost(blocks) / cost.dense_cost(packed.out_features, math.prod(packed.weight_shape[1:]))
 
 
 BACKEND = CpuBackend()

@@ -1,6 +1,6 @@
 """Backend ``"reference"``: the ops in plain torch, the definition the kernels are tested
-against: an explicit im2col and one matmul per block, accumulated in fp32 (fp64 for fp64). It
-runs on any device and dtype, slowly: ``auto`` never picks it."""
+against: an explicit im2col and one matmul per block, accumulated in fp32 (fp64 for fp64). Its
+layout is the pack itself. It runs on any device and dtype, slowly: ``auto`` never picks it."""
 
 import math
 
@@ -33,10 +33,9 @@ def _epilogue(acc: torch.Tensor, bias, relu: bool) -> torch.Tensor:
     return acc.relu_() if relu else acc
 
 
-def block_conv2d(input, values, row_idx, col_idx, block_ptr, out_channels, kernel_size, stride,
-                 padding, dilation, groups, bias, relu):
-    weight = PackedWeight((out_channels, input.shape[1] // groups, *kernel_size), groups, values,
-                          row_idx, col_idx, block_ptr)
+def block_conv2d(input, layout, layout_ints, out_channels, kernel_size, stride, padding, dilation,
+                 groups, bias, relu):
+    weight = PackedWeight((out_channels, input.shape[1] // groups, *kernel_size), groups, *layout)
     n, _, oh, ow = block_conv2d_shape(input.shape, out_channels, kernel_size, stride, padding, dilation)
     acc_dtype = _accumulator_dtype(input.dtype)
     columns = F.unfold(input.to(acc_dtype), kernel_size, dilation, padding, stride)
@@ -46,8 +45,8 @@ def block_conv2d(input, values, row_idx, col_idx, block_ptr, out_channels, kerne
     return out.contiguous(memory_format=output_memory_format(input))
 
 
-def block_linear(input, values, row_idx, col_idx, block_ptr, out_features, bias, relu):
-    weight = PackedWeight((out_features, input.shape[-1]), 1, values, row_idx, col_idx, block_ptr)
+def block_linear(input, layout, layout_ints, out_features, bias, relu):
+    weight = PackedWeight((out_features, input.shape[-1]), 1, *layout)
     acc_dtype = _accumulator_dtype(input.dtype)
     x = input.reshape(-1, input.shape[-1]).to(acc_dtype).T[None]  # [1, in, M]
     acc = torch.zeros(1, out_features, x.shape[2], dtype=acc_dtype, device=input.device)

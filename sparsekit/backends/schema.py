@@ -2,7 +2,10 @@
 copy of them.
 
 Every backend runs the same two ops under its own name, ``sparsekit::<prefix>block_conv2d`` and
-``sparsekit::<prefix>block_linear``. ``define_ops`` defines them from ``SCHEMAS``, registers the
+``sparsekit::<prefix>block_linear``, on its own layout of a pack (``Backend.prepack``): the
+tensors and ints a layer holds, passed as ``layout`` and ``layout_ints``, which the op reads as
+they are (the pack was checked when the layout was built). ``define_ops`` defines them from
+``SCHEMAS``, registers the
 backend's Python implementations (a C++ backend registers its kernels itself, per dispatch key,
 with ``TORCH_LIBRARY_IMPL``: the dispatcher then checks their C++ signatures against the schema),
 the one fake (meta) implementation of each op, and an autograd formula that refuses to
@@ -20,25 +23,24 @@ from ..geometry import block_conv2d_shape, block_linear_shape, output_memory_for
 # y[*, K]: the same on x[*, C] with a 1x1 kernel.
 SCHEMAS = {
     "block_conv2d": (
-        "(Tensor input, Tensor values, Tensor row_idx, Tensor col_idx, Tensor block_ptr, "
-        "int out_channels, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
-        "int groups, Tensor? bias, bool relu) -> Tensor"
+        "(Tensor input, Tensor[] layout, int[] layout_ints, int out_channels, int[2] kernel_size, "
+        "int[2] stride, int[2] padding, int[2] dilation, int groups, Tensor? bias, bool relu) -> Tensor"
     ),
     "block_linear": (
-        "(Tensor input, Tensor values, Tensor row_idx, Tensor col_idx, Tensor block_ptr, "
-        "int out_features, Tensor? bias, bool relu) -> Tensor"
+        "(Tensor input, Tensor[] layout, int[] layout_ints, int out_features, Tensor? bias, "
+        "bool relu) -> Tensor"
     ),
 }
 
 
-def _block_conv2d_fake(input, values, row_idx, col_idx, block_ptr, out_channels, kernel_size,
-                       stride, padding, dilation, groups, bias, relu):
+def _block_conv2d_fake(input, layout, layout_ints, out_channels, kernel_size, stride, padding,
+                       dilation, groups, bias, relu):
     shape = block_conv2d_shape(input.shape, out_channels, kernel_size, stride, padding, dilation)
     return torch.empty(shape, dtype=input.dtype, device=input.device,
                        memory_format=output_memory_format(input))
 
 
-def _block_linear_fake(input, values, row_idx, col_idx, block_ptr, out_features, bias, relu):
+def _block_linear_fake(input, layout, layout_ints, out_features, bias, relu):
     return input.new_empty(block_linear_shape(input.shape, out_features))
 
 

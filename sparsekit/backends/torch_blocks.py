@@ -14,9 +14,8 @@ import torch.nn.functional as F
 
 from ..errors import SparsekitError
 from ..geometry import block_conv2d_shape, block_linear_shape, output_memory_format
-from ..tensor_memo import memoize
 from . import schema
-from .base import Backend
+from .base import Backend, Layout
 
 WHOLE_KERNELS_ONLY = "backend 'torch' runs blocks of whole kernels only: channel or kernel plans"
 
@@ -34,13 +33,33 @@ def whole_kernel_blocks(col_idx: torch.Tensor, block_ptr: torch.Tensor, kernel_a
     return bool((runs[:, 0] % kernel_area == 0).all()) and torch.equal(runs, runs[:, :1] + taps)
 
 
-def _blocks(values, row_idx, col_idx, block_ptr, kernel_area):
-    """(block rows, input channels of its columns, its tile) for every block."""
-    rp, cp, vp = block_ptr.tolist()
-    for b in range(len(rp) - 1):
-        rows = row_idx[rp[b] : rp[b + 1]]
-        channels = col_idx[cp[b] : cp[b + 1] : kernel_area] // kernel_area
-        yield rows, channels, values[vp[b] : vp[b + 1]]
+def channel_layout(packed) -> Layout:
+    """The pack as blocks of whole kernels: tensors (values, int64 rows, and each block's
+    input channels, the group's first channel added) and ints, four per block and four past
+    the last: its first row, first channel and first value, and the first of its channels
+    when they are consecutive (an input slice, no gather), else -1."""
+    area = math.prod(packed.kernel_size)
+    ptr = packed.block_ptr.cpu()
+    rows = packed.row_idx.long()
+    rows_per_group = packed.out_features // packed.groups
+    first_rows = rows.cpu()[ptr[0, :-1]]
+    group_base = (first_rows // rows_per_group) * packed.weight_shape[1]
+    widths = ptr[1].diff() // area
+    channels = packed.col_idx.cpu()[::area].long() // area + group_base.repeat_interleave(widths)
+    channel_ptr = torch.cat([torch.zeros(1, dtype=torch.long), widths.cumsum(0)])
+    runs = [int(c[0]) if torch.equal(c, torch.arange(int(c[0]), int(c[0]) + c.numel())) else -1
+            for c in channels.split(widths.tolist())]
+    starts = torch.stack([ptr[0], channel_ptr, ptr[2], torch.tensor(runs + [0], dtype=torch.long)], 1)
+    return Layout((packed.values, rows, channels.to(rows.device)), tuple(starts.flatten().tolist()))
+
+
+def _blocks(layout, layout_ints):
+    """(rows, first consecutive channel or -1, input channels, tile) of every block of a
+    ``channel_layout``."""
+    values, rows, channels = layout
+    starts = [layout_ints[i : i + 4] for i in range(0, len(layout_ints), 4)]
+    for (r0, c0, v0, run), (r1, c1, v1, _) in zip(starts, starts[1:]):
+        yield rows[r0:r1], run, channels[c0:c1], values[v0:v1]
 
 
 def _accumulator(shape, like: torch.Tensor, memory_format=torch.contiguous_format) -> torch.Tensor:
@@ -58,31 +77,18 @@ def _epilogue(acc: torch.Tensor, bias, relu: bool, dtype) -> torch.Tensor:
     return acc.to(dtype)
 
 
-def _whole_kernels(col_idx, block_ptr, kernel_area: int) -> bool:
-    return memoize("whole kernels", (col_idx, block_ptr),
-                   lambda: whole_kernel_blocks(col_idx, block_ptr, kernel_area))
-
-
-def block_conv2d(input, values, row_idx, col_idx, block_ptr, out_channels, kernel_size, stride,
-                 padding, dilation, groups, bias, relu):
-    kernel_area = kernel_size[0] * kernel_size[1]
-    if not _whole_kernels(col_idx, block_ptr, kernel_area):  # also where a trace skipped supports()
-        raise SparsekitError(f"sparsekit::torch_block_conv2d: {WHOLE_KERNELS_ONLY}")
-    # torch's CPU bf16 conv2d returns wrong values for some shapes (stride 2 along a width-1
-    # output, seen with torch 2.13), so on CPU bf16 runs in fp32, where the C++ kernel is the
-    # fast path anyway
-    compute_dtype = torch.float32 if input.is_cpu and input.dtype == torch.bfloat16 else input.dtype
-    in_per_group = input.shape[1] // groups
-    rows_per_group = out_channels // groups
+def block_conv2d(input, layout, layout_ints, out_channels, kernel_size, stride, padding, dilation,
+                 groups, bias, relu):
+    # torch 2.13's CPU conv2d returns wrong values in bf16 for some shapes (stride 2 along a
+    # width-1 output) and crashes in fp16 on others (a width-1 input padded along its width:
+    # F.conv2d(x[2, 2, 5, 1], w[2, 2, 3, 1], None, (3, 2), (2, 1), (1, 2)) segfaults), so on CPU
+    # half types run in fp32, where the C++ kernel is the fast path anyway
+    half = (torch.bfloat16, torch.float16)
+    compute_dtype = torch.float32 if input.is_cpu and input.dtype in half else input.dtype
     shape = block_conv2d_shape(input.shape, out_channels, kernel_size, stride, padding, dilation)
     acc = _accumulator(shape, input, output_memory_format(input))
-    starts = row_idx[block_ptr[0, :-1]].tolist() if groups > 1 else None
-    blocks = _blocks(values, row_idx, col_idx, block_ptr, kernel_area)
-    for b, (rows, channels, tile) in enumerate(blocks):
-        group = starts[b] // rows_per_group if groups > 1 else 0
-        x = input.narrow(1, group * in_per_group, in_per_group)
-        if channels.numel() < in_per_group:  # columns are unique, so fewer means a subset
-            x = x.index_select(1, channels)
+    for rows, run, channels, tile in _blocks(layout, layout_ints):
+        x = input.narrow(1, run, channels.numel()) if run >= 0 else input.index_select(1, channels)
         if x.shape[1] == 1:
             # torch 2.13's CPU conv2d reads a one-channel input whose strides look channels_last
             # wrongly when the output is one column wide and the stride along it above one
@@ -93,11 +99,11 @@ def block_conv2d(input, values, row_idx, col_idx, block_ptr, out_channels, kerne
     return _epilogue(acc, bias, relu, input.dtype)
 
 
-def block_linear(input, values, row_idx, col_idx, block_ptr, out_features, bias, relu):
+def block_linear(input, layout, layout_ints, out_features, bias, relu):
     x = input.reshape(-1, input.shape[-1])
     acc = _accumulator((x.shape[0], out_features), input)
-    for rows, cols, tile in _blocks(values, row_idx, col_idx, block_ptr, 1):
-        xb = x if cols.numel() == x.shape[1] else x.index_select(1, cols)
+    for rows, run, cols, tile in _blocks(layout, layout_ints):
+        xb = x.narrow(1, run, cols.numel()) if run >= 0 else x.index_select(1, cols)
         y = F.linear(xb, tile.view(rows.numel(), cols.numel()))
         acc.index_add_(1, rows, y.to(acc.dtype))
     out = _epilogue(acc, bias, relu, input.dtype)
@@ -108,6 +114,9 @@ schema.define_ops("torch_", {"block_conv2d": block_conv2d, "block_linear": block
 
 
 class TorchBackend(Backend):
+    """Its layout (``channel_layout``) holds each block's input channels, found once: its ops
+    read no column index and need no check of one."""
+
     name = "torch"
     devices = ("cpu", "cuda")
     dtypes = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -116,7 +125,12 @@ class TorchBackend(Backend):
     unsupported_reason = WHOLE_KERNELS_ONLY
 
     def supports(self, packed):
-        return _whole_kernels(packed.col_idx, packed.block_ptr, math.prod(packed.kernel_size))
+        return whole_kernel_blocks(packed.col_idx, packed.block_ptr, math.prod(packed.kernel_size))
+
+    def prepack(self, packed):
+        if not self.supports(packed):
+            raise SparsekitError(WHOLE_KERNELS_ONLY)
+        return channel_layout(packed)
 
 
 BACKEND = TorchBackend()

@@ -3,12 +3,10 @@ CUDA tensors (fp32 strict unless torch's matmul precision allows TF32, bf16, fp1
 tensors under ``TRITON_INTERPRET=1`` (tests). ``auto`` picks it on CUDA, where it has passed its
 tests (an H200, torch 2.11, Triton 3.6)."""
 
-import math
-
 import torch
 
 from . import schema
-from .base import Backend
+from .base import Backend, Layout, pack_geometry
 
 try:
     from ..triton_kernels import block_conv as kernels
@@ -22,8 +20,8 @@ if kernels is not None:
 
 
 class TritonBackend(Backend):
-    """Its prepacked layout is ``triton_kernels.row_tiles``, kept beside the packed tensors
-    (``prepack`` builds it ahead of a trace); the ops take the packed tensors."""
+    """Its layout is ``triton_kernels.row_tiles``: row tiles with the K-tiles of every block
+    that touches them, and the layer geometry it serves."""
 
     name = "triton"
     devices = ("cuda",)
@@ -43,11 +41,10 @@ class TritonBackend(Backend):
         return None
 
     def prepack(self, packed):
-        if kernels is not None and not torch.compiler.is_compiling():  # the op builds it then
-            kernels.layout(packed.values, packed.row_idx, packed.col_idx, packed.block_ptr,
-                           packed.out_features, packed.in_features, packed.groups,
-                           math.prod(packed.kernel_size))
-        return packed
+        out_channels, in_channels, kernel_size, groups = pack_geometry(packed)
+        tensors, ints = kernels.layout(packed.values, packed.row_idx, packed.col_idx, packed.block_ptr,
+                                       out_channels, in_channels, kernel_size, groups)
+        return Layout(tensors, ints)
 
 
 BACKEND = TritonBackend()

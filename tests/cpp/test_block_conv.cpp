@@ -11,6 +11,7 @@
 #include "conv_cases.h"
 #include "cpu/kernels/block_conv.h"
 #include "cpu/kernels/elements.h"
+#include "cpu/kernels/layout.h"
 #include "cpu/kernels/tap_conv.h"
 
 using namespace sparsekit;
@@ -18,22 +19,23 @@ using namespace sparsekit::testing;
 
 namespace {
 
-// A kernel for p, built as the glue builds it, on its own weights; the exact-position
-// kernel's weights are packed in two ranges, as two threads would.
 template <typename Kernel>
 using WeightsOf = std::conditional_t<std::is_same_v<Kernel, cpu::TapConv>, cpu::TapWeights,
                                      cpu::PlanesWeights>;
 
+// The kernel's layout of p's pack, as prepack builds it: the exact-position kernel's panels
+// packed in two ranges, as two threads would. The layout is then copied, as a tensor holding
+// it may be: a kernel reads the copy.
 template <typename Kernel>
-std::unique_ptr<Kernel> make_kernel(const BlockConvParams& p,
-                                    std::unique_ptr<WeightsOf<Kernel>>& weights) {
-  weights = std::make_unique<WeightsOf<Kernel>>(p);
-  if constexpr (std::is_same_v<Kernel, cpu::TapConv>) {
-    const int64_t units = weights->pack_units();
-    weights->pack(p, 0, units / 2);
-    weights->pack(p, units / 2, units);
-  }
-  return std::make_unique<Kernel>(p, *weights);
+cpu::LayoutBytes make_layout(const BlockConvParams& p) {
+  const cpu::ParallelFor two_ranges = [](int64_t units, const auto& body) {
+    body(0, units / 2);
+    body(units / 2, units);
+  };
+  const cpu::LayoutBytes built = std::is_same_v<Kernel, cpu::TapConv>
+                                     ? cpu::build_tap_layout(p, two_ranges)
+                                     : cpu::build_planes_layout(p);
+  return cpu::LayoutBytes(built);
 }
 
 // Values rounded to bf16 (the kernel's operands in bf16 runs), and their bits.
@@ -84,10 +86,16 @@ int run_case(const char* kernel, const Case& c, unsigned seed) {
   p.bias = !c.bias ? nullptr : bf16 ? static_cast<const void*>(bias_bits.data()) : bias.data();
   p.dtype = bf16 ? DType::BFloat16 : DType::Float32;
   p.relu = c.relu;
-  std::unique_ptr<WeightsOf<Kernel>> weights;
-  auto conv = make_kernel<Kernel>(p, weights);
+  const cpu::LayoutBytes layout = make_layout<Kernel>(p);
+  if (const char* err = cpu::check_layout(layout.data(), int64_t(layout.size()) * cpu::kLayoutAlign,
+                                          p.shape, p.dtype)) {
+    std::printf("FAIL: its own layout rejected: %s\n", err);
+    return 1;
+  }
+  const WeightsOf<Kernel> weights(layout.data());
+  auto conv = std::make_unique<Kernel>(p, weights);
   bool pairs = false;  // whether the AVX512-BF16 micro-kernel ran
-  if constexpr (std::is_same_v<Kernel, cpu::TapConv>) pairs = weights->pairs();
+  if constexpr (std::is_same_v<Kernel, cpu::TapConv>) pairs = weights.pairs();
   const int64_t units = conv->pack_units(), tiles = conv->num_tiles();
   conv->pack(0, units / 2);  // two ranges each, as two threads would run them
   conv->pack(units / 2, units);
@@ -100,8 +108,7 @@ int run_case(const char* kernel, const Case& c, unsigned seed) {
   // The rows split into sets (as a call with few tiles runs): the same bits.
   std::vector<float> y_split(y.size(), NAN);
   p.output = bf16 ? static_cast<void*>(y_split_bits.data()) : y_split.data();
-  std::unique_ptr<WeightsOf<Kernel>> split_weights;
-  auto split = make_kernel<Kernel>(p, split_weights);
+  auto split = std::make_unique<Kernel>(p, weights);
   const int64_t parts = split->split_rows(3), items = split->num_tiles() * parts;
   split->pack(0, units);
   split->run_tiles(0, items / 2);
@@ -146,6 +153,44 @@ int check_rejects_bad_index() {
   return 0;
 }
 
+// A layout serves the layer it was built for: another geometry or dtype, a buffer that is not
+// a layout, a truncated or misaligned one are rejected.
+int check_rejects_wrong_layout() {
+  const Case c{2, 8, 5, 5, 16, 3, 3, 1, 1, 1, 1, false, true, false};
+  std::mt19937 rng(7);
+  const Packed pk = random_blocks(c, rng);
+  BlockConvParams p{};
+  p.shape = shape_of(c);
+  p.blocks = index_of(pk);
+  p.values = pk.values.data();
+  p.dtype = DType::Float32;
+  const cpu::LayoutBytes layout = cpu::build_planes_layout(p);
+  const int64_t bytes = int64_t(layout.size()) * cpu::kLayoutAlign;
+  ConvShape other = p.shape;
+  other.C = 16;
+  const char* problems[] = {
+      cpu::check_layout(layout.data(), bytes, other, p.dtype),
+      cpu::check_layout(layout.data(), bytes, p.shape, DType::BFloat16),
+      cpu::check_layout(layout.data(), bytes - cpu::kLayoutAlign, p.shape, p.dtype),
+      cpu::check_layout(pk.values.data(), int64_t(pk.values.size()) * 4, p.shape, p.dtype),
+  };
+  std::vector<unsigned char> shifted(bytes + 1);
+  std::memcpy(shifted.data() + 1, layout.data(), bytes);
+  const bool aligned = reinterpret_cast<uintptr_t>(shifted.data() + 1) % cpu::kLayoutAlign == 0;
+  const char* misaligned = cpu::check_layout(shifted.data() + 1, bytes, p.shape, p.dtype);
+  for (const char* problem : problems)
+    if (problem == nullptr) {
+      std::printf("FAIL: a layout for another layer, dtype or size, or no layout, was accepted\n");
+      return 1;
+    }
+  if (!aligned && misaligned == nullptr) {
+    std::printf("FAIL: a misaligned layout was accepted\n");
+    return 1;
+  }
+  std::printf("ok   layouts for other layers, dtypes or sizes rejected\n");
+  return 0;
+}
+
 }  // namespace
 
 int main() {
@@ -170,7 +215,7 @@ int main() {
       {2, 20, 5, 19, 18, 3, 3, 1, 1, 1, 1, true, true, true},
       {1, 32, 6, 37, 17, 3, 3, 2, 1, 1, 1, false, true, true},   // every other column
   };
-  int failures = check_rejects_bad_index(), runs = 1;
+  int failures = check_rejects_bad_index() + check_rejects_wrong_layout(), runs = 2;
   unsigned seed = 1;
   for (const Case& c : cases) {
     failures += run_case<cpu::BlockConv>("planes", c, seed);

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <climits>
 #include <cstring>
+#include <span>
 #include <stdexcept>
 #include <type_traits>
 
@@ -22,29 +23,24 @@ constexpr int64_t kChunkColumns = 16;
 constexpr int64_t kChunkFloats = 8192;  // 32 KiB of input reads per tile and chunk: L1's size
 
 // ---- register-blocked micro-kernel: acc[rows[r]][0:TP] += sum_k w[k][r] * x[offset[k] + 0:TP],
-// over one group's columns in one channel chunk: column k is the record columns[k * (R + 1)],
-// its offset then the weights of the group's R rows (from row m) ----
-
-inline float weight_at(const int32_t* word) {
-  float w;
-  std::memcpy(&w, word, sizeof(w));
-  return w;
-}
+// over `count` columns of one group in one channel chunk: column k reads the planes at
+// offsets[k] and has the weights w[k * R + r] of the group's R rows (from row m) ----
 
 template <int M>
-inline __attribute__((always_inline)) void micro(const int32_t* rows, const int32_t* columns,
-                                                 int64_t count, int64_t m, int64_t R,
-                                                 const float* x, float* acc) {
+inline __attribute__((always_inline)) void micro(const int32_t* rows, const int32_t* offsets,
+                                                 const float* w, int64_t count, int64_t m,
+                                                 int64_t R, const float* x, float* acc) {
   vec16 c[M][kVectors];
   for (int r = 0; r < M; ++r)
     for (int j = 0; j < kVectors; ++j)
       c[r][j] = *reinterpret_cast<const vec16*>(acc + rows[r] * TP + 16 * j);
-  for (const int32_t* rec = columns; rec < columns + count * (R + 1); rec += R + 1) {
-    const vec16* v = reinterpret_cast<const vec16*>(x + rec[0]);
+  for (int64_t k = 0; k < count; ++k) {
+    const vec16* v = reinterpret_cast<const vec16*>(x + offsets[k]);
     vec16 a[kVectors];
     for (int j = 0; j < kVectors; ++j) a[j] = v[j];
+    const float* wk = w + k * R + m;
     for (int r = 0; r < M; ++r) {
-      const float b = weight_at(rec + 1 + m + r);
+      const float b = wk[r];
       for (int j = 0; j < kVectors; ++j) c[r][j] += b * a[j];
     }
   }
@@ -56,17 +52,17 @@ inline __attribute__((always_inline)) void micro(const int32_t* rows, const int3
 // One clone per ISA, picked at load time by the CPU's features (no illegal instruction on
 // machines without AVX-512).
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void group_tile(const RowGroup& g, const int32_t* columns, int64_t count, const float* x,
-                float* acc) {
-  const int64_t R = int64_t(g.rows.size());
-  const int32_t* rows = g.rows.data();
+void group_tile(std::span<const int32_t> group_rows, const int32_t* offsets, const float* w,
+                int64_t count, const float* x, float* acc) {
+  const int64_t R = int64_t(group_rows.size());
+  const int32_t* rows = group_rows.data();
   int64_t m = 0;
-  for (; m + kRows <= R; m += kRows) micro<kRows>(rows + m, columns, count, m, R, x, acc);
+  for (; m + kRows <= R; m += kRows) micro<kRows>(rows + m, offsets, w, count, m, R, x, acc);
   if (m + 2 <= R) {
-    micro<2>(rows + m, columns, count, m, R, x, acc);
+    micro<2>(rows + m, offsets, w, count, m, R, x, acc);
     m += 2;
   }
-  if (m < R) micro<1>(rows + m, columns, count, m, R, x, acc);
+  if (m < R) micro<1>(rows + m, offsets, w, count, m, R, x, acc);
 }
 
 int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
@@ -98,7 +94,68 @@ PlaneAxis plane_axis(int64_t in, int64_t out, int64_t taps, int64_t stride, int6
 
 }  // namespace
 
-PlanesWeights::PlanesWeights(const BlockConvParams& p) {
+LayoutBytes build_planes_layout(const BlockConvParams& p) {
+  const ConvShape& s = p.shape;
+  const BlockIndex& b = p.blocks;
+  const int64_t kernel_area = s.KH * s.KW, channels_per_group = s.C / s.groups;
+  const int64_t rows_per_group = s.K / s.groups;
+  const std::vector<RowGroup> groups = group_blocks(b);
+  // Each group's columns in channel order (stable: a block's own order within a channel), so
+  // that a channel chunk is one run of them whatever the call's chunks.
+  std::vector<int32_t> channel, tap;
+  std::vector<float> weights;
+  std::vector<PlanesGroupRecord> records;
+  LayoutWriter out;
+  for (const RowGroup& g : groups) {
+    struct Column {
+      int64_t channel, tap, block, j;
+    };
+    std::vector<Column> cols;
+    for (const Segment& seg : g.segments) {
+      const int64_t channel0 = (b.row_idx[b.row_ptr[seg.block]] / rows_per_group) * channels_per_group;
+      for (int64_t j = seg.first_column; j < seg.first_column + seg.columns; ++j)
+        cols.push_back({channel0 + b.col_idx[j] / kernel_area, b.col_idx[j] % kernel_area, seg.block,
+                        j - b.col_ptr[seg.block]});
+    }
+    std::stable_sort(cols.begin(), cols.end(),
+                     [](const Column& x, const Column& y) { return x.channel < y.channel; });
+    const int64_t R = int64_t(g.rows.size());
+    records.push_back({out.add(g.rows), R, int64_t(channel.size()), int64_t(cols.size()),
+                       int64_t(weights.size())});
+    for (const Column& c : cols) {
+      channel.push_back(int32_t(c.channel));
+      tap.push_back(int32_t(c.tap));
+      const int64_t width = b.col_ptr[c.block + 1] - b.col_ptr[c.block];
+      for (int64_t r = 0; r < R; ++r)
+        weights.push_back(element(p.values, p.dtype, b.val_ptr[c.block] + r * width + c.j));
+    }
+  }
+  LayoutHeader header{};
+  header.kind = LayoutKind::Planes;
+  header.num_groups = int64_t(groups.size());
+  header.groups_at = out.add(records);
+  header.columns = int64_t(channel.size());
+  header.channel_at = out.add(channel);
+  header.tap_at = out.add(tap);
+  header.data_at = out.add(weights);
+  return out.finish(p, header);
+}
+
+PlanesWeights::PlanesWeights(const void* layout) {
+  const LayoutHeader& h = layout_header(layout);
+  records = layout_array<PlanesGroupRecord>(layout, h.groups_at);
+  for (int64_t g = 0; g < h.num_groups; ++g) {
+    const PlanesGroupRecord& r = records[g];
+    groups.push_back({{layout_array<int32_t>(layout, r.rows_at), size_t(r.num_rows)},
+                      r.num_rows * r.num_columns});
+  }
+  channel = layout_array<int32_t>(layout, h.channel_at);
+  tap = layout_array<int32_t>(layout, h.tap_at);
+  weights = layout_array<float>(layout, h.data_at);
+  columns = h.columns;
+}
+
+PlanesGrid::PlanesGrid(const BlockConvParams& p, const PlanesWeights& weights) {
   const ConvShape& s = p.shape;
   h = plane_axis(s.H, s.OH, s.KH, s.stride_h, s.pad_h, s.dil_h);
   w = plane_axis(s.W, s.OW, s.KW, s.stride_w, s.pad_w, s.dil_w);
@@ -137,23 +194,17 @@ PlanesWeights::PlanesWeights(const BlockConvParams& p) {
     for (int64_t kw = 0; kw < s.KW; ++kw)
       tap_offset[kh * s.KW + kw] = (h.phase[kh] * w.stride + w.phase[kw]) * plane +
                                    ((h.shift[kh] + h.lead) * w.extent + w.shift[kw] + w.lead) * unit;
+  offsets.resize(weights.columns);
+  for (int64_t k = 0; k < weights.columns; ++k)
+    offsets[k] = int32_t(weights.channel[k] * phases * plane + tap_offset[weights.tap[k]]);
 
   // Channel chunks whose reads by one tile fit kChunkFloats (the union over the taps of
   // [offset, offset + TP), for one channel), or wider where a group would have fewer than
   // kChunkColumns columns in a chunk on average, as each group's accumulators are loaded and
-  // stored once per chunk. Chunks cut each block's columns into ranges, which needs them in
-  // channel order (as packing makes them); other packs are swept in one chunk.
-  const BlockIndex& b = p.blocks;
-  const int64_t kernel_area = s.KH * s.KW, channels_per_group = s.C / s.groups;
-  const int64_t rows_per_group = s.K / s.groups;
-  groups = group_blocks(b);
-  const int64_t G = int64_t(groups.size());
-  bool sorted = true;
-  for (int64_t blk = 0; blk < b.num_blocks && sorted; ++blk)
-    for (int64_t j = b.col_ptr[blk] + 1; j < b.col_ptr[blk + 1] && sorted; ++j)
-      sorted = b.col_idx[j - 1] / kernel_area <= b.col_idx[j] / kernel_area;
+  // stored once per chunk.
+  const int64_t G = int64_t(weights.groups.size());
   int64_t chunk_channels = s.C;
-  if (sorted && G > 0) {
+  if (G > 0 && weights.columns > 0) {
     std::vector<int64_t> starts = tap_offset;
     std::sort(starts.begin(), starts.end());
     int64_t footprint = 0, reached = INT64_MIN;
@@ -162,57 +213,42 @@ PlanesWeights::PlanesWeights(const BlockConvParams& p) {
       reached = a + TP;
     }
     // All columns over G * C: a group's columns per channel, on average.
-    const int64_t kept = b.col_ptr[b.num_blocks];
-    const int64_t wide = kept > 0 ? kChunkColumns * G * s.C / kept : s.C;
+    const int64_t wide = kChunkColumns * G * s.C / weights.columns;
     chunk_channels = std::clamp<int64_t>(std::max(kChunkFloats / footprint, wide), 1, s.C);
   }
   chunks = (s.C + chunk_channels - 1) / chunk_channels;
-
-  // Columns and weights in (chunk, group, segment, column) order.
-  std::vector<std::vector<int64_t>> next(G);  // per group and segment: its next column
-  for (int64_t g = 0; g < G; ++g)
-    for (const Segment& seg : groups[g].segments) next[g].push_back(seg.first_column);
-  columns.reserve(b.col_ptr[b.num_blocks] + b.val_ptr[b.num_blocks]);
-  for (int64_t chunk = 0; chunk < chunks; ++chunk)
-    for (int64_t g = 0; g < G; ++g) {
-      start.push_back(int64_t(columns.size()));
-      const int64_t R = int64_t(groups[g].rows.size());
-      for (size_t i = 0; i < groups[g].segments.size(); ++i) {
-        const Segment& seg = groups[g].segments[i];
-        const int64_t blk = seg.block, end = seg.first_column + seg.columns;
-        const int64_t channel0 = (b.row_idx[b.row_ptr[blk]] / rows_per_group) * channels_per_group;
-        for (int64_t& j = next[g][i]; j < end; ++j) {
-          const int64_t col = b.col_idx[j], c = channel0 + col / kernel_area;
-          if (c >= (chunk + 1) * chunk_channels) break;
-          columns.push_back(int32_t(c * phases * plane + tap_offset[col % kernel_area]));
-          for (int64_t r = 0; r < R; ++r) {
-            const int64_t at = b.val_ptr[blk] + r * seg.columns + j - seg.first_column;
-            const float v = element(p.values, p.dtype, at);
-            std::memcpy(&columns.emplace_back(), &v, sizeof(v));
-          }
-        }
-      }
+  // Each group's columns are in channel order: a chunk is a run of them.
+  cuts.resize(G * (chunks + 1));
+  for (int64_t g = 0; g < G; ++g) {
+    const PlanesGroupRecord& r = weights.records[g];
+    const int32_t* channel = weights.channel + r.first_column;
+    int64_t k = 0;
+    for (int64_t j = 0; j < chunks; ++j) {
+      cuts[g * (chunks + 1) + j] = k;
+      while (k < r.num_columns && channel[k] < (j + 1) * chunk_channels) ++k;
     }
-  start.push_back(int64_t(columns.size()));
+    cuts[g * (chunks + 1) + chunks] = r.num_columns;
+  }
 }
 
-int64_t PlanesWeights::num_tiles() const {
+int64_t PlanesGrid::num_tiles() const {
   return row_tiles ? (positions / (w.extent * batch)) * row_tiles : (positions + TP - 1) / TP;
 }
 
-int64_t PlanesWeights::tile_base(int64_t tile) const {
+int64_t PlanesGrid::tile_base(int64_t tile) const {
   if (!row_tiles) return tile * TP;
   return (tile / row_tiles) * w.extent * batch + (tile % row_tiles) * TP;
 }
 
-BlockConv::BlockConv(const BlockConvParams& p, const PlanesWeights& w) : p_(p), w_(w) {
+BlockConv::BlockConv(const BlockConvParams& p, const PlanesWeights& w)
+    : p_(p), w_(w), grid_(p, w) {
   // The buffer is reused from call to call, not refilled: pack writes every float of the planes.
   // Its start is 64-byte aligned: with the batch innermost, every vector read is aligned too.
   static thread_local std::vector<float> buffer;
-  const int64_t planes = p.shape.C * w.h.stride * w.w.stride * w.plane;
-  if (int64_t(buffer.size()) < planes + w.tail + 15) buffer.resize(planes + w.tail + 15);
+  const int64_t planes = p.shape.C * grid_.h.stride * grid_.w.stride * grid_.plane;
+  if (int64_t(buffer.size()) < planes + grid_.tail + 15) buffer.resize(planes + grid_.tail + 15);
   planes_ = buffer.data() + (-reinterpret_cast<uintptr_t>(buffer.data()) / sizeof(float)) % 16;
-  std::fill_n(planes_ + planes, w.tail, 0.f);
+  std::fill_n(planes_ + planes, grid_.tail, 0.f);
   parts_ = one_row_set(w.groups, p.shape.K);  // split only when asked: no grouping work per call
   bias_ = bias_floats(p);
 }
@@ -231,18 +267,18 @@ template <typename T>
 void BlockConv::pack_channels(int64_t begin, int64_t end) {
   const ConvShape& s = p_.shape;
   const T* x = static_cast<const T*>(p_.input);
-  const int64_t sh = w_.h.stride, sw = w_.w.stride, width = w_.w.extent;
-  const int64_t channel_stride = sh * sw * w_.plane;
+  const int64_t sh = grid_.h.stride, sw = grid_.w.stride, width = grid_.w.extent;
+  const int64_t channel_stride = sh * sw * grid_.plane;
   // Floats between consecutive images and grid points in a plane.
-  const int64_t image_floats = w_.batch_inner ? 1 : w_.image, unit = w_.batch_inner ? w_.batch : 1;
+  const int64_t image_floats = grid_.batch_inner ? 1 : grid_.image, unit = grid_.batch_inner ? grid_.batch : 1;
   for (int64_t c0 = begin * kPackChannels; c0 < std::min(s.C, end * kPackChannels); c0 += kPackChannels) {
     const int64_t channels = std::min(kPackChannels, s.C - c0);
     for (int64_t rh = 0; rh < sh; ++rh)
       for (int64_t rw = 0; rw < sw; ++rw) {
-        float* planes = planes_ + (c0 * sh + rh) * sw * w_.plane + rw * w_.plane;
-        for (int64_t c = 0; c < channels; ++c) std::fill_n(planes + c * channel_stride, w_.plane, 0.f);
-        const int64_t rows = std::min(w_.h.data, (s.H - rh + sh - 1) / sh);
-        const int64_t cols = std::min(w_.w.data, (s.W - rw + sw - 1) / sw);
+        float* planes = planes_ + (c0 * sh + rh) * sw * grid_.plane + rw * grid_.plane;
+        for (int64_t c = 0; c < channels; ++c) std::fill_n(planes + c * channel_stride, grid_.plane, 0.f);
+        const int64_t rows = std::min(grid_.h.data, (s.H - rh + sh - 1) / sh);
+        const int64_t cols = std::min(grid_.w.data, (s.W - rw + sw - 1) / sw);
         // `count` points that are consecutive in the planes (images with the batch innermost,
         // else columns), from image n, row a, column b on: 16 channels of 16 fp32 channels-last
         // points at a time are one transpose.
@@ -251,7 +287,7 @@ void BlockConv::pack_channels(int64_t begin, int64_t end) {
         auto copy = [&](int64_t n, int64_t a, int64_t b, int64_t count, int64_t src_step) {
           const T* src = x + n * p_.in_stride[0] + c0 * p_.in_stride[1] +
                          (a * sh + rh) * p_.in_stride[2] + (b * sw + rw) * p_.in_stride[3];
-          float* dst = planes + n * image_floats + ((a + w_.h.lead) * width + b + w_.w.lead) * unit;
+          float* dst = planes + n * image_floats + ((a + grid_.h.lead) * width + b + grid_.w.lead) * unit;
           int64_t i = 0;
           if constexpr (std::is_same_v<T, float>)
             if (transpose)
@@ -262,7 +298,7 @@ void BlockConv::pack_channels(int64_t begin, int64_t end) {
               dst[i + c * channel_stride] = to_float(src[i * src_step + c * p_.in_stride[1]]);
         };
         // Writes in plane order: each plane is filled front to back.
-        if (w_.batch_inner) {
+        if (grid_.batch_inner) {
           for (int64_t a = 0; a < rows; ++a)
             for (int64_t b = 0; b < cols; ++b) copy(0, a, b, s.N, p_.in_stride[0]);
         } else {
@@ -291,11 +327,11 @@ void BlockConv::store_tile(int64_t tile, const RowSet& part, const float* acc) c
   const float* bias = bias_.data();
   const bool relu = p_.relu;
   int64_t count = 0, lane[TP], out_base[TP];
-  const int64_t q0 = w_.tile_base(tile);
+  const int64_t q0 = grid_.tile_base(tile);
   for (int64_t i = 0; i < TP; ++i) {
-    const int64_t q = q0 + i, point = w_.batch_inner ? q / w_.batch : q % w_.image;
-    const int64_t n = w_.batch_inner ? q % w_.batch : q / w_.image;
-    const int64_t oh = point / w_.w.extent, ow = point % w_.w.extent;
+    const int64_t q = q0 + i, point = grid_.batch_inner ? q / grid_.batch : q % grid_.image;
+    const int64_t n = grid_.batch_inner ? q % grid_.batch : q / grid_.image;
+    const int64_t oh = point / grid_.w.extent, ow = point % grid_.w.extent;
     if (n >= s.N || oh >= s.OH || ow >= s.OW) continue;  // zeros between rows and images
     lane[count] = i;
     out_base[count++] = n * p_.out_stride[0] + oh * p_.out_stride[2] + ow * p_.out_stride[3];
@@ -343,18 +379,19 @@ void BlockConv::run_tiles(int64_t begin, int64_t end, TileTimes* times) const {
   };
   std::vector<float> buffer(p_.shape.K * TP + 15);  // the accumulators, 64-byte aligned
   float* acc = buffer.data() + (-reinterpret_cast<uintptr_t>(buffer.data()) / sizeof(float)) % 16;
-  const int64_t G = int64_t(w_.groups.size());
   for (int64_t item = begin; item < end; ++item) {
     const int64_t tile = item / num_parts();
     const RowSet& part = parts_[item % num_parts()];
     const auto start = times ? clock::now() : clock::time_point();
     for (int32_t k : part.rows) std::fill_n(acc + k * TP, TP, 0.f);
-    const float* x = planes_ + w_.tile_base(tile);
-    for (int64_t chunk = 0; chunk < w_.chunks; ++chunk)
+    const float* x = planes_ + grid_.tile_base(tile);
+    for (int64_t chunk = 0; chunk < grid_.chunks; ++chunk)
       for (size_t g : part.groups) {
-        const int64_t i = chunk * G + int64_t(g), first = w_.start[i];
-        const int64_t count = (w_.start[i + 1] - first) / int64_t(w_.groups[g].rows.size() + 1);
-        if (count > 0) group_tile(w_.groups[g], w_.columns.data() + first, count, x, acc);
+        const PlanesGroupRecord& r = w_.records[g];
+        const int64_t first = grid_.cut(int64_t(g), chunk), count = grid_.cut(int64_t(g), chunk + 1) - first;
+        if (count > 0)
+          group_tile(w_.groups[g].rows, grid_.offsets.data() + r.first_column + first,
+                     w_.weights + r.weights_at + first * r.num_rows, count, x, acc);
       }
     const auto computed = times ? clock::now() : clock::time_point();
     switch (p_.dtype) {

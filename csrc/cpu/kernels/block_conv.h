@@ -10,12 +10,17 @@
 // padded to 16 (batches of 16 and more: when an output row fills whole tiles, nothing is wasted).
 // Tiles sweep the input channels in chunks whose reads stay in the L1 cache, accumulating in a
 // per-tile buffer: lone rows (unstructured masks) then load from L1, not from L2.
+//
+// The layer's layout (layout.h, kind "planes") holds each row group's columns in channel order
+// with their channels, taps and fp32 weights; where each column reads in the planes, and the
+// channel chunks, depend on the call's geometry and are derived per call (PlanesGrid).
 #pragma once
 
 #include <cstddef>
 #include <vector>
 
 #include "../../common/block_params.h"
+#include "layout.h"
 #include "row_groups.h"
 
 namespace sparsekit::cpu {
@@ -39,17 +44,41 @@ struct TileTimes {
   int64_t store_ns = 0;  // bias, ReLU and the output writes
 };
 
-// The pack's side of the planes kernel for one call geometry (shape and input size): the
-// planes' layout, the row groups, the channel chunks, and each group's column offsets and fp32
-// weights stored in the order tiles read them (chunk, group, column; a column's weights for the
-// group's rows together). It does not depend on the input's values, so a caller may keep it for
-// the next calls with the same pack and geometry.
+// Where a row group's columns lie in a planes layout: columns [first_column, first_column +
+// num_columns) of the layout's channel and tap arrays, in channel order, and their weights, a
+// column's for the group's rows together, at floats [weights_at, + num_columns * num_rows) of
+// the layout's data.
+struct PlanesGroupRecord {
+  int64_t rows_at, num_rows, first_column, num_columns, weights_at;
+};
+
+// The layout of the planes kernel (kind "planes") of p's blocks and values: it depends only on
+// the blocks, their values and the kernel's geometry, not on the input.
+LayoutBytes build_planes_layout(const BlockConvParams& p);
+
+// A planes layout, read in place: its row groups, made in O(groups).
 class PlanesWeights {
  public:
-  explicit PlanesWeights(const BlockConvParams& p);
+  explicit PlanesWeights(const void* layout);
+
+  std::vector<GroupRows> groups;
+  const PlanesGroupRecord* records;
+  const int32_t* channel;  // per column of the layout
+  const int32_t* tap;
+  const float* weights;
+  int64_t columns;  // of all groups
+};
+
+// The planes of one call: their layout for its geometry (shape and input size), the channel
+// chunks tiles sweep, and each column's input offset in the planes.
+class PlanesGrid {
+ public:
+  PlanesGrid(const BlockConvParams& p, const PlanesWeights& w);
 
   int64_t tile_base(int64_t tile) const;  // grid position of the tile's first
   int64_t num_tiles() const;
+  // Group g's columns in chunk j: [cut[g * (chunks + 1) + j], cut[... + j + 1]) of its own.
+  int64_t cut(int64_t g, int64_t j) const { return cuts[g * (chunks + 1) + j]; }
 
   PlaneAxis h, w;
   bool batch_inner = false;  // the layout: batch innermost, else images stacked along the height
@@ -60,17 +89,13 @@ class PlanesWeights {
   int64_t plane = 0;         // floats per plane: the grid and the zeros wrapped reads reach
   int64_t tail = 0;          // zeros after the last plane, which the last tile's reads reach
   int64_t chunks = 1;        // channel chunks tiles sweep
-  std::vector<RowGroup> groups;
-  // Group g's columns in chunk j: [start[j * G + g], start[j * G + g + 1]) of columns (G groups),
-  // each a record of R + 1 words for a group of R rows: its input offset, then its weights
-  // (fp32 bits), so that tiles read one stream.
-  std::vector<int64_t> start;
-  std::vector<int32_t> columns;
+  std::vector<int64_t> cuts;
+  std::vector<int32_t> offsets;  // per column of the layout: where it reads in the planes
 };
 
 class BlockConv {
  public:
-  // Plans the call on w (made for p). p and w must outlive this; the planes live in a buffer of
+  // Plans the call on the layout w. p and w must outlive this; the planes live in a buffer of
   // the constructing thread, reused by its next call.
   BlockConv(const BlockConvParams& p, const PlanesWeights& w);
 
@@ -87,7 +112,7 @@ class BlockConv {
   // i % num_parts() of tile i / num_parts(), so disjoint ranges can run on different threads;
   // each output element is written once, with blocks summed in a fixed order (deterministic).
   // times, when given, receives the split of the work.
-  int64_t num_tiles() const { return w_.num_tiles(); }
+  int64_t num_tiles() const { return grid_.num_tiles(); }
   int64_t num_parts() const { return int64_t(parts_.size()); }
   int64_t grid_positions() const { return num_tiles() * kTilePositions; }
   void run_tiles(int64_t begin, int64_t end, TileTimes* times = nullptr) const;
@@ -100,6 +125,7 @@ class BlockConv {
 
   const BlockConvParams& p_;
   const PlanesWeights& w_;
+  const PlanesGrid grid_;
   float* planes_ = nullptr;
   std::vector<RowSet> parts_;
   std::vector<float> bias_;  // fp32, zeros without bias

@@ -19,7 +19,7 @@ std::vector<RowGroup> group_blocks(const BlockIndex& b) {
   return groups;
 }
 
-std::vector<RowSet> one_row_set(const std::vector<RowGroup>& groups, int64_t K) {
+std::vector<RowSet> one_row_set(const std::vector<GroupRows>& groups, int64_t K) {
   std::vector<RowSet> sets(1);
   sets[0].groups.resize(groups.size());
   std::iota(sets[0].groups.begin(), sets[0].groups.end(), size_t(0));
@@ -28,7 +28,7 @@ std::vector<RowSet> one_row_set(const std::vector<RowGroup>& groups, int64_t K) 
   return sets;
 }
 
-std::vector<RowSet> split_row_sets(const std::vector<RowGroup>& groups, int64_t K, int64_t parts) {
+std::vector<RowSet> split_row_sets(const std::vector<GroupRows>& groups, int64_t K, int64_t parts) {
   const int64_t n = int64_t(groups.size());
   // Connected components of the groups, two groups being linked when they share a row.
   std::vector<int64_t> parent(n), owner(K, -1);
@@ -45,7 +45,7 @@ std::vector<RowSet> split_row_sets(const std::vector<RowGroup>& groups, int64_t 
   std::map<int64_t, std::pair<int64_t, std::vector<size_t>>> components;  // root -> (work, groups)
   for (int64_t g = 0; g < n; ++g) {
     auto& [work, members] = components[root(g)];
-    for (const Segment& s : groups[g].segments) work += s.columns * int64_t(groups[g].rows.size());
+    work += groups[g].work;
     members.push_back(size_t(g));
   }
   // Largest components first, each to the least loaded set (ties: the first, deterministic).

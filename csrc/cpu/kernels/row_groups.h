@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "../../common/block_params.h"
@@ -24,8 +25,14 @@ struct RowGroup {
   std::vector<Segment> segments;
 };
 
-// Groups of the blocks, in the order of their first block.
+// Groups of the blocks, in the order of their first block (when a layout is built).
 std::vector<RowGroup> group_blocks(const BlockIndex& blocks);
+
+// A row group as a call sees it, in a layout: its rows and its multiply-adds per position.
+struct GroupRows {
+  std::span<const int32_t> rows;
+  int64_t work;
+};
 
 // The row groups and output rows one work item computes.
 struct RowSet {
@@ -34,11 +41,11 @@ struct RowSet {
 };
 
 // Every group and all K rows in one set.
-std::vector<RowSet> one_row_set(const std::vector<RowGroup>& groups, int64_t K);
+std::vector<RowSet> one_row_set(const std::vector<GroupRows>& groups, int64_t K);
 
 // Up to `parts` sets, each the rows of whole groups that share no row with another set (rows
 // no group owns join the first), balanced by multiply-adds, groups in their original order
 // inside a set: a row's blocks sum in the same order whatever the split.
-std::vector<RowSet> split_row_sets(const std::vector<RowGroup>& groups, int64_t K, int64_t parts);
+std::vector<RowSet> split_row_sets(const std::vector<GroupRows>& groups, int64_t K, int64_t parts);
 
 }  // namespace sparsekit::cpu

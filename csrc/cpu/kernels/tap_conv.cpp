@@ -160,10 +160,20 @@ bool has_pair_isa() {
   return has;
 }
 
+// A row group's arrays while its layout is built (TapPanels views them once written), and
+// where each column's weights lie in the pack's values: source, the row-0 weight; stride, the
+// values between rows (its block's width); pair_column, each pair's two columns (-1: none).
+struct GroupPlan {
+  std::vector<int32_t> tap_start, channel;
+  std::vector<int64_t> source, stride;
+  std::vector<int32_t> pair_start, pair_split, pair_lone, pair_column, pair_channel;
+  std::vector<TapChunk> chunks;
+};
+
 // A tap's columns [k0, k1) into pairs (see TapPanels): adjacent channels, then the others two
 // by two (the higher channel low), then lone columns (an odd one out, and columns of a channel
 // seen twice, which blocks sharing rows may have).
-void pair_tap(TapPanels& pn, int32_t k0, int32_t k1) {
+void pair_tap(GroupPlan& pn, int32_t k0, int32_t k1) {
   std::vector<int32_t> order(k1 - k0), rest, lone;
   std::iota(order.begin(), order.end(), k0);
   std::stable_sort(order.begin(), order.end(),
@@ -212,7 +222,7 @@ std::vector<TapChunk> chunk_rows(int64_t rows, int64_t columns, int64_t& offset)
   int64_t left = (rows + kPanelRows - 1) / kPanelRows, first = 0;
   while (left > 0) {
     const int64_t take = left == 5 ? 3 : std::min<int64_t>(left, 4);
-    chunks.push_back({first, take, offset, false});
+    chunks.push_back({first, take, offset, 0});
     offset += columns * take * kPanelRows;
     first += take * kPanelRows;
     left -= take;
@@ -238,20 +248,53 @@ bool TapConv::suits(const BlockConvParams& p) {
   return used >= 0.65 * computed;
 }
 
-TapWeights::TapWeights(const BlockConvParams& p)
-    : pairs_(p.dtype == DType::BFloat16 && has_pair_isa()) {
+namespace {
+
+// Group g's panels (plan pn, rows `rows`) written at `panels`: weight (column k, row r of the
+// group) as fp32, or as bf16 bits for pairs (k < 0: zero).
+void pack_group(const BlockConvParams& p, const GroupPlan& pn, int64_t rows, bool pairs,
+                float* panels) {
+  const auto weight = [&](int64_t k, int64_t r) {
+    return element(p.values, p.dtype, pn.source[k] + r * pn.stride[k]);
+  };
+  const auto bits = [&](int32_t k, int64_t r) -> uint32_t {
+    return k < 0 ? 0u : static_cast<const uint16_t*>(p.values)[pn.source[k] + r * pn.stride[k]];
+  };
+  const int64_t units = pairs ? int64_t(pn.pair_column.size() / 2) : int64_t(pn.channel.size());
+  for (const TapChunk& chunk : pn.chunks) {
+    const int64_t width = chunk.panels * kPanelRows;
+    float* dst = panels + chunk.offset;
+    const int64_t used = std::min(width, rows - chunk.first_row);
+    for (int64_t k = 0; k < units; ++k, dst += width) {
+      for (int64_t r = chunk.first_row; r < chunk.first_row + used; ++r) {
+        if (pairs) {
+          const uint32_t v = bits(pn.pair_column[2 * k], r) | bits(pn.pair_column[2 * k + 1], r) << 16;
+          std::memcpy(dst + r - chunk.first_row, &v, 4);
+        } else {
+          dst[r - chunk.first_row] = weight(k, r);
+        }
+      }
+      std::fill(dst + used, dst + width, 0.f);
+    }
+  }
+}
+
+}  // namespace
+
+LayoutBytes build_tap_layout(const BlockConvParams& p, const ParallelFor& parallel) {
+  const bool pairs = p.dtype == DType::BFloat16 && has_pair_isa();
   const ConvShape& s = p.shape;
   const BlockIndex& b = p.blocks;
   const int64_t taps = s.KH * s.KW, channels_per_group = s.C / s.groups;
   const int64_t rows_per_group = s.K / s.groups;
-  groups = group_blocks(b);
-  panels.resize(groups.size());
+  const std::vector<RowGroup> groups = group_blocks(b);
+  std::vector<GroupPlan> plans(groups.size());
   int64_t offset = 0;
-  owners.assign(s.K, 0);
+  std::vector<int32_t> owners(s.K, 0);
   // Each group's columns sorted by tap (counting sort: stable), then its chunks.
   for (size_t gi = 0; gi < groups.size(); ++gi) {
     const RowGroup& g = groups[gi];
-    TapPanels& pn = panels[gi];
+    GroupPlan& pn = plans[gi];
     for (int32_t r : g.rows) ++owners[r];
     const int64_t channel0 = (g.rows[0] / rows_per_group) * channels_per_group;
     pn.tap_start.assign(taps + 1, 0);
@@ -269,54 +312,67 @@ TapWeights::TapWeights(const BlockConvParams& p)
         pn.source[k] = b.val_ptr[sg.block] + (j - sg.first_column);
         pn.stride[k] = sg.columns;
       }
-    if (pairs_) {
+    if (pairs) {
       for (int64_t t = 0; t < taps; ++t) pair_tap(pn, pn.tap_start[t], pn.tap_start[t + 1]);
       pn.pair_start.push_back(int32_t(pn.pair_column.size() / 2));
     }
-    const int64_t units = pairs_ ? int64_t(pn.pair_column.size() / 2) : columns;
+    const int64_t units = pairs ? int64_t(pn.pair_column.size() / 2) : columns;
     pn.chunks = chunk_rows(int64_t(g.rows.size()), units, offset);
   }
-  buffer_.resize(offset + 16);
-  align_ = int64_t((64 - reinterpret_cast<uintptr_t>(buffer_.data()) % 64) % 64 / sizeof(float));
   for (size_t gi = 0; gi < groups.size(); ++gi)
-    for (TapChunk& chunk : panels[gi].chunks) {
+    for (TapChunk& chunk : plans[gi].chunks) {
       const auto first = groups[gi].rows.begin() + chunk.first_row;
       const auto last = first + std::min<int64_t>(chunk.panels * kPanelRows,
                                                   groups[gi].rows.end() - first);
       chunk.exclusive = std::all_of(first, last, [&](int32_t r) { return owners[r] == 1; });
     }
+
+  LayoutWriter out;
+  std::vector<TapGroupRecord> records;
+  for (size_t gi = 0; gi < groups.size(); ++gi) {
+    const GroupPlan& pn = plans[gi];
+    records.push_back({out.add(groups[gi].rows), int64_t(groups[gi].rows.size()),
+                       out.add(pn.tap_start), out.add(pn.channel), int64_t(pn.channel.size()),
+                       out.add(pn.pair_start), out.add(pn.pair_split), out.add(pn.pair_lone),
+                       out.add(pn.pair_channel), int64_t(pn.pair_channel.size() / 2),
+                       out.add(pn.chunks), int64_t(pn.chunks.size())});
+  }
+  LayoutHeader header{};
+  header.kind = LayoutKind::Taps;
+  header.num_groups = int64_t(groups.size());
+  header.groups_at = out.add(records);
+  header.owners_at = out.add(owners);
+  header.data_at = out.zeros(offset * int64_t(sizeof(float)));
+  header.pairs = pairs;
+  LayoutBytes layout = out.finish(p, header);
+  float* panels = layout_array<float>(layout.data(), header.data_at);
+  parallel(int64_t(groups.size()), [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g)
+      pack_group(p, plans[g], int64_t(groups[g].rows.size()), pairs, panels);
+  });
+  return layout;
 }
 
-void TapWeights::pack(const BlockConvParams& p, int64_t begin, int64_t end) {
-  // Weight (column k, row r of the group) as fp32, or as bf16 bits for pairs (k < 0: zero).
-  const auto weight = [&](const TapPanels& pn, int64_t k, int64_t r) {
-    return element(p.values, p.dtype, pn.source[k] + r * pn.stride[k]);
+TapWeights::TapWeights(const void* layout) {
+  const LayoutHeader& h = layout_header(layout);
+  const auto* records = layout_array<TapGroupRecord>(layout, h.groups_at);
+  const auto span = [&](int64_t at, int64_t count) {
+    return std::span<const int32_t>(layout_array<int32_t>(layout, at), size_t(count));
   };
-  const auto bits = [&](const TapPanels& pn, int32_t k, int64_t r) -> uint32_t {
-    return k < 0 ? 0u : static_cast<const uint16_t*>(p.values)[pn.source[k] + r * pn.stride[k]];
-  };
-  for (int64_t g = begin; g < end; ++g) {
-    const int64_t rows = int64_t(groups[g].rows.size());
-    const TapPanels& pn = panels[g];
-    const int64_t units = pairs_ ? int64_t(pn.pair_column.size() / 2) : int64_t(pn.channel.size());
-    for (const TapChunk& chunk : pn.chunks) {
-      const int64_t width = chunk.panels * kPanelRows;
-      float* dst = buffer_.data() + align_ + chunk.offset;
-      const int64_t used = std::min(width, rows - chunk.first_row);
-      for (int64_t k = 0; k < units; ++k, dst += width) {
-        for (int64_t r = chunk.first_row; r < chunk.first_row + used; ++r) {
-          if (pairs_) {
-            const uint32_t v = bits(pn, pn.pair_column[2 * k], r) |
-                               bits(pn, pn.pair_column[2 * k + 1], r) << 16;
-            std::memcpy(dst + r - chunk.first_row, &v, 4);
-          } else {
-            dst[r - chunk.first_row] = weight(pn, k, r);
-          }
-        }
-        std::fill(dst + used, dst + width, 0.f);
-      }
-    }
+  const int64_t taps = h.KH * h.KW;
+  for (int64_t g = 0; g < h.num_groups; ++g) {
+    const TapGroupRecord& r = records[g];
+    const int64_t pair_taps = h.pairs ? taps : 0;
+    panels.push_back({span(r.rows_at, r.num_rows), span(r.tap_start_at, taps + 1),
+                      span(r.channel_at, r.num_columns), span(r.pair_start_at, pair_taps + h.pairs),
+                      span(r.pair_split_at, pair_taps), span(r.pair_lone_at, pair_taps),
+                      span(r.pair_channel_at, 2 * r.num_pairs),
+                      {layout_array<TapChunk>(layout, r.chunks_at), size_t(r.num_chunks)}});
+    groups.push_back({panels.back().rows, r.num_rows * r.num_columns});
   }
+  owners = layout_array<int32_t>(layout, h.owners_at);
+  panels_ = layout_array<float>(layout, h.data_at);
+  pairs_ = h.pairs != 0;
 }
 
 TapConv::TapConv(const BlockConvParams& p, const TapWeights& w) : p_(p), w_(w) {
@@ -406,11 +462,11 @@ TapConv::Position TapConv::position(int64_t q) const {
 
 // A chunk's results into the tile's accumulator [TP][K]: set where one group owns the rows,
 // added where several do. The accumulator stays in cache; the output is written once, after.
-void TapConv::add_chunk(const RowGroup& group, const TapChunk& chunk, int64_t count,
-                           const float* res, float* acc) const {
+void TapConv::add_chunk(std::span<const int32_t> group_rows, const TapChunk& chunk, int64_t count,
+                        const float* res, float* acc) const {
   const int64_t K = p_.shape.K;
-  const int64_t used = std::min(chunk.panels * kPanelRows, int64_t(group.rows.size()) - chunk.first_row);
-  const int32_t* rows = group.rows.data() + chunk.first_row;
+  const int64_t used = std::min(chunk.panels * kPanelRows, int64_t(group_rows.size()) - chunk.first_row);
+  const int32_t* rows = group_rows.data() + chunk.first_row;
   for (int64_t i = 0; i < count; ++i) {
     const float* r = res + i * kChunkRows;
     float* a = acc + i * K;
@@ -493,7 +549,7 @@ void TapConv::run_tiles(int64_t begin, int64_t end, TileTimes* times) const {
         const auto before = times ? clock::now() : clock::time_point();
         (w_.pairs() ? chunk_tile_pairs : chunk_tile)(w_.panels[g], chunk, w_.panel_data(), tt, res);
         if (times) micro_ns += ns(before, clock::now());
-        add_chunk(w_.groups[g], chunk, count, res, acc.data());
+        add_chunk(w_.panels[g].rows, chunk, count, res, acc.data());
       }
     switch (p_.dtype) {
       case DType::Float32: store<float>(set, at, count, acc.data()); break;

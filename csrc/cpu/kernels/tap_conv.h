@@ -5,7 +5,8 @@
 // element per output position: the input is channels-last (the caller's tensor when it is fp32
 // with unit channel stride, else an fp32 NHWC copy made once per call), so the element of
 // column (tap, channel) for a position is at base(position, tap) + channel. A group's columns
-// are sorted by tap and its weights transposed into panels once per call. Positions are ordered
+// are sorted by tap and its weights transposed into panels once, in the layer's layout
+// (layout.h). Positions are ordered
 // by border class (which taps land inside the input), so a tile of positions skips the taps
 // that are padding for all of them and reads a zero row for the few others: no padded grid, no
 // multiply-adds on padding, no gathers.
@@ -17,10 +18,12 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "../../common/block_params.h"
 #include "block_conv.h"
+#include "layout.h"
 #include "row_groups.h"
 
 namespace sparsekit::cpu {
@@ -28,60 +31,66 @@ namespace sparsekit::cpu {
 // Output positions handled by one tile: 2 x 12, 3 x 8 or 4 x 6 per register-blocked pass.
 constexpr int64_t kTapTilePositions = 24;
 
-// A row group's columns (sorted by tap) and its weights as panels of 16 rows: chunks of 1-4
-// panels, each stored column by column ([column][panels * 16], rows past the group zero).
+// A row group's panels: chunks of 1-4 panels of 16 rows, each stored column by column
+// ([column][panels * 16], rows past the group zero). offset: floats into the panels; exclusive:
+// its rows are owned by this group alone.
 struct TapChunk {
-  int64_t first_row, panels, offset;  // offset: floats into the panel buffer
-  bool exclusive;                     // its rows are owned by this group alone
-};
-struct TapPanels {
-  std::vector<int32_t> tap_start;  // columns of tap t: [tap_start[t], tap_start[t + 1])
-  std::vector<int32_t> channel;    // input channel of each column
-  std::vector<int64_t> source;     // index into values of each column's row-0 weight
-  std::vector<int64_t> stride;     // values between rows, per column (its block's width)
-  std::vector<TapChunk> chunks;
-  // With pairs (TapWeights::pairs()), the panels' units are pairs of columns of one tap, a
-  // row's two bf16 weights in one 32-bit slot (the first low). Pairs of tap t:
-  // [pair_start[t], pair_split[t]) read two adjacent channels, [pair_split[t], pair_lone[t])
-  // two others (the first the higher), [pair_lone[t], pair_start[t + 1]) one column each.
-  std::vector<int32_t> pair_start, pair_split, pair_lone;
-  std::vector<int32_t> pair_column;   // the pair's two columns ([2i], [2i + 1]; -1: none)
-  std::vector<int32_t> pair_channel;  // their channels (a lone column's twice)
+  int64_t first_row, panels, offset, exclusive;
 };
 
-// The pack's side of the kernel: row groups, columns sorted by tap, weights in panels. It
-// depends only on the blocks, their values and the kernel's geometry (not on the input), so a
-// caller may keep it for the next calls on the same pack.
+// Where a row group's arrays lie in a taps layout (byte offsets, counts).
+struct TapGroupRecord {
+  int64_t rows_at, num_rows;
+  int64_t tap_start_at, channel_at, num_columns;
+  int64_t pair_start_at, pair_split_at, pair_lone_at, pair_channel_at, num_pairs;
+  int64_t chunks_at, num_chunks;
+};
+
+// A row group as the micro-kernel reads it: views into the layout. Its columns are sorted by
+// tap: those of tap t are [tap_start[t], tap_start[t + 1]). With pairs (TapWeights::pairs()),
+// the panels' units are pairs of columns of one tap, a row's two bf16 weights in one 32-bit
+// slot (the first low). Pairs of tap t: [pair_start[t], pair_split[t]) read two adjacent
+// channels, [pair_split[t], pair_lone[t]) two others (the first the higher),
+// [pair_lone[t], pair_start[t + 1]) one column each; pair_channel holds each pair's two
+// channels (a lone column's twice).
+struct TapPanels {
+  std::span<const int32_t> rows;
+  std::span<const int32_t> tap_start, channel;
+  std::span<const int32_t> pair_start, pair_split, pair_lone, pair_channel;
+  std::span<const TapChunk> chunks;
+};
+
+// The layout of the exact-position kernel (kind "taps") of p's blocks and values: row groups,
+// columns sorted by tap, weights in panels. It depends only on the blocks, their values, the
+// kernel's geometry and the CPU (bf16 pairs where it has AVX512-BF16), not on the input.
+// parallel runs the panel packing.
+LayoutBytes build_tap_layout(const BlockConvParams& p, const ParallelFor& parallel);
+
+// A taps layout, read in place: views of its row groups, made in O(groups).
 class TapWeights {
  public:
-  // Plans the panels; pack() then fills them, units [begin, end) of pack_units() on any
-  // threads. p's blocks and values are read only until the last pack().
-  explicit TapWeights(const BlockConvParams& p);
-  int64_t pack_units() const { return int64_t(groups.size()); }
-  void pack(const BlockConvParams& p, int64_t begin, int64_t end);
+  explicit TapWeights(const void* layout);
   // fp32 weights, or with pairs() the bit pairs of bf16 ones, 16 rows to 64 aligned bytes.
-  const float* panel_data() const { return buffer_.data() + align_; }
-  // Whether the panels hold bf16 column pairs for the AVX512-BF16 micro-kernel: bf16 packs on
-  // CPUs that have it (and VBMI2).
+  const float* panel_data() const { return panels_; }
+  // Whether the panels hold bf16 column pairs for the AVX512-BF16 micro-kernel.
   bool pairs() const { return pairs_; }
 
-  std::vector<RowGroup> groups;
   std::vector<TapPanels> panels;
-  std::vector<int32_t> owners;  // per output row: the groups that own it
+  std::vector<GroupRows> groups;
+  const int32_t* owners;  // per output row: the groups that own it
 
  private:
-  std::vector<float> buffer_;
-  int64_t align_ = 0;  // floats from buffer_'s start to the 64-byte aligned panels
+  const float* panels_;
   bool pairs_;
 };
 
 class TapConv {
  public:
-  // Whether this kernel suits the call: kernels of at most 64 taps a side, and blocks whose
+  // Whether this kernel suits p's blocks: kernels of at most 64 taps a side, and blocks whose
   // rows fill at least 65% of the 16-row panels (weighted by multiply-adds).
   static bool suits(const BlockConvParams& p);
 
-  // Plans the call on packed weights w (of p's blocks); p and w must outlive this. The input
+  // Plans the call on the layout w; p and w must outlive this. The input
   // copy belongs to the constructing thread and is reused by its next call.
   TapConv(const BlockConvParams& p, const TapWeights& w);
 
@@ -116,8 +125,8 @@ class TapConv {
   Position position(int64_t q) const;
   template <typename T, typename X>
   void pack_rows(int64_t begin, int64_t end);
-  void add_chunk(const RowGroup& group, const TapChunk& chunk, int64_t count,
-                    const float* res, float* acc) const;
+  void add_chunk(std::span<const int32_t> rows, const TapChunk& chunk, int64_t count,
+                 const float* res, float* acc) const;
   template <typename T>
   void store(const RowSet& set, const Position* at, int64_t count, const float* acc) const;
 
