@@ -3,16 +3,29 @@
 The CPU ops are always built. CUDA sources join when torch has CUDA and a CUDA toolkit is
 found (SPARSEKIT_BUILD_CUDA=auto, the default), always (=1, failing if that is impossible) or
 never (=0). TORCH_CUDA_ARCH_LIST picks the GPU architectures, as for every torch extension.
-Sources are found by glob: a new file under csrc/ is built without editing this file.
+Sources are found by glob: a new file under csrc/ is built without editing this file, and
+packages by find_packages: a new package under sparsekit/ is installed without editing it.
 """
 
 import glob
 import importlib.util
 import os
+import re
 
 import torch
-from setuptools import setup
+from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+# Every package under sparsekit/, and the Triton kernels, installed as sparsekit.triton_kernels (a
+# top-level ``triton_kernels`` import name is taken by other packages).
+PACKAGES = find_packages(include=["sparsekit", "sparsekit.*"]) + ["sparsekit.triton_kernels"]
+PACKAGE_DIR = {"sparsekit.triton_kernels": "triton_kernels"}
+
+
+def version() -> str:
+    """sparsekit.__version__, read from its source (importing it needs the extension built)."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "sparsekit", "__init__.py")) as f:
+        return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
 
 
 def build_cuda() -> bool:
@@ -61,18 +74,20 @@ def extension():
     )
 
 
-setup(
-    name="sparsekit",
-    version="0.1.0",
-    description="Compiled structured-sparse inference kernels for pruned PyTorch models",
-    python_requires=">=3.10",
-    packages=[
-        "sparsekit", "sparsekit.backends", "sparsekit.planners", "sparsekit.transforms",
-        "sparsekit.triton_kernels",
-    ],
-    package_dir={"sparsekit.triton_kernels": "triton_kernels"},
-    install_requires=["torch>=2.4", "numpy", "pymetis", "safetensors", "tqdm"],
-    extras_require={"examples": ["scikit-learn"]},
-    ext_modules=[extension()],
-    cmdclass={"build_ext": BuildExtension},
-)
+if __name__ == "__main__":  # tests/test_packaging.py reads PACKAGES without building
+    setup(
+        name="sparsekit",
+        version=version(),
+        description="Compiled structured-sparse inference kernels for pruned PyTorch models",
+        python_requires=">=3.10",
+        packages=PACKAGES,
+        package_dir=PACKAGE_DIR,
+        install_requires=["torch>=2.4", "numpy", "pymetis", "safetensors", "tqdm"],
+        extras_require={
+            "triton": ["triton"],  # the Triton backend (GPU; on CPU only under TRITON_INTERPRET=1)
+            "plots": ["matplotlib"],  # PlanReport.plot, the bench suites' figures
+            "examples": ["scikit-learn"],
+        },
+        ext_modules=[extension()],
+        cmdclass={"build_ext": BuildExtension},
+    )

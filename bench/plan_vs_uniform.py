@@ -34,7 +34,7 @@ import torch
 import sparsekit
 from sparsekit import spdy, timing, zoo
 from sparsekit.errors import SparsekitWarning
-from sparsekit.spdy.planning import PAIRED_RUN_TIME, every_layer_ones
+from sparsekit.spdy.planning import PAIRED_RUN_TIME, compile_from_table, dense_folded
 from sparsekit.spdy.search import Scorer
 
 from .report import resumed, suite_arguments, write_results
@@ -79,18 +79,18 @@ def accuracy(model, test) -> float | None:
 
 
 def uniform_rows(model, x, calib, test, table, dense, transform) -> list[dict]:
-    """Each uniform level of the table compiled, timed against ``dense`` (a function of no
-    argument: dense in the memory format the plan found faster), scored."""
+    """Each uniform level of the table compiled as the plan is (each layer with its cell's plan),
+    timed against ``dense`` (a function of no argument: dense in the memory format the plan
+    found faster), scored."""
     db = spdy.ErrorDatabase(model, table.layers, table.levels, transform, recalibrate_batchnorm=True,
                             calib_inputs=[b[0] if isinstance(b, tuple) else b for b in calib])
     scorer = Scorer(db, model, calib)
-    everything = every_layer_ones(model)
     rows = []
     for level, sparsity in enumerate(table.levels):
         choice = [level] * len(table.layers)
         with warnings.catch_warnings():  # a check that cannot fail is recorded in the row instead
             warnings.simplefilter("ignore", SparsekitWarning)
-            compiled = sparsekit.compile(db.stitched(choice), {**everything, **db.masks_of(choice)}, x)
+            compiled = compile_from_table(db.stitched(choice), db.masks_of(choice), table, choice, x)
         ms = timing.paired_ms({"dense": dense, "compiled": lambda: compiled(x)}, PAIRED_RUN_TIME)
         rows.append({"sparsity": sparsity, "speedup": ms["dense"] / ms["compiled"], "loss": scorer(choice),
                      "accuracy": accuracy(compiled, test), "max_error": compiled.sparsekit_report.max_error,
@@ -118,8 +118,7 @@ def run(name: str, target: float | None, quick: bool, cache) -> tuple[dict, spdy
     masks, compiled, report = sparsekit.plan(model, x, target, calib, levels=levels, transform=transform,
                                              recalibrate_batchnorm=True, draws=5 if quick else 100,
                                              steps=5 if quick else 100, cache=cache, progress=not quick)
-    dense = sparsekit.compile(model, every_layer_ones(model), x, backend="dense", verify=False, measure=False)
-    dense, dense_x = timing.in_memory_format(dense, (x,), timing.MEMORY_FORMATS[report.dense_format])
+    dense, dense_x = timing.in_memory_format(dense_folded(model), (x,), timing.MEMORY_FORMATS[report.dense_format])
     uniform = uniform_rows(model, x, calib, test, table, lambda: dense(*dense_x), transform)
     record = {
         "workload": name, "input": list(x.shape), "transform": transform, "target": target, "layers": len(table.layers),

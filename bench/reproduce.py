@@ -35,6 +35,7 @@ from sparsekit.transforms import (
 from .cpu_suite import layer_breakdown
 from .masks import flop_limit
 from .report import resumed, suite_arguments, write_results
+from .ticket_layers import DEFAULT_TICKET
 
 MODELS = ("vgg16_bn", "resnet18", "wrn32_2", "mobilenet_v1", "resnet50")
 SPARSITIES = (0.36, 0.45, 0.58, 0.74, 0.80, 0.90)
@@ -43,7 +44,6 @@ REFILL_PLUS = 0.1  # Refill+'s fillback rate: the fraction of the pruned channel
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 BATCHES = (1, 16)
 RUNS, WARMUP = 50, 5
-TICKET = Path(__file__).resolve().parents[2] / "shared/data/structure_lth_resnet18_cifar10_blocks.json"
 
 # What the papers report, and what kind of figure each is (FACTS.md): Structure-LTH's savings come
 # from one un-warmed fp32 timing per layer-set; MPT's rates are FLOP ratios, never timed.
@@ -79,7 +79,7 @@ def masks_for(model, transform: str, sparsity: float) -> dict:
 def ticket_masks(model) -> dict:
     """Structure-LTH's regrouped ResNet-18 CIFAR-10 ticket: each conv's blocks as its mask."""
     masks = {}
-    for layer, entry in json.loads(TICKET.read_text())["layers"].items():
+    for layer, entry in json.loads(DEFAULT_TICKET.read_text())["layers"].items():
         out, cin, kh, kw = entry["weight_shape"]
         mask = torch.zeros(out, cin * kh * kw)
         for rows, cols in entry["blocks"]:

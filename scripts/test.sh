@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets everything up, then runs every test: pytest (Python, ops, properties) and ctest (the
 # torch-free kernels), with the CUDA ops built and linked by nvcc when nvcc is found
-# (SPARSEKIT_REQUIRE_CUDA_CHECK=1 makes a missing nvcc an error).
+# (SPARSEKIT_REQUIRE_CUDA_CHECK=1 makes a missing nvcc an error). Both suites run whatever the
+# other's result; the script fails when either does. Build output goes to build/*.log, shown
+# when a build fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -14,7 +16,11 @@ require_cuda=OFF
 cmake -S . -B build/cmake -DSPARSEKIT_REQUIRE_CUDA_CHECK="$require_cuda" > build/cmake.log 2>&1 \
   || { cat build/cmake.log; exit 1; }
 grep 'sparsekit:' build/cmake.log
-cmake --build build/cmake -j 2
+# nvcc prints every kernel's registers and spills (a spill fails the build): kept in the log
+cmake --build build/cmake -j 2 > build/cmake-build.log 2>&1 || { cat build/cmake-build.log; exit 1; }
 
-python -m pytest -n 2 -q "$@"
-ctest --test-dir build/cmake --output-on-failure
+status=0
+python -m pytest -n 2 -q "$@" || status=$?
+ctest --test-dir build/cmake --output-on-failure || status=$((status == 0 ? 1 : status))
+[ "$status" = 0 ] && echo "sparsekit: pytest and ctest passed" || echo "sparsekit: tests failed (see above)"
+exit "$status"

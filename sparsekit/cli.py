@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from . import backends, masks, saving, spdy, timing, zoo
-from .api import compile
+from .compiler import compile
 from .errors import SparsekitError
 from .planners import STRUCTURES
 from .transforms import global_magnitude_masks, refill_masks

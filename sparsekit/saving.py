@@ -13,7 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .masked_model import copy_model
+from .compiler.reference import copy_model
 from .errors import SparsekitError
 from .nn import SparseConv2d, SparseLinear, from_config
 

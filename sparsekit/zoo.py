@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import SparsekitError
-from .masked_model import dense_masked_copy
+from .compiler.reference import dense_masked_copy
 from .masks import collect_masks
 
 STATISTICS = ("running_mean", "running_var", "num_batches_tracked")  # a BatchNorm's buffers

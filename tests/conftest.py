@@ -19,11 +19,22 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+_terminal = []  # the terminal reporter, where failures are named as they happen
+
+
 def pytest_configure(config):
     # A check sparsekit could not make (a degenerate reference, a dropped candidate) fails the
     # test that did not expect it. Added here, not in pyproject.toml: naming the warning class
     # there imports sparsekit before the lines above have set TRITON_INTERPRET.
     config.addinivalue_line("filterwarnings", "error::sparsekit.errors.SparsekitWarning")
+    _terminal[:] = [config.pluginmanager.get_plugin("terminalreporter")]
+
+
+def pytest_runtest_logreport(report):
+    """A failing test is named when it fails, not only in the summary at the end of the run
+    (under xdist this runs in the controller as the workers report)."""
+    if report.failed and _terminal[0] is not None:
+        _terminal[0].write_line(f"\nFAILED {report.nodeid} ({report.when})", red=True)
 
 # Under pytest-xdist every worker is one process: one torch thread each keeps the cores from
 # being oversubscribed (spinning OpenMP threads of two processes on two cores starve each other).

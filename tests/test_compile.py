@@ -11,9 +11,11 @@ from torch.nn.utils import parametrize
 
 import sparsekit
 from sparsekit import (
-    SparseConv2d, SparseLinear, SparsekitError, SparsekitWarning, backends, plan_choice, zoo,
+    SparseConv2d, SparseLinear, SparsekitError, SparsekitWarning, backends, zoo,
 )
 from sparsekit.backends import Backend
+from sparsekit.compiler import choice
+from sparsekit.compiler.batchnorm import FoldedLayer
 
 from .helpers import assert_model_close, calibrated_zoo_model, dense_masked, structured_masks
 
@@ -131,6 +133,11 @@ def test_all_pruned_layer_is_valid_and_flagged():
     assert torch.allclose(compiled(x), model[1].bias.view(1, 4, 1, 1).expand(1, 4, 3, 3))
 
 
+def choose(conv, weight, structure, competitors, x):
+    """The plan compile's choice stage makes for ``conv`` with ``weight`` on input ``x``."""
+    return choice.choose(FoldedLayer("conv", conv, weight, None, None), structure, competitors, x)
+
+
 def test_plan_choice_follows_measured_time(monkeypatch):
     """A packed plan is kept only when measured faster than dense (by the margin)."""
     conv = nn.Conv2d(16, 32, 3)
@@ -141,12 +148,12 @@ def test_plan_choice_follows_measured_time(monkeypatch):
 
     def with_times(dense_time, packed_time):
         fake = lambda layer, *a, **k: dense_time if layer.is_dense else packed_time  # noqa: E731
-        monkeypatch.setattr(plan_choice.timing, "median_seconds", fake)
-        return plan_choice.choose_layer(conv, weight, None, "channel", [backends.get("cpu")], x, "conv")
+        monkeypatch.setattr(choice.timing, "median_seconds", fake)
+        return choose(conv, weight, "channel", [backends.get("cpu")], x)
 
     assert with_times(1.0, 0.5).backend == "cpu"
-    assert with_times(1.0, 0.99).is_dense  # within the margin: not kept
-    assert with_times(1.0, 2.0).is_dense
+    assert with_times(1.0, 0.99).backend == "dense"  # within the margin: not kept
+    assert with_times(1.0, 2.0).backend == "dense"
 
 
 def test_plan_choice_compares_backends(monkeypatch):
@@ -155,17 +162,17 @@ def test_plan_choice_compares_backends(monkeypatch):
     weight = conv.weight.detach() * (torch.arange(32) < 4).view(-1, 1, 1, 1)  # whole channels
     x = torch.randn(1, 16, 8, 8)
     times = {"dense": 1.0, "cpu": 0.6, "torch": 0.4}
-    monkeypatch.setattr(plan_choice.timing, "median_seconds", lambda layer, *a, **k: times[layer.backend])
-    monkeypatch.setattr(plan_choice.timing, "one_call_seconds", lambda layer, *a, **k: times[layer.backend])
+    monkeypatch.setattr(choice.timing, "median_seconds", lambda layer, *a, **k: times[layer.backend])
+    monkeypatch.setattr(choice.timing, "one_call_seconds", lambda layer, *a, **k: times[layer.backend])
     both = [backends.get("cpu"), backends.get("torch")]
-    chosen = plan_choice.choose_layer(conv, weight, None, "channel", both, x, "conv")
+    chosen = choose(conv, weight, "channel", both, x)
     assert chosen.backend == "torch"
     times["torch"] = 0.7
-    chosen = plan_choice.choose_layer(conv, weight, None, "channel", both, x, "conv")
+    chosen = choose(conv, weight, "channel", both, x)
     assert chosen.backend == "cpu"
     partial = conv.weight.detach() * (torch.rand_like(conv.weight) < 0.2)  # no whole kernels
-    chosen = plan_choice.choose_layer(conv, partial, None, "group", both[1:], x, "conv")
-    assert chosen.is_dense  # no packed candidate: backend torch cannot run partial kernels
+    chosen = choose(conv, partial, "group", both[1:], x)
+    assert chosen.backend == "dense"  # no packed candidate: backend torch cannot run partial kernels
 
 
 def test_plan_choice_times_only_candidates_whose_first_call_is_close_to_the_best(monkeypatch):
@@ -176,18 +183,18 @@ def test_plan_choice_times_only_candidates_whose_first_call_is_close_to_the_best
     x = torch.randn(1, 16, 8, 8)
     first = {"cpu": 1.0, "torch": 1.0}
     timed = []
-    monkeypatch.setattr(plan_choice.timing, "one_call_seconds", lambda layer, *a, **k: first[layer.backend])
-    monkeypatch.setattr(plan_choice.timing, "median_seconds",
+    monkeypatch.setattr(choice.timing, "one_call_seconds", lambda layer, *a, **k: first[layer.backend])
+    monkeypatch.setattr(choice.timing, "median_seconds",
                         lambda layer, *a, **k: timed.append(layer.backend) or (10.0 if layer.is_dense else 1.0))
     both = [backends.get("cpu"), backends.get("torch")]
-    assert plan_choice.choose_layer(conv, weight, None, "channel", both, x, "conv").backend == "cpu"
+    assert choose(conv, weight, "channel", both, x).backend == "cpu"
     assert timed == ["dense", "cpu", "torch"]  # both close to the best first call: both timed
     for slow, factor in (("torch", 1.6), ("cpu", 1.6), ("torch", 1.4)):
         timed.clear()
         first.update(cpu=1.0, torch=1.0)
         first[slow] = factor
-        plan_choice.choose_layer(conv, weight, None, "channel", both, x, "conv")
-        assert (slow in timed) == (factor < plan_choice.SCREEN), (slow, factor, timed)
+        choose(conv, weight, "channel", both, x)
+        assert (slow in timed) == (factor < choice.SCREEN), (slow, factor, timed)
 
 
 def test_measured_compile_is_never_slower_than_its_dense_plan_by_construction():

@@ -67,7 +67,7 @@ def test_timing_table_times_what_compile_builds_and_is_cached(tmp_path, monkeypa
     def no_measuring(*args, **kwargs):
         raise AssertionError("a cached table was measured again")
 
-    monkeypatch.setattr(timings, "timed_layer", no_measuring)
+    monkeypatch.setattr(timings, "choose", no_measuring)
     assert spdy.timing_table(model, x, LEVELS, cache=cache) == table
     with pytest.raises(AssertionError, match="measured again"):  # another key: another table
         spdy.timing_table(model, x[:4], LEVELS, cache=cache)
@@ -82,7 +82,7 @@ def test_reconstruction_fits_the_dense_outputs_better_than_masking():
     calib = [torch.randn(16, 3, 16, 16) for _ in range(2)]
     db = spdy.ErrorDatabase(model, ["6", "9"], LEVELS, calib_inputs=calib, reconstruct=True)
     plain = spdy.ErrorDatabase(model, ["6", "9"], LEVELS)
-    seen = sparsekit.recording.record_inputs(model, ["6", "9"], (calib[0],))
+    seen = sparsekit.compiler.recording.record_inputs(model, ["6", "9"], (calib[0],))
     for name in ("6", "9"):  # a grouped conv and a plain one
         conv = model.get_submodule(name)
         for level in (1, 2, 3):
@@ -171,7 +171,7 @@ def test_plan_meets_the_target_measured_and_compiles_the_masks():
     assert report.dense_format in ("nchw", "channels_last")
     assert set(masks) == {"3.weight", "6.weight", "9.weight"}
     assert [1 - float(masks[f"{n}.weight"].mean()) for n in report.layers] == pytest.approx(report.sparsities, abs=0.01)
-    reference = sparsekit.masked_model.dense_masked_copy(model, sparsekit.masks.collect_masks(model, masks))
+    reference = sparsekit.compiler.reference.dense_masked_copy(model, sparsekit.masks.collect_masks(model, masks))
     with torch.no_grad():
         assert torch.allclose(compiled(x), reference(x), atol=1e-4, rtol=1e-4)
     assert compiled.sparsekit_report.ok

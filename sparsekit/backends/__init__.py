@@ -2,9 +2,10 @@
 
 One module per backend (``cpu`` and ``cuda``: the C++ kernels of ``extension``;
 ``torch_blocks``: blocks as torch's dense conv / linear; ``triton``: Triton kernels;
-``reference``: plain torch, the definition) defines a ``Backend`` (``base``): its devices, dtypes, ``unavailable(device)`` with
-the reason, ``supports(pack)``, an optional ``prepack(pack)`` that builds its own layout (layers
-cache it, never save it) and its two ops, each defined from the one schema in ``schema``.
+``reference``: plain torch, the definition) defines a ``Backend`` (``base``): its devices,
+dtypes, ``unavailable(device)`` with the reason, ``supports(pack)``, ``prepack(pack)``, its own
+layout of a pack (layers hold it as state, never save it), ``cost(pack)``, its cost model (or
+none), and its two ops, each defined from the one schema in ``schema``.
 ``REGISTRY`` below lists them in the order ``auto`` prefers; adding a backend is its module and
 one line there. ``ops``, ``nn``, ``compile``, the CLI, the tests and the
 bench suites ask this module which backends exist and which may run what.

@@ -20,8 +20,8 @@ from torch import nn
 from tqdm import tqdm
 
 from ..errors import SparsekitError
-from ..masked_model import copy_model
-from ..recording import as_input_tuple, record_inputs
+from ..compiler.reference import copy_model
+from ..compiler.recording import as_input_tuple, record_inputs
 from ..zoo import calibrate_batchnorm
 from .levels import level_masks
 

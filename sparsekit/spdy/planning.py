@@ -3,8 +3,9 @@ the end-to-end speedup measured, not promised.
 
 The budget follows SPDY: the dense model's measured time over the target, less the time outside
 the prunable layers (the dense model's time less the table's dense layer times). The search's
-best choice is compiled and timed against the dense model (both compiled, BatchNorm folded, in
-alternation; the compiled model on the example inputs as given, the dense one in the faster of
+best choice is compiled, each layer with the plan its timing-table cell measured (nothing is
+timed again layer by layer), verified, and timed against the dense model (BatchNorm folded in
+both, in alternation; the compiled model on the example inputs as given, the dense one in the faster of
 NCHW and channels_last, so that the speedup is read against dense at its best: on CPU, pass
 channels_last inputs, in which the compiled model runs too). Layer times do not add up exactly,
 so while the measured speedup misses the target the budget shrinks by the shortfall and the next
@@ -19,11 +20,12 @@ import torch
 from torch import nn
 
 from .. import timing
-from ..api import compile as compile_model
+from ..compiler import LayerChoice, compile_choices
+from ..compiler.batchnorm import fold_batchnorms
+from ..compiler.recording import as_input_tuple
+from ..compiler.reference import dense_masked_copy
 from ..errors import SparsekitError
 from ..masks import SPARSE_MODULES
-from ..nn import SparseConv2d, SparseLinear
-from ..recording import as_input_tuple
 from .database import ErrorDatabase
 from .levels import DEFAULT_LEVELS
 from .program import DEFAULT_BUCKETS, solve
@@ -63,8 +65,11 @@ class PlanReport:
     def plot(self, path) -> None:
         """PNG: the chosen sparsity per layer, and loss against speedup for the candidates
         (predicted from the timing table) and the compiled choices (measured)."""
-        import matplotlib
-
+        try:
+            import matplotlib
+        except ImportError as error:
+            raise SparsekitError("PlanReport.plot needs matplotlib: pip install matplotlib "
+                                 "(or sparsekit[plots])") from error
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
@@ -84,10 +89,27 @@ class PlanReport:
         plt.close(figure)
 
 
-def every_layer_ones(model: nn.Module) -> dict:
-    """All-ones masks of every Conv2d / Linear: compile then folds every BatchNorm."""
-    return {f"{name}.weight": torch.ones_like(m.weight) for name, m in model.named_modules()
-            if isinstance(m, SPARSE_MODULES)}
+def dense_folded(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with its BatchNorms folded: the dense model compiled ones are timed
+    against."""
+    return fold_batchnorms(dense_masked_copy(model, {}))
+
+
+def compile_from_table(model: nn.Module, masks: dict, table, levels, example_inputs, *,
+                       progress: bool | None = None) -> nn.Module:
+    """``model`` compiled with ``masks`` (those of ``table``'s layers at ``levels``, one index
+    per layer): each of the table's layers with the plan its cell measured, every other Conv2d /
+    Linear dense, BatchNorm folded; verified numerically (no layer is timed)."""
+    plans = {name: table.plans[i][level] for i, (name, level) in enumerate(zip(table.layers, levels))}
+    every_layer = {f"{name}.weight": torch.ones_like(m.weight) for name, m in model.named_modules()
+                   if isinstance(m, SPARSE_MODULES)}  # so that every BatchNorm is folded
+
+    def decide(layer, layer_input) -> LayerChoice:
+        structure, backend = plans.get(layer.name, "dense/dense").split("/")
+        return LayerChoice(structure, backend)
+
+    return compile_choices(model, {**every_layer, **masks}, example_inputs, decide,
+                           measure=False, progress=progress)
 
 
 def _next_choice(tried: list, times, coefficients, budget, compiled: list, scorer, buckets):
@@ -142,8 +164,7 @@ def plan(model: nn.Module, example_inputs, target_speedup: float, calib, loss_fn
     calib = list(calib)
     table = timing_table(model, inputs, levels, structure, backend, transform, cache=cache, progress=progress)
     times = torch.tensor(table.seconds, dtype=torch.float64)
-    everything = every_layer_ones(model)
-    dense = compile_model(model, everything, inputs, backend="dense", verify=False, measure=False)
+    dense = dense_folded(model)
     run_dense, dense_format, dense_seconds = timing.in_faster_format(dense, *inputs, min_run_time=PAIRED_RUN_TIME)
     rest = max(0.0, dense_seconds - times[:, 0].sum().item())  # time outside the prunable layers
     budget, fastest = dense_seconds / target - rest, times.min(dim=1).values.sum().item()
@@ -168,8 +189,7 @@ def plan(model: nn.Module, example_inputs, target_speedup: float, calib, loss_fn
     choice, attempts, compiled_choices = best.choice, [], []
     for _ in range(rounds):
         masks = database.masks_of(choice)
-        compiled = compile_model(database.stitched(choice), {**everything, **masks}, inputs, structure=structure,
-                                 backend=backend, progress=progress)
+        compiled = compile_from_table(database.stitched(choice), masks, table, choice, inputs, progress=progress)
         measured = timing.paired_ms({"dense": run_dense, "compiled": lambda: compiled(*inputs)},
                                     min_run_time=PAIRED_RUN_TIME, device=inputs[0].device.type)
         speedup = measured["dense"] / measured["compiled"]
@@ -177,13 +197,11 @@ def plan(model: nn.Module, example_inputs, target_speedup: float, calib, loss_fn
         attempts.append({"budget_ms": 1e3 * budget, "predicted_speedup": predicted(seconds), "speedup": speedup,
                          "loss": scorer(choice), "dense_ms": measured["dense"], "compiled_ms": measured["compiled"]})
         if speedup >= target:
-            plans = {m.config["source"]["layer"]: f"{m.config['structure']}/{m.backend}"
-                     for m in compiled.modules() if isinstance(m, (SparseConv2d, SparseLinear))}
             report = PlanReport(
                 target=target, speedup=speedup, dense_ms=measured["dense"], compiled_ms=measured["compiled"],
                 dense_format=dense_format,
                 loss=scorer(choice), layers=table.layers, sparsities=[table.levels[i] for i in choice],
-                plans=[plans.get(name, "dense/dense") for name in table.layers], rounds=attempts,
+                plans=[table.plans[layer][level] for layer, level in enumerate(choice)], rounds=attempts,
                 candidates=[{"predicted_speedup": predicted(c.seconds), "loss": c.loss, "choice": c.choice}
                             for c in tried],
                 table_seconds=table.build_seconds, search_seconds=search_seconds)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..errors import SparsekitError
-from ..recording import as_input_tuple
+from ..compiler.recording import as_input_tuple
 from .database import ErrorDatabase
 from .program import DEFAULT_BUCKETS, solve
 

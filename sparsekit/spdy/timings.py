@@ -1,13 +1,15 @@
 """SPDY's timing table: each prunable layer at each sparsity level, packed the way compile packs
 it and timed on the input it really receives.
 
-A cell is the layer compile would build for that level's mask (``plan_choice.timed_layer``: every
-plan on every competing backend, checked against the dense layer, the fastest kept if it beats
-dense) and its median time; level 0 is the dense layer, timed once per layer. Tables are cached
+A cell is the layer compile would build for that level's mask (``compiler.choice``: every plan
+on every competing backend, checked against the dense layer, the fastest kept if it beats dense)
+and its median time; level 0 is the dense layer, timed once per layer. The cells' plans are what
+``sparsekit.plan`` builds its compiled models from, without timing again. Tables are cached
 in a JSON file under a key of everything they depend on (device, dtype, threads, input shapes,
 layers and their inputs' memory formats, levels, structure, transform, backend, package version).
 """
 
+import dataclasses
 import json
 import sys
 import time
@@ -18,13 +20,13 @@ import torch
 from tqdm import tqdm
 
 from .. import __version__, timing
+from ..compiler.batchnorm import folded_layers
+from ..compiler.building import build_layer
+from ..compiler.choice import choose, competing_backends
+from ..compiler.recording import as_input_tuple, record_inputs
 from ..errors import SparsekitError
 from ..geometry import is_channels_last
-from ..graph import conv_bn_pairs
-from ..masked_model import folded_weight
-from ..plan_choice import competing_backends, timed_layer
 from ..planners import STRUCTURES
-from ..recording import as_input_tuple, record_inputs
 from ..transforms import prunable_convs
 from .levels import DEFAULT_LEVELS, check_levels, check_transform, level_masks
 
@@ -36,7 +38,7 @@ class TimingTable:
     layers: list[str]
     levels: list[float]
     seconds: list[list[float]]  # [layer][level]: the median time of the layer compile would build
-    plans: list[list[str]]  # [layer][level]: "structure/backend" of that layer
+    plans: list[list[str]]  # [layer][level]: "structure/backend" of that layer (LayerChoice.plan)
     key: dict  # what the times depend on (the cache key)
     build_seconds: float  # how long measuring the table took
 
@@ -107,24 +109,22 @@ def timing_table(model, example_inputs, levels=DEFAULT_LEVELS, structure: str = 
 
     parameter = next(iter(model.parameters()))
     competitors = competing_backends(backend, parameter.device, parameter.dtype)
-    pairs = dict(conv_bn_pairs(model))
     seconds, plans = [], []
     started = time.perf_counter()
     bar = tqdm(total=len(names) * len(levels), desc="sparsekit.spdy.timing_table", unit="cell",
                disable=not (sys.stderr.isatty() if progress is None else progress))
-    for name in names:
-        module, x = modules[name], layer_inputs[name]
-        weight, bias = folded_weight(module, modules[pairs[name]] if name in pairs else None)
-        dense, _ = timed_layer(module, weight, bias, "dense", [], x, name)
+    for layer in folded_layers(model, names):
+        x = layer_inputs[layer.name]
+        dense = build_layer(layer.module, layer.weight, layer.bias, "dense", name=layer.name)
         dense_seconds = timing.median_seconds(dense, x, min_run_time=min_run_time)
         row, row_plans = [dense_seconds], ["dense/dense"]
         bar.update()
-        for mask in level_masks(module.weight, levels[1:], transform):
-            mask = mask.to(weight.dtype)
-            layer, cell = timed_layer(module, weight * mask, bias, structure, competitors, x, name,
-                                      dense_seconds=dense_seconds, min_run_time=min_run_time)
-            row.append(cell)
-            row_plans.append(f"{layer.config['structure']}/{layer.backend}")
+        for mask in level_masks(layer.module.weight, levels[1:], transform):
+            masked = dataclasses.replace(layer, weight=layer.weight * mask.to(layer.weight.dtype))
+            choice = choose(masked, structure, competitors, x, dense_seconds=dense_seconds,
+                            min_run_time=min_run_time)
+            row.append(choice.seconds)
+            row_plans.append(choice.plan)
             bar.update()
         seconds.append(row)
         plans.append(row_plans)

@@ -1,10 +1,10 @@
-"""Running a model while recording what its layers see: the inputs compile() times plans on and
-the inputs and outputs verify() compares layer by layer."""
+"""Stage 3 of compile: running a model while recording what its layers see, the inputs compile
+checks and times plans on and the inputs and outputs verify compares layer by layer."""
 
 import torch
 from torch import nn
 
-from .errors import SparsekitError
+from ..errors import SparsekitError
 
 
 def as_input_tuple(example_inputs) -> tuple:

@@ -1,8 +1,7 @@
-"""The dense masked model: what a compiled model must compute, and the weights its layers pack.
+"""Stage 1 of compile: the dense masked model, what a compiled model must compute.
 
-``dense_masked_copy`` is the reference (a copy in eval mode, prune hooks and parametrizations
-made permanent, every mask applied); ``folded_weight`` is a conv's weight and bias with the
-BatchNorm that follows it folded in, the effective weight a sparse layer packs.
+``dense_masked_copy`` is the reference: a copy in eval mode, prune hooks and parametrizations
+made permanent, every mask applied.
 """
 
 import copy
@@ -12,8 +11,7 @@ import torch.nn.utils.prune as prune
 from torch import nn
 from torch.nn.utils import parametrize
 
-from . import masks as masks_lib
-from .graph import batchnorm_affine
+from .. import masks as masks_lib
 
 
 def copy_model(model: nn.Module) -> nn.Module:
@@ -48,17 +46,3 @@ def dense_masked_copy(model: nn.Module, layer_masks: dict) -> nn.Module:
     reference = copy_model(model)
     make_dense_masked(reference, layer_masks)
     return reference.eval()
-
-
-def folded_weight(module: nn.Module, bn: nn.BatchNorm2d | None):
-    """The layer's weight and bias, with the BatchNorm that follows it folded in (in fp64)."""
-    weight = module.weight.detach()
-    bias = None if module.bias is None else module.bias.detach()
-    if bn is None:
-        return weight, bias
-    gamma, beta = batchnorm_affine(bn)
-    scale = gamma * torch.rsqrt(bn.running_var.double() + bn.eps)
-    shift = beta - bn.running_mean.double() * scale
-    folded_bias = shift if bias is None else bias.double() * scale + shift
-    folded = weight.double() * scale.view(-1, *([1] * (weight.dim() - 1)))
-    return folded.to(weight.dtype), folded_bias.to(weight.dtype)

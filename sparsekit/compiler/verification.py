@@ -1,4 +1,5 @@
-"""verify(compiled, reference, example_inputs): numerical and latency check against dense.
+"""Stage 6 of compile: verify(compiled, reference, example_inputs), the numerical and latency
+check against the dense reference (also public: ``sparsekit.verify``).
 
 Per sparse layer: the reference's input to that layer is fed to the compiled layer and its
 output compared with the reference's (the BatchNorm's output where one was folded in); dense
@@ -17,10 +18,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from . import timing, tolerance
-from .errors import SparsekitError, SparsekitWarning
-from .geometry import output_memory_format
-from .nn import SparseConv2d, SparseLinear
+from .. import timing, tolerance
+from ..errors import SparsekitError, SparsekitWarning
+from ..geometry import output_memory_format
+from ..nn import SparseConv2d, SparseLinear
 from .recording import run_recording
 
 MIN_RUN_TIME = 0.2  # seconds of timing per layer and side (the model: four times that)

@@ -1,0 +1,123 @@
+"""sparsekit.compile(model, mask): the stages of ``sparsekit.compiler`` in order. ``compile``
+chooses each layer's plan by measurement (``choice``); ``compile_choices`` runs the same
+pipeline with choices made elsewhere (SPDY's timing tables)."""
+
+import copy
+import sys
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .. import masks as masks_lib
+from ..errors import SparsekitError, SparsekitWarning
+from ..planners import STRUCTURES
+from .batchnorm import FoldedLayer, folded_layers
+from .building import build_model
+from .choice import LayerChoice, choose, competing_backends
+from .recording import as_input_tuple, record_inputs
+from .reference import dense_masked_copy, make_dense_masked
+from .verification import verify as verify_model
+
+# (a layer, the input it receives on the example inputs or None) -> its plan
+Decide = Callable[[FoldedLayer, torch.Tensor | None], LayerChoice]
+
+
+def compile(  # noqa: A001 - the package's verb, as in torch.compile
+    model: nn.Module,
+    mask=None,
+    example_inputs=None,
+    *,
+    structure: str = "auto",
+    backend: str = "auto",
+    inplace: bool = False,
+    verify: bool = True,
+    fold_bn: bool = True,
+    measure: bool = True,
+    progress: bool | None = None,
+) -> nn.Module:
+    """A new module computing the dense masked model's eval forward with sparse layers.
+
+    ``mask``: see ``masks.collect_masks`` (``None``: the model's live prune masks, else the zeros
+    in its weights). ``example_inputs``: a tensor or tuple of positional inputs; with them the
+    plan of every layer (dense, or a packed ``structure`` on a ``backend``) is first checked
+    against the dense layer on the input it receives (a candidate that differs or raises is
+    dropped with a warning; a layer the inputs never reach stays dense), then chosen by measured
+    latency (``measure=False``: by the backends' cost models); ``verify=True`` checks the result
+    and attaches the report as ``compiled.sparsekit_report``, raising ``SparsekitError`` on a
+    mismatch. Without them plans follow the cost models and nothing is checked (a warning says
+    so). ``backend``: ``"auto"``, ``"dense"`` or a name of ``sparsekit.backends``.
+    ``inplace=True`` modifies ``model`` itself instead of a copy; ``progress`` shows a progress
+    bar over the layers (default: when stderr is a terminal).
+    """
+    _check_model(model)
+    if structure not in STRUCTURES:
+        raise SparsekitError(f"structure: {structure!r} is not one of {', '.join(STRUCTURES)}")
+    parameter = next(iter(model.parameters()), torch.empty(0))
+    competitors = competing_backends(backend, parameter.device, parameter.dtype)
+    reached = bool(as_input_tuple(example_inputs))
+
+    def decide(layer: FoldedLayer, layer_input) -> LayerChoice:
+        if reached and layer_input is None:  # no input to check a plan on
+            warnings.warn(f"sparsekit.compile: the example inputs never reach layer {layer.name!r}, so "
+                          "it stays dense", SparsekitWarning, stacklevel=4)  # compile's caller
+            return LayerChoice()
+        return choose(layer, structure, competitors, layer_input, measure=measure)
+
+    return compile_choices(model, mask, example_inputs, decide, inplace=inplace, verify=verify,
+                           fold_bn=fold_bn, measure=measure, progress=progress)
+
+
+def compile_choices(model: nn.Module, mask, example_inputs, decide: Decide, *, inplace: bool = False,
+                    verify: bool = True, fold_bn: bool = True, measure: bool = True,
+                    progress: bool | None = None) -> nn.Module:
+    """``compile``'s pipeline with each layer's plan given by ``decide(layer, its input)``: the
+    reference (stage 1), BatchNorm folded (2), the layers' inputs recorded (3), their choices
+    (4), the modules built (5), the result verified (6)."""
+    _check_model(model)
+    inputs = as_input_tuple(example_inputs)
+    checked = verify and bool(inputs)
+    layer_masks = masks_lib.collect_masks(model, mask)
+    targets = [  # the masked layers, or every Conv2d / Linear when no mask is given
+        name for name, module in model.named_modules()
+        if isinstance(module, masks_lib.SPARSE_MODULES) and (not layer_masks or name in layer_masks)
+    ]
+
+    reference = dense_masked_copy(model, layer_masks)
+    if inplace:
+        make_dense_masked(model, layer_masks)
+        compiled = model
+    else:  # built on a copy of the reference, or on the reference itself when nothing checks it
+        compiled = copy.deepcopy(reference) if checked else reference
+    layers = folded_layers(reference, targets, fold=fold_bn)
+    layer_inputs = record_inputs(reference, targets, inputs) if inputs else {}
+    if progress is None:
+        progress = sys.stderr.isatty()
+    choices = {}
+    for layer in tqdm(layers, desc="sparsekit.compile", unit="layer", disable=not progress):
+        choices[layer.name] = decide(layer, layer_inputs.get(layer.name))
+    build_model(compiled, layers, choices)
+
+    if checked:
+        report = verify_model(compiled, reference, inputs, measure=measure)
+        compiled.sparsekit_report = report
+        report.raise_on_mismatch()
+    elif verify:
+        warnings.warn(
+            "sparsekit.compile: no example_inputs, so no candidate plan was checked, plans follow "
+            "the cost models and the compiled model was not verified",
+            SparsekitWarning, stacklevel=3,
+        )
+    return compiled
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise SparsekitError(f"model: expected an nn.Module, got {type(model).__name__}")
+    if model.training:
+        raise SparsekitError(
+            "model is in training mode: compile builds an inference model with eval semantics "
+            "(BatchNorm folded with its running statistics); call model.eval() first"
+        )
