@@ -194,9 +194,15 @@ PlanesGrid::PlanesGrid(const BlockConvParams& p, const PlanesWeights& weights) {
     for (int64_t kw = 0; kw < s.KW; ++kw)
       tap_offset[kh * s.KW + kw] = (h.phase[kh] * w.stride + w.phase[kw]) * plane +
                                    ((h.shift[kh] + h.lead) * w.extent + w.shift[kw] + w.lead) * unit;
-  offsets.resize(weights.columns);
+  // The offsets live in a buffer of the constructing thread, reused by its next call (no
+  // allocation, no zeroing: every one is written).
+  static thread_local std::vector<int32_t> offset_buffer;
+  if (int64_t(offset_buffer.size()) < weights.columns) offset_buffer.resize(weights.columns);
+  int32_t* offset = offset_buffer.data();
+  const int64_t channel_floats = phases * plane;
   for (int64_t k = 0; k < weights.columns; ++k)
-    offsets[k] = int32_t(weights.channel[k] * phases * plane + tap_offset[weights.tap[k]]);
+    offset[k] = int32_t(weights.channel[k] * channel_floats + tap_offset[weights.tap[k]]);
+  offsets = offset;
 
   // Channel chunks whose reads by one tile fit kChunkFloats (the union over the taps of
   // [offset, offset + TP), for one channel), or wider where a group would have fewer than
@@ -217,17 +223,14 @@ PlanesGrid::PlanesGrid(const BlockConvParams& p, const PlanesWeights& weights) {
     chunk_channels = std::clamp<int64_t>(std::max(kChunkFloats / footprint, wide), 1, s.C);
   }
   chunks = (s.C + chunk_channels - 1) / chunk_channels;
-  // Each group's columns are in channel order: a chunk is a run of them.
+  // Each group's columns are in channel order: a chunk is a run of them, found by bisection.
   cuts.resize(G * (chunks + 1));
   for (int64_t g = 0; g < G; ++g) {
     const PlanesGroupRecord& r = weights.records[g];
     const int32_t* channel = weights.channel + r.first_column;
-    int64_t k = 0;
-    for (int64_t j = 0; j < chunks; ++j) {
-      cuts[g * (chunks + 1) + j] = k;
-      while (k < r.num_columns && channel[k] < (j + 1) * chunk_channels) ++k;
-    }
-    cuts[g * (chunks + 1) + chunks] = r.num_columns;
+    for (int64_t j = 0; j <= chunks; ++j)
+      cuts[g * (chunks + 1) + j] =
+          std::lower_bound(channel, channel + r.num_columns, j * chunk_channels) - channel;
   }
 }
 
@@ -390,7 +393,7 @@ void BlockConv::run_tiles(int64_t begin, int64_t end, TileTimes* times) const {
         const PlanesGroupRecord& r = w_.records[g];
         const int64_t first = grid_.cut(int64_t(g), chunk), count = grid_.cut(int64_t(g), chunk + 1) - first;
         if (count > 0)
-          group_tile(w_.groups[g].rows, grid_.offsets.data() + r.first_column + first,
+          group_tile(w_.groups[g].rows, grid_.offsets + r.first_column + first,
                      w_.weights + r.weights_at + first * r.num_rows, count, x, acc);
       }
     const auto computed = times ? clock::now() : clock::time_point();

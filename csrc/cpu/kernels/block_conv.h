@@ -90,7 +90,9 @@ class PlanesGrid {
   int64_t tail = 0;          // zeros after the last plane, which the last tile's reads reach
   int64_t chunks = 1;        // channel chunks tiles sweep
   std::vector<int64_t> cuts;
-  std::vector<int32_t> offsets;  // per column of the layout: where it reads in the planes
+  // Per column of the layout: where it reads in the planes (in a buffer of the constructing
+  // thread, valid until its next call).
+  const int32_t* offsets = nullptr;
 };
 
 class BlockConv {
