@@ -24,7 +24,9 @@ PACKAGE_DIR = {"sparsekit.triton_kernels": "triton_kernels"}
 
 def version() -> str:
     """sparsekit.__version__, read from its source (importing it needs the extension built)."""
-    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "sparsekit", "__init__.py")) as f:
+    with open(
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), "sparsekit", "__init__.py")
+    ) as f:
         return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
 
 
@@ -42,14 +44,17 @@ def cutlass_include() -> str:
     """CuTe/CUTLASS headers, from the nvidia-cutlass wheel (its Python is never imported)."""
     spec = importlib.util.find_spec("cutlass_library")
     if spec is None:
-        raise SystemExit("the CUDA kernels need CUTLASS's headers: "
-                         "pip install --no-deps nvidia-cutlass==4.2.0.0")
+        raise SystemExit(
+            "the CUDA kernels need CUTLASS's headers: pip install --no-deps nvidia-cutlass==4.2.0.0"
+        )
     return os.path.join(spec.submodule_search_locations[0], "source", "include")
 
 
 def extension():
     cpu_sources = sorted(
-        glob.glob("csrc/*.cpp") + glob.glob("csrc/common/*.cpp") + glob.glob("csrc/cpu/**/*.cpp", recursive=True)
+        glob.glob("csrc/*.cpp")
+        + glob.glob("csrc/common/*.cpp")
+        + glob.glob("csrc/cpu/**/*.cpp", recursive=True)
     )
     # -fopenmp: at::parallel_for is an OpenMP pragma in torch's headers; without the flag it
     # runs on one thread. The extension then shares torch's own libgomp.so.1.
@@ -64,7 +69,10 @@ def extension():
         )
     # The CUDA kernels (nvcc, on CuTe) and their torch glue and host layout code (the host
     # compiler): csrc/cuda/block_ops.cpp, csrc/cuda/kernels/tile_layout.cpp.
-    cuda_sources = sorted(glob.glob("csrc/cuda/**/*.cu", recursive=True) + glob.glob("csrc/cuda/**/*.cpp", recursive=True))
+    cuda_sources = sorted(
+        glob.glob("csrc/cuda/**/*.cu", recursive=True)
+        + glob.glob("csrc/cuda/**/*.cpp", recursive=True)
+    )
     return CUDAExtension(
         "sparsekit._C",
         cpu_sources + cuda_sources,

@@ -20,7 +20,6 @@ from sparsekit import timing
 from sparsekit.backends import cpu
 from sparsekit.planners import cost
 
-
 SHAPES = [(256, 16, 16), (256, 8, 64)]  # (channels, size, batch)
 BLOCK_ROWS = (1, 2, 3, 6, 8, 12, 16, 32, 48, 64)
 KEEP = 0.2
@@ -51,8 +50,13 @@ def measure(channels: int, size: int, batch: int, rows: int, gen) -> dict:
     panel = cost.PANEL_ROWS
     computed = sum((-(-r // panel) * panel if exact else r) * c for r, c in shapes)
     dense_macs = channels * channels * 9
-    return {"rows": rows, "kernel": "exact" if exact else "planes", "ratio": ratio,
-            "per_mac": ratio * dense_macs / computed, "model": cpu.BACKEND.cost(layer.packed())}
+    return {
+        "rows": rows,
+        "kernel": "exact" if exact else "planes",
+        "ratio": ratio,
+        "per_mac": ratio * dense_macs / computed,
+        "model": cpu.BACKEND.cost(layer.packed()),
+    }
 
 
 def main() -> None:
@@ -62,13 +66,19 @@ def main() -> None:
         for rows in BLOCK_ROWS:
             r = measure(channels, size, batch, rows, gen)
             results.append(r)
-            print(f"{channels}ch {size}x{size} b{batch} R={rows:2d} {r['kernel']:6s} sparse/dense "
-                  f"{r['ratio']:.3f} (model {r['model']:.3f}), per computed MAC {r['per_mac']:.2f}",
-                  flush=True)
+            print(
+                f"{channels}ch {size}x{size} b{batch} R={rows:2d} {r['kernel']:6s} sparse/dense "
+                f"{r['ratio']:.3f} (model {r['model']:.3f}), per computed MAC {r['per_mac']:.2f}",
+                flush=True,
+            )
     exact = [r["per_mac"] for r in results if r["kernel"] == "exact"]
     print(f"exact-position kernel, per computed MAC: median {statistics.median(exact):.2f}")
     for tile in (1, 2, 3):
-        per = [r["per_mac"] for r in results if r["kernel"] == "planes" and PLANES_TILE.get(r["rows"]) == tile]
+        per = [
+            r["per_mac"]
+            for r in results
+            if r["kernel"] == "planes" and PLANES_TILE.get(r["rows"]) == tile
+        ]
         if per:
             print(f"planes kernel, {tile}-row tiles, per MAC: median {statistics.median(per):.2f}")
 

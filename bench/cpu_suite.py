@@ -7,10 +7,10 @@ unstructured masks at several sparsities, in fp32 and bf16, and a 4096x4096 line
 from layer-wise L1 masks (first conv and classifier dense) at 80%, refilled and plain, and plain
 at 90%. Every figure is a median of many runs on all of torch's threads (best of three medians
 taken in alternation with the other side), and every ratio is against dense, in its faster
-memory format (a single layer of sparsekit's in its own faster one), measured in the same run. Beside each: the FLOP limit, the fraction of the
-machine's fp32 peak (``bench.peak``), and for the C++ kernels where the time goes (input
-packing, micro-kernel, epilogue) and how many output grid positions they compute per real one;
-end to end, the same per layer.
+memory format (a single layer of sparsekit's in its own faster one), measured in the same run.
+Beside each: the FLOP limit, the fraction of the machine's fp32 peak (``bench.peak``), and for the
+C++ kernels where the time goes (input packing, micro-kernel, epilogue) and how many output grid
+positions they compute per real one; end to end, the same per layer.
 
     python -m bench.cpu_suite            # full: writes bench/results/cpu-<date>.{json,md,png}
     python -m bench.cpu_suite --quick    # seconds: tiny shapes, for CI
@@ -36,7 +36,12 @@ CPU = torch.device("cpu")
 
 FULL_CONVS = [(256, 8, 64), (512, 4, 64), (256, 16, 16), (512, 16, 16)]  # (channels, size, batch)
 QUICK_CONVS = [(32, 4, 2)]
-SPARSITIES = {"group": (0.5, 0.8, 0.9), "channel": (0.5, 0.8), "kernel": (0.9,), "unstructured": (0.8, 0.9)}
+SPARSITIES = {
+    "group": (0.5, 0.8, 0.9),
+    "channel": (0.5, 0.8),
+    "kernel": (0.9,),
+    "unstructured": (0.8, 0.9),
+}
 DTYPES = (torch.float32, torch.bfloat16)
 PROFILED_CALLS = 5  # calls of a C++ kernel profiled for its phase breakdown
 
@@ -52,21 +57,35 @@ def conv_cases(shapes, quick: bool, gen):
                 for dtype in DTYPES:
                     x, weight = x32.to(dtype), weight32.to(dtype)
                     layer = sparsekit.SparseConv2d.from_weight(weight, padding=1, structure=plan)
-                    dense, dense_format, _ = timing.in_faster_format(lambda x, w: F.conv2d(x, w, None, 1, 1), x, weight)
+                    dense, dense_format, _ = timing.in_faster_format(
+                        lambda x, w: F.conv2d(x, w, None, 1, 1), x, weight
+                    )
                     for backend in backends.auto(CPU, dtype, layer.packed()):  # all auto would time
                         twin = layer.with_backend(backend.name)
-                        sparse, sparse_format, _ = timing.in_faster_format(lambda x, l=twin: l(x), x)
-                        yield {
-                            "kind": "conv3x3", "shape": [channels, channels, 3, 3], "input": list(x.shape),
-                            "dtype": str(dtype).removeprefix("torch."), "structure": structure,
-                            "sparsity": round(1 - weight.ne(0).float().mean().item(), 4),
-                            "plan": layer.summary()["structure"], "backend": twin.backend,
-                            "blocks": layer.summary()["blocks"],
-                            "flop_limit": weight.numel() / weight.count_nonzero().item(),
-                            "dense_format": dense_format, "sparse_format": sparse_format,
-                            "dense_macs": weight.numel() * batch * size * size,
-                            "output_positions": batch * size * size,
-                        }, dense, sparse, None
+                        sparse, sparse_format, _ = timing.in_faster_format(
+                            lambda x, twin=twin: twin(x), x
+                        )
+                        yield (
+                            {
+                                "kind": "conv3x3",
+                                "shape": [channels, channels, 3, 3],
+                                "input": list(x.shape),
+                                "dtype": str(dtype).removeprefix("torch."),
+                                "structure": structure,
+                                "sparsity": round(1 - weight.ne(0).float().mean().item(), 4),
+                                "plan": layer.summary()["structure"],
+                                "backend": twin.backend,
+                                "blocks": layer.summary()["blocks"],
+                                "flop_limit": weight.numel() / weight.count_nonzero().item(),
+                                "dense_format": dense_format,
+                                "sparse_format": sparse_format,
+                                "dense_macs": weight.numel() * batch * size * size,
+                                "output_positions": batch * size * size,
+                            },
+                            dense,
+                            sparse,
+                            None,
+                        )
 
 
 def kernel_phases(run, calls: int = PROFILED_CALLS) -> dict:
@@ -102,13 +121,26 @@ def linear_cases(quick: bool, gen):
     x = torch.randn(batch, features, generator=gen)
     layer = sparsekit.SparseLinear.from_weight(weight, structure="group")
     bsr = weight.to_sparse_bsr((block, block))
-    yield {
-        "kind": "linear", "shape": [features, features], "input": list(x.shape), "dtype": "float32",
-        "structure": "group", "sparsity": round(1 - mask.float().mean().item(), 4),
-        "plan": layer.summary()["structure"], "backend": layer.backend, "blocks": layer.summary()["blocks"],
-        "bsr_block": block, "flop_limit": weight.numel() / weight.count_nonzero().item(),
-        "dense_macs": weight.numel() * batch, "output_positions": batch,
-    }, (lambda: F.linear(x, weight)), (lambda: layer(x)), (lambda: F.linear(x, bsr))
+    yield (
+        {
+            "kind": "linear",
+            "shape": [features, features],
+            "input": list(x.shape),
+            "dtype": "float32",
+            "structure": "group",
+            "sparsity": round(1 - mask.float().mean().item(), 4),
+            "plan": layer.summary()["structure"],
+            "backend": layer.backend,
+            "blocks": layer.summary()["blocks"],
+            "bsr_block": block,
+            "flop_limit": weight.numel() / weight.count_nonzero().item(),
+            "dense_macs": weight.numel() * batch,
+            "output_positions": batch,
+        },
+        (lambda: F.linear(x, weight)),
+        (lambda: layer(x)),
+        (lambda: F.linear(x, bsr)),
+    )
 
 
 MODELS = [("resnet18", 16), ("vgg16_bn", 16), ("resnet50", 4)]
@@ -120,7 +152,11 @@ def model_cases(quick: bool, gen):
     format) against the compiled channels_last one, whose BatchNorm statistics are calibrated
     under the masks so that its check against the dense masked model can fail; plans are chosen
     by measurement except in quick mode (cost model)."""
-    cases = [("wrn32_2", 2, "refill", 0.8)] if quick else [(*m, *k) for m in MODELS for k in MODEL_MASKS]
+    cases = (
+        [("wrn32_2", 2, "refill", 0.8)]
+        if quick
+        else [(*m, *k) for m in MODELS for k in MODEL_MASKS]
+    )
     for name, batch, kind, sparsity in cases:
         model = zoo.create(name).eval()
         shape = zoo.INPUT_SHAPES[name]
@@ -128,24 +164,42 @@ def model_cases(quick: bool, gen):
         masks = layerwise_magnitude_masks(model, sparsity)
         if kind == "refill":
             masks = refill_masks(model, masks)
-        zoo.calibrate_batchnorm(model, [torch.randn(8, *shape, generator=gen) for _ in range(2)], masks)
+        zoo.calibrate_batchnorm(
+            model, [torch.randn(8, *shape, generator=gen) for _ in range(2)], masks
+        )
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
         compiled = sparsekit.compile(model, masks, x, measure=not quick)
         report = compiled.sparsekit_report
         if not report.discriminating:
-            raise AssertionError(f"{name}: the reference output hardly depends on the input: {report.spread}")
+            raise AssertionError(
+                f"{name}: the reference output hardly depends on the input: {report.spread}"
+            )
         kept = sum(m.sum().item() for m in masks.values()) / sum(m.numel() for m in masks.values())
         dense, dense_format, _ = timing.in_faster_format(model, x)
-        yield {
-            "kind": "model", "shape": name, "input": list(x.shape), "dtype": "float32",
-            "structure": f"layer-wise {kind} {sparsity:.0%}", "sparsity": round(1 - kept, 4),
-            "plan": "per layer", "backend": "per layer", "blocks": sum(l.blocks for l in report.layers),
-            "flop_limit": flop_limit(model, masks, x), "dense_format": dense_format,
-            "dense_macs": sum(l.macs for l in report.layers),
-            "slower_layers": [l.name for l in report.layers if l.speedup and l.speedup < 1],
-            "layers": layer_breakdown(compiled, report, masks, x),
-        }, dense, (lambda c=compiled, x=x: c(x)), None
+        yield (
+            {
+                "kind": "model",
+                "shape": name,
+                "input": list(x.shape),
+                "dtype": "float32",
+                "structure": f"layer-wise {kind} {sparsity:.0%}",
+                "sparsity": round(1 - kept, 4),
+                "plan": "per layer",
+                "backend": "per layer",
+                "blocks": sum(info.blocks for info in report.layers),
+                "flop_limit": flop_limit(model, masks, x),
+                "dense_format": dense_format,
+                "dense_macs": sum(info.macs for info in report.layers),
+                "slower_layers": [
+                    info.name for info in report.layers if info.speedup and info.speedup < 1
+                ],
+                "layers": layer_breakdown(compiled, report, masks, x),
+            },
+            dense,
+            (lambda c=compiled, x=x: c(x)),
+            None,
+        )
 
 
 def layer_breakdown(compiled, report, masks, x) -> list[dict]:
@@ -153,20 +207,32 @@ def layer_breakdown(compiled, report, masks, x) -> list[dict]:
     mask's FLOP limit (whatever plan was chosen) and, for layers on the C++ kernels, their
     phase breakdown on the layer's own input."""
     inputs = {}
-    hooks = [compiled.get_submodule(l.name).register_forward_pre_hook(
-        lambda module, args, name=l.name: inputs.setdefault(name, args[0])) for l in report.layers]
+    hooks = [
+        compiled.get_submodule(info.name).register_forward_pre_hook(
+            lambda module, args, name=info.name: inputs.setdefault(name, args[0])
+        )
+        for info in report.layers
+    ]
     with torch.no_grad():
         compiled(x)
     for hook in hooks:
         hook.remove()
     rows = []
-    for l in report.layers:
-        layer, layer_input = compiled.get_submodule(l.name), inputs[l.name]
-        mask = masks.get(f"{l.name}.weight")
-        row = {"layer": l.name, "input": list(layer_input.shape), "structure": l.structure, "backend": l.backend,
-               "blocks": l.blocks, "flop_limit": 1.0 if mask is None else mask.numel() / mask.sum().item(),
-               "dense_ms": l.dense_ms, "sparse_ms": l.sparse_ms, "dense_macs": l.macs}
-        if l.backend == "cpu":
+    for info in report.layers:
+        layer, layer_input = compiled.get_submodule(info.name), inputs[info.name]
+        mask = masks.get(f"{info.name}.weight")
+        row = {
+            "layer": info.name,
+            "input": list(layer_input.shape),
+            "structure": info.structure,
+            "backend": info.backend,
+            "blocks": info.blocks,
+            "flop_limit": 1.0 if mask is None else mask.numel() / mask.sum().item(),
+            "dense_ms": info.dense_ms,
+            "sparse_ms": info.sparse_ms,
+            "dense_macs": info.macs,
+        }
+        if info.backend == "cpu":
             row |= kernel_phases(lambda: layer(layer_input))
             row["output_positions"] = layer_input.shape[0] * layer(layer_input).shape[2:].numel()
         rows.append(row)
@@ -177,8 +243,11 @@ def run(quick: bool, peak_macs: float, seed: int = 0) -> list[dict]:
     gen = torch.Generator().manual_seed(seed)
     min_run_time = 0.01 if quick else 0.2
     records = []
-    cases = (conv_cases(QUICK_CONVS if quick else FULL_CONVS, quick, gen), linear_cases(quick, gen),
-             model_cases(quick, gen))
+    cases = (
+        conv_cases(QUICK_CONVS if quick else FULL_CONVS, quick, gen),
+        linear_cases(quick, gen),
+        model_cases(quick, gen),
+    )
     for record, dense, sparse, bsr in (case for group in cases for case in group):
         sides = {"dense_ms": dense, "sparse_ms": sparse} | ({"bsr_ms": bsr} if bsr else {})
         record |= timing.paired_ms(sides, min_run_time)
@@ -213,43 +282,63 @@ def add_peak_fractions(r: dict, peak_macs: float) -> None:
 def _phases(r: dict) -> str:
     if "micro_ms" not in r:
         return " | | |"
-    return (f" {r['kernel']} | {r['pack_ms']:.2f} / {r['micro_ms']:.2f} / {r['epilogue_ms']:.2f} | "
-            f"{r['grid_per_position']:.2f} ({r['micro_peak']:.0%}) |")
+    return (
+        f" {r['kernel']} | {r['pack_ms']:.2f} / {r['micro_ms']:.2f} / {r['epilogue_ms']:.2f} | "
+        f"{r['grid_per_position']:.2f} ({r['micro_peak']:.0%}) |"
+    )
 
 
 def _row(r: dict) -> str:
     bsr = f"{r['bsr_ms']:.2f}" if "bsr_ms" in r else ""
-    return (f"| {r['kind']} | {r['shape']} | {r['input']} | {r['dtype']} | {r['structure']} | {r['sparsity']:.2f} | "
-            f"{r['plan']} | {r['backend']} | {r['dense_ms']:.2f} | {r['sparse_ms']:.2f} | {bsr} | {r['speedup']:.2f}x "
-            f"| {r['flop_limit']:.2f}x | {r['speedup'] / r['flop_limit']:.0%} | {r['dense_peak']:.0%} / "
-            f"{r['sparse_peak']:.0%} |" + _phases(r))
+    return (
+        f"| {r['kind']} | {r['shape']} | {r['input']} | {r['dtype']} | {r['structure']} | "
+        f"{r['sparsity']:.2f} | {r['plan']} | {r['backend']} | {r['dense_ms']:.2f} | "
+        f"{r['sparse_ms']:.2f} | {bsr} | {r['speedup']:.2f}x | {r['flop_limit']:.2f}x | "
+        f"{r['speedup'] / r['flop_limit']:.0%} | {r['dense_peak']:.0%} / {r['sparse_peak']:.0%} |"
+        + _phases(r)
+    )
 
 
-HEADER = ("| kind | shape | input | dtype | mask | sparsity | plan | backend | dense ms | sparsekit ms | torch BSR ms "
-          "| speedup | FLOP limit | of limit | % fp32 peak dense / sparse | C++ kernel | pack / micro / epilogue ms "
-          "| grid per position (micro % peak) |\n" + "| --- " * 18 + "|")
+HEADER = (
+    "| kind | shape | input | dtype | mask | sparsity | plan | backend | dense ms | sparsekit ms "
+    "| torch BSR ms | speedup | FLOP limit | of limit | % fp32 peak dense / sparse | C++ kernel "
+    "| pack / micro / epilogue ms | grid per position (micro % peak) |\n" + "| --- " * 18 + "|"
+)
 
 
-def _layer_row(model: dict, l: dict) -> str:
-    timed = l["dense_ms"] and l["sparse_ms"]  # compile measured them (not in quick mode)
-    times = f"{l['dense_ms']:.2f} | {l['sparse_ms']:.2f} | {l['dense_ms'] / l['sparse_ms']:.2f}x" if timed else "| |"
-    peak = f"{l['sparse_peak']:.0%}" if "sparse_peak" in l else ""
-    return (f"| {model['shape']} | {model['structure']} | {l['layer']} | {l['input']} | {l['structure']} | "
-            f"{l['backend']} | {times} | {l['flop_limit']:.2f}x | {peak} |" + _phases(l))
+def _layer_row(model: dict, layer: dict) -> str:
+    timed = layer["dense_ms"] and layer["sparse_ms"]  # compile measured them (not in quick mode)
+    times = (
+        f"{layer['dense_ms']:.2f} | {layer['sparse_ms']:.2f} | "
+        f"{layer['dense_ms'] / layer['sparse_ms']:.2f}x"
+        if timed
+        else "| |"
+    )
+    peak = f"{layer['sparse_peak']:.0%}" if "sparse_peak" in layer else ""
+    return (
+        f"| {model['shape']} | {model['structure']} | {layer['layer']} | {layer['input']} | "
+        f"{layer['structure']} | {layer['backend']} | {times} | {layer['flop_limit']:.2f}x | "
+        f"{peak} |" + _phases(layer)
+    )
 
 
-LAYER_HEADER = ("| model | mask | layer | input | plan | backend | dense ms | sparsekit ms | speedup | FLOP limit "
-                "| % fp32 peak | C++ kernel | pack / micro / epilogue ms | grid per position (micro % peak) |\n"
-                + "| --- " * 14 + "|")
+LAYER_HEADER = (
+    "| model | mask | layer | input | plan | backend | dense ms | sparsekit ms | speedup "
+    "| FLOP limit | % fp32 peak | C++ kernel | pack / micro / epilogue ms "
+    "| grid per position (micro % peak) |\n" + "| --- " * 14 + "|"
+)
 
 
 def environment(command: str, peak_macs: float) -> dict:
     return {
         "device": f"{timing.device_name('cpu')} ({torch.backends.cpu.get_cpu_capability()})",
         "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "sparsekit": sparsekit.__version__,
-        "dtypes": [str(d).removeprefix("torch.") for d in DTYPES], "fp32_peak_gmacs": peak_macs / 1e9,
-        "date": datetime.date.today().isoformat(), "command": command,
+        "torch": torch.__version__,
+        "sparsekit": sparsekit.__version__,
+        "dtypes": [str(d).removeprefix("torch.") for d in DTYPES],
+        "fp32_peak_gmacs": peak_macs / 1e9,
+        "date": datetime.date.today().isoformat(),
+        "command": command,
     }
 
 
@@ -262,37 +351,61 @@ def plot(records: list[dict], path: Path) -> None:
     figure, axes = plt.subplots(figsize=(7, 4.5))
     layers = [r for r in records if r["kind"] == "conv3x3" and r["dtype"] == "float32"]
     timed = sorted({r["backend"] for r in layers}, key=backends.names().index)
-    for color, (structure, marker) in enumerate((("group", "o"), ("channel", "s"), ("kernel", "^"),
-                                                          ("unstructured", "D"))):
+    for color, (structure, marker) in enumerate(
+        (("group", "o"), ("channel", "s"), ("kernel", "^"), ("unstructured", "D"))
+    ):
         for backend in timed:  # the first backend filled, the others hollow
             fill = f"C{color}" if backend == timed[0] else "none"
-            points = [(r["sparsity"], r["speedup"]) for r in layers
-                      if r["structure"] == structure and r["backend"] == backend]
+            points = [
+                (r["sparsity"], r["speedup"])
+                for r in layers
+                if r["structure"] == structure and r["backend"] == backend
+            ]
             if points:
-                axes.scatter(*zip(*points), marker=marker, facecolors=fill, edgecolors=f"C{color}",
-                             label=f"{structure} masks, backend {backend}")
+                axes.scatter(
+                    *zip(*points),
+                    marker=marker,
+                    facecolors=fill,
+                    edgecolors=f"C{color}",
+                    label=f"{structure} masks, backend {backend}",
+                )
     s = torch.linspace(0, 0.92, 100)
     axes.plot(s, 1 / (1 - s), "k--", linewidth=1, label="limit 1/(1-s)")
     axes.axhline(1, color="grey", linewidth=0.8)
-    axes.set(xlabel="sparsity", ylabel="speedup over torch dense (oneDNN)", yscale="log",
-             title="sparsekit block_conv2d on CPU, 3x3 convs, fp32")
+    axes.set(
+        xlabel="sparsity",
+        ylabel="speedup over torch dense (oneDNN)",
+        yscale="log",
+        title="sparsekit block_conv2d on CPU, 3x3 convs, fp32",
+    )
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
 
 def main(argv=None) -> list[dict]:
-    args, command = suite_arguments(argv, __doc__.splitlines()[0], "bench.cpu_suite", "tiny shapes, seconds (for CI)")
+    args, command = suite_arguments(
+        argv, __doc__.splitlines()[0], "bench.cpu_suite", "tiny shapes, seconds (for CI)"
+    )
     peak_macs = fp32_peak_macs()
     env = environment(command, peak_macs)
-    title = (f"{env['device']}, {env['threads']} threads, torch {env['torch']}, fp32 peak "
-             f"{env['fp32_peak_gmacs']:.0f} GMAC/s (`python -m bench.peak`)")
+    title = (
+        f"{env['device']}, {env['threads']} threads, torch {env['torch']}, fp32 peak "
+        f"{env['fp32_peak_gmacs']:.0f} GMAC/s (`python -m bench.peak`)"
+    )
     print(f"{title}\n{HEADER}")
     records = run(args.quick, peak_macs)
     stem = args.out / f"cpu-{env['date']}{'-quick' if args.quick else ''}"
-    layers = [_layer_row(r, l) for r in records for l in r.get("layers", ())]
-    write_results(stem, env, title, HEADER, list(map(_row, records)), records,
-                  extra=f"\n## End to end, per layer\n\n{LAYER_HEADER}\n" + "\n".join(layers) + "\n")
+    layers = [_layer_row(r, layer) for r in records for layer in r.get("layers", ())]
+    write_results(
+        stem,
+        env,
+        title,
+        HEADER,
+        list(map(_row, records)),
+        records,
+        extra=f"\n## End to end, per layer\n\n{LAYER_HEADER}\n" + "\n".join(layers) + "\n",
+    )
     plot(records, stem.with_suffix(".png"))
     return records
 

@@ -4,18 +4,19 @@ Per layer: the 3x3 convs of ResNet-50 at 224 (batch 64) and VGG-16 at 32x32 (bat
 group-wise (row groups of 32), channel-wise and kernel-wise masks, in bf16 and strict fp32
 (cuDNN with TF32 off as well); block-sparse linears 4096x4096 and 11008x4096 at 80% sparsity
 in 32x32 blocks, batch 2048, bf16, also against ``torch.sparse._triton_ops.bsr_dense_mm`` on
-the same blocks. End to end: zoo ResNet-18 and VGG-16-BN at 32x32, batch 64, refilled
-80% masks, compiled with measured plans. Each case checks the result against the dense layer before it is timed.
-Times are ``triton.testing.do_bench`` medians (CUDA events; warm-up and autotuning excluded) of
-each side in NCHW and channels_last, the faster counting (do_bench clears the L2 cache before
-each call); on a GPU each side is timed again replayed from a CUDA graph (``graph``, its own
-faster format), which leaves out the host's launch cost and runs the calls back to back, so
-weights and inputs that fit the L2 stay there (dense and the backends marked ``graph_safe``: the
-torch backend and torch's BSR read tables on the host).
+the same blocks. End to end: zoo ResNet-18 and VGG-16-BN at 32x32, batch 64, refilled 80% masks,
+compiled with measured plans. Each case checks the result against the dense layer before it is
+timed. Times are ``triton.testing.do_bench`` medians (CUDA events; warm-up and autotuning excluded)
+of each side in NCHW and channels_last, the faster counting (do_bench clears the L2 cache before
+each call); on a GPU each side is timed again replayed from a CUDA graph (``graph``, its own faster
+format), which leaves out the host's launch cost and runs the calls back to back, so weights and
+inputs that fit the L2 stay there (dense and the backends marked ``graph_safe``: the torch backend
+and torch's BSR read tables on the host).
 
     python -m bench.gpu_suite            # on a GPU: writes bench/results/gpu-<device>-<date>.json
     python -m bench.gpu_suite --quick    # tiny shapes; without a GPU it runs under
-                                         # TRITON_INTERPRET=1 and times on the CPU (a plumbing check)
+                                         # TRITON_INTERPRET=1 and times on the CPU
+                                         # (a plumbing check)
     python -m bench.gpu_suite --part bfloat16   # one part: a dtype's convs, "linear" or "models"
                                                 # (each fits a 10-minute call)
     SPARSEKIT_BENCH_ALSO=cuda python -m bench.gpu_suite --part bfloat16   # also time a backend
@@ -46,8 +47,11 @@ from .report import suite_arguments, write_results  # noqa: E402
 DEVICE = "cuda" if GPU else "cpu"
 # (channels, map size, batch, where the layer comes from)
 FULL_CONVS = [
-    (256, 14, 64, "resnet50 layer3 @224"), (512, 7, 64, "resnet50 layer4 @224"),
-    (256, 8, 256, "vgg16 @32"), (512, 4, 256, "vgg16 @32"), (512, 2, 256, "vgg16 @32"),
+    (256, 14, 64, "resnet50 layer3 @224"),
+    (512, 7, 64, "resnet50 layer4 @224"),
+    (256, 8, 256, "vgg16 @32"),
+    (512, 4, 256, "vgg16 @32"),
+    (512, 2, 256, "vgg16 @32"),
 ]
 QUICK_CONVS = [(32, 4, 2, "tiny")]
 MASKS = [("group", 0.5), ("group", 0.8), ("channel", 0.8), ("kernel", 0.9)]
@@ -65,21 +69,37 @@ QUICK_MODELS = [("wrn32_2", 2)]
 # strict fp32 only: in bf16 the outputs of these randomly initialised models spread across the
 # batch less than bf16's bound (measured on an H200), so compile's check could not fail
 MODEL_DTYPES = ["float32"]
-PRECISIONS = {"float32": torch.float32, "tf32": "tf32", "bfloat16": torch.bfloat16}  # keys of the tolerance table
+PRECISIONS = {
+    "float32": torch.float32,
+    "tf32": "tf32",
+    "bfloat16": torch.bfloat16,
+}  # keys of the tolerance table
 # SPARSEKIT_BENCH_ALSO=cuda,...: time these backends too, though not yet benchmarked (the first
 # timing of a backend that has just passed its GPU tests)
 ALSO = set(filter(None, os.environ.get("SPARSEKIT_BENCH_ALSO", "").split(",")))
 if ALSO - set(backends.REGISTRY):
-    raise SystemExit(f"SPARSEKIT_BENCH_ALSO names no backend: {', '.join(sorted(ALSO - set(backends.REGISTRY)))}")
-GPU_BACKENDS = [b for b in backends.REGISTRY.values()
-                if "cuda" in b.devices and (b.benchmarked or b.name in ALSO)]
+    raise SystemExit(
+        f"SPARSEKIT_BENCH_ALSO names no backend: {', '.join(sorted(ALSO - set(backends.REGISTRY)))}"
+    )
+GPU_BACKENDS = [
+    b
+    for b in backends.REGISTRY.values()
+    if "cuda" in b.devices and (b.benchmarked or b.name in ALSO)
+]
 
 
 FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 # sides a CUDA graph can hold: dense, the backends that never wait on the host, and a compiled
 # model when every backend ``auto`` may give it on CUDA is one of those
-GRAPHED = {"dense"} | {b.name for b in GPU_BACKENDS if b.graph_safe} | (
-    {"sparsekit"} if all(b.graph_safe for b in backends.REGISTRY.values() if "cuda" in b.auto_on) else set())
+GRAPHED = (
+    {"dense"}
+    | {b.name for b in GPU_BACKENDS if b.graph_safe}
+    | (
+        {"sparsekit"}
+        if all(b.graph_safe for b in backends.REGISTRY.values() if "cuda" in b.auto_on)
+        else set()
+    )
+)
 
 
 def median_ms(fn) -> float:
@@ -108,11 +128,15 @@ def time_case(record: dict, dense: dict, sides: dict, dtype: str) -> dict:
         error = max(tolerance.max_error(fn(), expected) for fn in by_format.values())
         record[f"{name}_error"] = error
         if not error <= record["bound"]:
-            raise AssertionError(f"{record['shape']} {name}: max error {error:.2e} > {record['bound']:.2e}")
+            raise AssertionError(
+                f"{record['shape']} {name}: max error {error:.2e} > {record['bound']:.2e}"
+            )
     for name, by_format in {"dense": dense, **sides}.items():
         timers = {"": median_ms} | ({"graph_": graph_ms} if GPU and name in GRAPHED else {})
         for prefix, timer in timers.items():  # each way of timing picks its faster format
-            by_ms = record[f"{name}_{prefix}ms_by_format"] = {fmt: timer(fn) for fmt, fn in by_format.items()}
+            by_ms = record[f"{name}_{prefix}ms_by_format"] = {
+                fmt: timer(fn) for fmt, fn in by_format.items()
+            }
             record[f"{name}_{prefix}format"] = min(by_ms, key=by_ms.get)
             record[f"{name}_{prefix}ms"] = by_ms[record[f"{name}_{prefix}format"]]
     for name in sides:
@@ -129,7 +153,8 @@ def backend_sides(layer_on, packed, inputs: dict) -> dict:
     x = next(iter(inputs.values()))
     return {
         b.name: {fmt: (lambda layer=layer_on(b.name), x=x: layer(x)) for fmt, x in inputs.items()}
-        for b in GPU_BACKENDS if b.problem(x.device, x.dtype, packed) is None
+        for b in GPU_BACKENDS
+        if b.problem(x.device, x.dtype, packed) is None
     }
 
 
@@ -144,16 +169,28 @@ def conv_cases(convs, dtypes, gen):
                 weight = (weight * conv_mask(structure, channels, sparsity, gen)).to(DEVICE, dtype)
                 packed = sparsekit.pack(weight, structure=structure)
                 record = {
-                    "kind": "conv3x3", "origin": origin, "shape": [channels, channels, 3, 3],
-                    "input": list(x.shape), "dtype": dtype_name, "structure": structure,
+                    "kind": "conv3x3",
+                    "origin": origin,
+                    "shape": [channels, channels, 3, 3],
+                    "input": list(x.shape),
+                    "dtype": dtype_name,
+                    "structure": structure,
                     "sparsity": round(1 - weight.ne(0).float().mean().item(), 4),
-                    "blocks": packed.num_blocks, "flop_limit": weight.numel() / weight.count_nonzero().item(),
+                    "blocks": packed.num_blocks,
+                    "flop_limit": weight.numel() / weight.count_nonzero().item(),
                 }
                 layer_on = lambda name, w=weight, p=packed: sparsekit.SparseConv2d.from_weight(  # noqa: E731
-                    w, padding=1, backend=name, packed=p)
+                    w, padding=1, backend=name, packed=p
+                )
                 sides = backend_sides(layer_on, packed, inputs)
-                dense = {fmt: (lambda x=x, w=weight.contiguous(memory_format=FORMATS[fmt]): F.conv2d(x, w, None, 1, 1))
-                         for fmt, x in inputs.items()}
+                dense = {
+                    fmt: (
+                        lambda x=x, w=weight.contiguous(memory_format=FORMATS[fmt]): F.conv2d(
+                            x, w, None, 1, 1
+                        )
+                    )
+                    for fmt, x in inputs.items()
+                }
                 yield record, dense, sides, dtype_name
 
 
@@ -162,22 +199,32 @@ def linear_cases(linears, gen):
 
     dtype = torch.bfloat16 if GPU else torch.float32
     for out_features, in_features, batch in linears:
-        tiles = torch.rand(out_features // LINEAR_BLOCK, in_features // LINEAR_BLOCK, generator=gen) < 0.2
+        tiles = (
+            torch.rand(out_features // LINEAR_BLOCK, in_features // LINEAR_BLOCK, generator=gen)
+            < 0.2
+        )
         mask = tiles.repeat_interleave(LINEAR_BLOCK, 0).repeat_interleave(LINEAR_BLOCK, 1)
         weight = (torch.randn(out_features, in_features, generator=gen) * mask).to(DEVICE, dtype)
         x = torch.randn(batch, in_features, generator=gen).to(DEVICE, dtype)
         packed = sparsekit.pack(weight, structure="group")
         layer_on = lambda name, w=weight, p=packed: sparsekit.SparseLinear.from_weight(  # noqa: E731
-            w, backend=name, packed=p)
+            w, backend=name, packed=p
+        )
         sides = backend_sides(layer_on, packed, {"rows": x})
         if GPU:  # torch's BSR kernel is Triton compiled for CUDA only
             bsr, x_t = weight.to_sparse_bsr((LINEAR_BLOCK, LINEAR_BLOCK)), x.T.contiguous()
             sides["bsr"] = {"rows": lambda b=bsr, xt=x_t: bsr_dense_mm(b, xt).T}
         record = {
-            "kind": "linear", "origin": "block-sparse linear", "shape": [out_features, in_features],
-            "input": list(x.shape), "dtype": str(dtype).removeprefix("torch."), "structure": "group",
-            "sparsity": round(1 - mask.float().mean().item(), 4), "blocks": packed.num_blocks,
-            "bsr_block": LINEAR_BLOCK, "flop_limit": weight.numel() / weight.count_nonzero().item(),
+            "kind": "linear",
+            "origin": "block-sparse linear",
+            "shape": [out_features, in_features],
+            "input": list(x.shape),
+            "dtype": str(dtype).removeprefix("torch."),
+            "structure": "group",
+            "sparsity": round(1 - mask.float().mean().item(), 4),
+            "blocks": packed.num_blocks,
+            "bsr_block": LINEAR_BLOCK,
+            "flop_limit": weight.numel() / weight.count_nonzero().item(),
         }
         yield record, {"rows": lambda x=x, w=weight: F.linear(x, w)}, sides, record["dtype"]
 
@@ -188,29 +235,56 @@ def model_cases(models, dtypes, quick: bool, gen):
             dtype = getattr(torch, dtype_name)
             model, shape = zoo.create(name).eval(), zoo.INPUT_SHAPES[name]
             masks = refill_masks(model, layerwise_magnitude_masks(model, 0.8))
-            zoo.calibrate_batchnorm(model, [torch.randn(8, *shape, generator=gen) for _ in range(2)], masks)
+            zoo.calibrate_batchnorm(
+                model, [torch.randn(8, *shape, generator=gen) for _ in range(2)], masks
+            )
             model = model.to(DEVICE, dtype)
             masks = {key: mask.to(DEVICE) for key, mask in masks.items()}
             x = torch.randn(batch, *shape, generator=gen).to(DEVICE, dtype)
             inputs = {fmt: x.contiguous(memory_format=f) for fmt, f in FORMATS.items()}
-            use_tf32(dtype_name == "tf32")  # compile measures and checks plans in the part's precision
+            use_tf32(
+                dtype_name == "tf32"
+            )  # compile measures and checks plans in the part's precision
             # the dense side is the masked model with its BatchNorm folded, as compile folds it
             folded = sparsekit.compile(model, masks, inputs["nchw"], backend="dense", measure=False)
-            dense = {fmt: (lambda m=copy.deepcopy(folded).to(memory_format=f), x=inputs[fmt]: m(x))
-                     for fmt, f in FORMATS.items()}
-            compiled = sparsekit.compile(model.to(memory_format=torch.channels_last), masks,
-                                         inputs["channels_last"], measure=not quick)
+            dense = {
+                fmt: (lambda m=copy.deepcopy(folded).to(memory_format=f), x=inputs[fmt]: m(x))
+                for fmt, f in FORMATS.items()
+            }
+            compiled = sparsekit.compile(
+                model.to(memory_format=torch.channels_last),
+                masks,
+                inputs["channels_last"],
+                measure=not quick,
+            )
             report = compiled.sparsekit_report
             if not (report.ok and report.discriminating):
                 raise AssertionError(f"{name} {dtype_name}: compile's check failed: {report}")
-            kept = sum(m.sum().item() for m in masks.values()) / sum(m.numel() for m in masks.values())
+            kept = sum(m.sum().item() for m in masks.values()) / sum(
+                m.numel() for m in masks.values()
+            )
             record = {
-                "kind": "model", "origin": f"zoo {name}", "shape": name, "input": list(x.shape),
-                "dtype": dtype_name, "structure": "refill", "sparsity": round(1 - kept, 4),
-                "blocks": sum(l.blocks for l in report.layers), "flop_limit": flop_limit(model, masks, x),
-                "layers": [{"layer": l.name, "structure": l.structure, "backend": l.backend,
-                            "dense_ms": l.dense_ms, "sparse_ms": l.sparse_ms, "macs": l.macs,
-                            "flops_ratio": l.flops_ratio} for l in report.layers],
+                "kind": "model",
+                "origin": f"zoo {name}",
+                "shape": name,
+                "input": list(x.shape),
+                "dtype": dtype_name,
+                "structure": "refill",
+                "sparsity": round(1 - kept, 4),
+                "blocks": sum(info.blocks for info in report.layers),
+                "flop_limit": flop_limit(model, masks, x),
+                "layers": [
+                    {
+                        "layer": info.name,
+                        "structure": info.structure,
+                        "backend": info.backend,
+                        "dense_ms": info.dense_ms,
+                        "sparse_ms": info.sparse_ms,
+                        "macs": info.macs,
+                        "flops_ratio": info.flops_ratio,
+                    }
+                    for info in report.layers
+                ],
             }
             sides = {"sparsekit": {fmt: (lambda x=x: compiled(x)) for fmt, x in inputs.items()}}
             yield record, dense, sides, dtype_name
@@ -219,10 +293,16 @@ def model_cases(models, dtypes, quick: bool, gen):
 def environment(command: str) -> dict:
     return {
         "device": torch.cuda.get_device_name() if GPU else "cpu (TRITON_INTERPRET=1)",
-        "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if GPU else None, "sparsekit": sparsekit.__version__,
-        "date": datetime.date.today().isoformat(), "command": command,
-        "timing": "triton.testing.do_bench median, ms" if GPU else "torch.utils.benchmark median, ms",
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if GPU else None,
+        "sparsekit": sparsekit.__version__,
+        "date": datetime.date.today().isoformat(),
+        "command": command,
+        "timing": "triton.testing.do_bench median, ms"
+        if GPU
+        else "torch.utils.benchmark median, ms",
     }
 
 
@@ -230,8 +310,17 @@ SIDES = [b.name for b in GPU_BACKENDS] + ["bsr", "sparsekit"]
 
 
 def _row(r: dict) -> str:
-    cells = [r["kind"], r["origin"], str(r["shape"]), str(r["input"]), r["dtype"], r["structure"],
-             f"{r['sparsity']:.2f}", f"{r['flop_limit']:.2f}x", _ms(r, "dense")]
+    cells = [
+        r["kind"],
+        r["origin"],
+        str(r["shape"]),
+        str(r["input"]),
+        r["dtype"],
+        r["structure"],
+        f"{r['sparsity']:.2f}",
+        f"{r['flop_limit']:.2f}x",
+        _ms(r, "dense"),
+    ]
     for side in SIDES:
         if side + "_ms" not in r:
             cells.append("")
@@ -246,15 +335,21 @@ def _ms(r: dict, side: str) -> str:
     (results of the first H200 run hold the called format's graph time only)."""
     graph = ""
     if side + "_graph_ms" in r:
-        graph = f" / {r[side + '_graph_ms']:.3f} {r.get(side + '_graph_format', r[side + '_format'])[0]}"
+        graph = (
+            f" / {r[side + '_graph_ms']:.3f} "
+            f"{r.get(side + '_graph_format', r[side + '_format'])[0]}"
+        )
     return f"{r[side + '_ms']:.3f} {r[side + '_format'][0]}{graph}"
 
 
 # ms as "called format / graph-replayed format", the format n(chw), c(hannels_last) or r(ows)
-HEADER = ("| kind | layer | shape | input | dtype | mask | sparsity | FLOP limit | dense ms | "
-          + " | ".join(f"backend {b} ms (speedup)" for b in SIDES[:-2])
-          + " | torch BSR ms (speedup) | compiled model ms (speedup) |\n"
-          + "| --- " * (9 + len(SIDES)) + "|")
+HEADER = (
+    "| kind | layer | shape | input | dtype | mask | sparsity | FLOP limit | dense ms | "
+    + " | ".join(f"backend {b} ms (speedup)" for b in SIDES[:-2])
+    + " | torch BSR ms (speedup) | compiled model ms (speedup) |\n"
+    + "| --- " * (9 + len(SIDES))
+    + "|"
+)
 
 
 PARTS = [*FULL_DTYPES, "linear", "models"]
@@ -268,8 +363,14 @@ def run(quick: bool, parts=PARTS, seed: int = 0) -> list[dict]:
     if quick or "linear" in parts:
         cases.append(linear_cases(QUICK_LINEARS if quick else FULL_LINEARS, gen))
     if quick or "models" in parts:
-        cases.append(model_cases(QUICK_MODELS if quick else FULL_MODELS, QUICK_DTYPES if quick else MODEL_DTYPES,
-                                 quick, gen))
+        cases.append(
+            model_cases(
+                QUICK_MODELS if quick else FULL_MODELS,
+                QUICK_DTYPES if quick else MODEL_DTYPES,
+                quick,
+                gen,
+            )
+        )
     previous = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
     try:
         for record, dense, sides, dtype in (case for group in cases for case in group):
@@ -284,11 +385,20 @@ def run(quick: bool, parts=PARTS, seed: int = 0) -> list[dict]:
 
 def main(argv=None) -> list[dict]:
     def add_part(parser):
-        parser.add_argument("--part", action="append", choices=PARTS,
-                            help="only these parts (default: all; --quick runs its own tiny cases)")
+        parser.add_argument(
+            "--part",
+            action="append",
+            choices=PARTS,
+            help="only these parts (default: all; --quick runs its own tiny cases)",
+        )
 
-    args, command = suite_arguments(argv, __doc__.splitlines()[0], "bench.gpu_suite",
-                                    "tiny shapes (CI runs it without a GPU)", add_part)
+    args, command = suite_arguments(
+        argv,
+        __doc__.splitlines()[0],
+        "bench.gpu_suite",
+        "tiny shapes (CI runs it without a GPU)",
+        add_part,
+    )
     env = environment(command)
     title = f"{env['device']}, torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}"
     print(f"{title}\n{HEADER}")

@@ -34,7 +34,9 @@ def flop_limit(model: nn.Module, masks: dict, x: torch.Tensor) -> float:
     positions = {}  # layer -> output positions (pixels times batch, or rows)
 
     def count(layer, args, y):
-        positions[layer] = y.numel() // (y.shape[1] if isinstance(layer, nn.Conv2d) else y.shape[-1])
+        positions[layer] = y.numel() // (
+            y.shape[1] if isinstance(layer, nn.Conv2d) else y.shape[-1]
+        )
 
     hooks = [layer.register_forward_hook(count) for layer in layers]
     with torch.no_grad():

@@ -43,8 +43,19 @@ def _library() -> ctypes.CDLL:
     with tempfile.TemporaryDirectory(prefix="sparsekit-peak-") as name:  # loaded, the file may go
         folder = Path(name)
         (folder / "peak.c").write_text(SOURCE)
-        subprocess.run([compiler, "-O3", "-march=native", "-shared", "-fPIC", "-o", str(folder / "peak.so"),
-                        str(folder / "peak.c")], check=True)
+        subprocess.run(
+            [
+                compiler,
+                "-O3",
+                "-march=native",
+                "-shared",
+                "-fPIC",
+                "-o",
+                str(folder / "peak.so"),
+                str(folder / "peak.c"),
+            ],
+            check=True,
+        )
         library = ctypes.CDLL(str(folder / "peak.so"))
     library.fma_chains.argtypes, library.fma_chains.restype = [ctypes.c_long], ctypes.c_float
     return library
@@ -66,13 +77,17 @@ def fp32_peak_macs(threads: int | None = None, seconds: float = 0.5) -> float:
     iterations = int(iterations * seconds / elapsed)
     best = 0.0
     for _ in range(3):
-        workers = [threading.Thread(target=library.fma_chains, args=(iterations,)) for _ in range(threads)]
+        workers = [
+            threading.Thread(target=library.fma_chains, args=(iterations,)) for _ in range(threads)
+        ]
         start = time.perf_counter()
         for w in workers:
             w.start()
         for w in workers:
             w.join()
-        best = max(best, threads * iterations * CHAINS * library.lanes() / (time.perf_counter() - start))
+        best = max(
+            best, threads * iterations * CHAINS * library.lanes() / (time.perf_counter() - start)
+        )
     return best
 
 

@@ -24,13 +24,25 @@ def suite_arguments(argv, description: str, module: str, quick_help: str, add_ar
     return args, " ".join(["python -m", module, *words])
 
 
-def write_results(stem: Path, env: dict, title: str, header: str, rows: list[str], records: list[dict],
-                  extra: str = "", more: dict | None = None) -> None:
+def write_results(
+    stem: Path,
+    env: dict,
+    title: str,
+    header: str,
+    rows: list[str],
+    records: list[dict],
+    extra: str = "",
+    more: dict | None = None,
+) -> None:
     """``stem``.json and ``stem``.md; ``title`` heads the table, followed by the command, and
     ``extra`` (markdown) follows it; ``more`` adds keys to the JSON."""
     stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps({"environment": env, "results": records, **(more or {})}, indent=1))
-    stem.with_suffix(".md").write_text(f"{title}; `{env['command']}`\n\n{header}\n" + "\n".join(rows) + "\n" + extra)
+    stem.with_suffix(".json").write_text(
+        json.dumps({"environment": env, "results": records, **(more or {})}, indent=1)
+    )
+    stem.with_suffix(".md").write_text(
+        f"{title}; `{env['command']}`\n\n{header}\n" + "\n".join(rows) + "\n" + extra
+    )
 
 
 def resumed(stem: Path, env: dict) -> dict:
@@ -43,7 +55,9 @@ def resumed(stem: Path, env: dict) -> dict:
     saved = json.loads(path.read_text())
     same = ("device", "threads", "torch", "sparsekit")
     if any(saved["environment"][k] != env[k] for k in same):
-        raise SystemExit(f"--resume: {path} was measured with {[saved['environment'][k] for k in same]}, "
-                         f"this run has {[env[k] for k in same]}; move it or drop --resume")
+        raise SystemExit(
+            f"--resume: {path} was measured with {[saved['environment'][k] for k in same]}, "
+            f"this run has {[env[k] for k in same]}; move it or drop --resume"
+        )
     env["command"] = f"{saved['environment']['command']}; {env['command']}"
     return saved

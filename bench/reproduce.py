@@ -13,8 +13,8 @@ BatchNorm folded, in its faster memory format) and compiled (channels_last), cal
 alternation after a warm-up, ``RUNS`` calls each (torch.utils.benchmark's timer), medians and
 quartiles.
 
-    python -m bench.reproduce                  # CPU: bench/results/reproduce-cpu-<date>.{json,md,png}
-    python -m bench.reproduce --quick          # seconds: one small model and mask (CI)
+    python -m bench.reproduce                # CPU: bench/results/reproduce-cpu-<date>.{json,md,png}
+    python -m bench.reproduce --quick        # seconds: one small model and mask (CI)
     python -m bench.reproduce --model resnet18 --sparsity 0.8 --dtype bfloat16 --batch 1
 """
 
@@ -29,7 +29,11 @@ from torch.utils.benchmark import Timer
 import sparsekit
 from sparsekit import timing, zoo
 from sparsekit.transforms import (
-    acceleration_rate, kernel_magnitude_mask, layerwise_magnitude_masks, refill_masks, regroup,
+    acceleration_rate,
+    kernel_magnitude_mask,
+    layerwise_magnitude_masks,
+    refill_masks,
+    regroup,
 )
 
 from .cpu_suite import layer_breakdown
@@ -48,16 +52,38 @@ RUNS, WARMUP = 50, 5
 # What the papers report, and what kind of figure each is (FACTS.md): Structure-LTH's savings come
 # from one un-warmed fp32 timing per layer-set; MPT's rates are FLOP ratios, never timed.
 PAPERS = [
-    {"paper": "Structure-LTH", "what": "CIFAR, channel/group-wise, 45-80% sparsity",
-     "transforms": ("refill", "refill+", "regroup", "ticket"), "sparsity": (0.45, 0.80), "saving": (0.5375, 0.6493),
-     "kind": "GPU running-time saving (one un-warmed fp32 timing)"},
-    {"paper": "Structure-LTH", "what": "Tiny-ImageNet, 74% sparsity", "transforms": ("refill", "regroup"),
-     "sparsity": (0.74, 0.74), "saving": (0.6484, 0.6484), "kind": "GPU running-time saving"},
-    {"paper": "Structure-LTH", "what": "ImageNet ResNet-50, 58% sparsity", "transforms": ("refill", "regroup"),
-     "sparsity": (0.58, 0.58), "saving": (0.6023, 0.6023), "kind": "GPU running-time saving"},
-    {"paper": "efficient MPT", "what": "ResNet-18 CIFAR-10 kernel skipping, AR 1.4x / 2.3x / 3.0x at 70/90/95%",
-     "transforms": ("kernel",), "sparsity": (0.70, 0.95), "saving": (1 - 1 / 1.4, 1 - 1 / 3.0),
-     "kind": "FLOP ratio (acceleration rate), never timed"},
+    {
+        "paper": "Structure-LTH",
+        "what": "CIFAR, channel/group-wise, 45-80% sparsity",
+        "transforms": ("refill", "refill+", "regroup", "ticket"),
+        "sparsity": (0.45, 0.80),
+        "saving": (0.5375, 0.6493),
+        "kind": "GPU running-time saving (one un-warmed fp32 timing)",
+    },
+    {
+        "paper": "Structure-LTH",
+        "what": "Tiny-ImageNet, 74% sparsity",
+        "transforms": ("refill", "regroup"),
+        "sparsity": (0.74, 0.74),
+        "saving": (0.6484, 0.6484),
+        "kind": "GPU running-time saving",
+    },
+    {
+        "paper": "Structure-LTH",
+        "what": "ImageNet ResNet-50, 58% sparsity",
+        "transforms": ("refill", "regroup"),
+        "sparsity": (0.58, 0.58),
+        "saving": (0.6023, 0.6023),
+        "kind": "GPU running-time saving",
+    },
+    {
+        "paper": "efficient MPT",
+        "what": "ResNet-18 CIFAR-10 kernel skipping, AR 1.4x / 2.3x / 3.0x at 70/90/95%",
+        "transforms": ("kernel",),
+        "sparsity": (0.70, 0.95),
+        "saving": (1 - 1 / 1.4, 1 - 1 / 3.0),
+        "kind": "FLOP ratio (acceleration rate), never timed",
+    },
 ]
 
 
@@ -71,8 +97,14 @@ def masks_for(model, transform: str, sparsity: float) -> dict:
     if transform == "regroup":
         return {key: regroup(mask)[0] for key, mask in masks.items()}
     if transform == "kernel":
-        return {key: kernel_magnitude_mask(model.get_submodule(key.removesuffix(".weight")).weight, sparsity)
-                if mask.dim() == 4 else mask for key, mask in masks.items()}
+        return {
+            key: kernel_magnitude_mask(
+                model.get_submodule(key.removesuffix(".weight")).weight, sparsity
+            )
+            if mask.dim() == 4
+            else mask
+            for key, mask in masks.items()
+        }
     return masks
 
 
@@ -86,7 +118,9 @@ def ticket_masks(model) -> dict:
             if rows and cols:
                 mask[torch.tensor(rows)[:, None], torch.tensor(cols)] = 1
         masks[f"{layer}.weight"] = mask.view(out, cin, kh, kw)
-    assert set(masks) <= {f"{n}.weight" for n, _ in model.named_modules()}, "ticket names no layer of resnet18"
+    assert set(masks) <= {f"{n}.weight" for n, _ in model.named_modules()}, (
+        "ticket names no layer of resnet18"
+    )
     return masks
 
 
@@ -94,8 +128,10 @@ def paired_runs(sides: dict, runs: int, warmup: int) -> dict:
     """{side: (median, first quartile, third quartile) in ms} of ``runs`` calls of each side
     (a function of no argument), called in alternation after ``warmup`` calls each."""
     times = {name: [] for name in sides}
-    timers = {name: Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-              for name, fn in sides.items()}
+    timers = {
+        name: Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+        for name, fn in sides.items()
+    }
     with torch.no_grad():
         for _ in range(warmup):
             for fn in sides.values():
@@ -104,7 +140,10 @@ def paired_runs(sides: dict, runs: int, warmup: int) -> dict:
             for name, timer in timers.items():
                 times[name].append(1e3 * timer.timeit(1).median)
     quartiles = torch.tensor([0.5, 0.25, 0.75], dtype=torch.float64)
-    return {name: torch.tensor(t, dtype=torch.float64).quantile(quartiles).tolist() for name, t in times.items()}
+    return {
+        name: torch.tensor(t, dtype=torch.float64).quantile(quartiles).tolist()
+        for name, t in times.items()
+    }
 
 
 def run_case(name, transform, sparsity, dtype_name, batch, quick, gen) -> dict:
@@ -120,27 +159,49 @@ def run_case(name, transform, sparsity, dtype_name, batch, quick, gen) -> dict:
     compiled = sparsekit.compile(model, masks, x, measure=not quick)
     report = compiled.sparsekit_report
     if not report.discriminating:  # its check could not fail: nothing to time
-        return {"model": name, "dtype": dtype_name, "batch": batch, "transform": transform, "sparsity": sparsity,
-                "skipped": f"the masked model's output hardly depends on its input (spread {report.spread})"}
+        return {
+            "model": name,
+            "dtype": dtype_name,
+            "batch": batch,
+            "transform": transform,
+            "sparsity": sparsity,
+            "skipped": (
+                f"the masked model's output hardly depends on its input (spread {report.spread})"
+            ),
+        }
     dense_model = sparsekit.compile(model, masks, x, backend="dense", measure=False, verify=False)
     dense, dense_format, _ = timing.in_faster_format(dense_model, x)
-    times = paired_runs({"dense": dense, "compiled": lambda: compiled(x)}, 5 if quick else RUNS,
-                        1 if quick else WARMUP)
+    times = paired_runs(
+        {"dense": dense, "compiled": lambda: compiled(x)},
+        5 if quick else RUNS,
+        1 if quick else WARMUP,
+    )
     kept = sum(m.sum().item() for m in masks.values()) / sum(m.numel() for m in masks.values())
     record = {
-        "model": name, "input": list(x.shape), "dtype": dtype_name, "batch": batch, "transform": transform,
-        "nominal_sparsity": None if transform == "ticket" else sparsity, "sparsity": round(1 - kept, 4),
-        "flop_limit": limit, "max_error": report.max_error,
-        "bound": report.bound, "dense_format": dense_format,
-        "dense_ms": times["dense"][0], "dense_quartiles_ms": times["dense"][1:],
-        "compiled_ms": times["compiled"][0], "compiled_quartiles_ms": times["compiled"][1:],
+        "model": name,
+        "input": list(x.shape),
+        "dtype": dtype_name,
+        "batch": batch,
+        "transform": transform,
+        "nominal_sparsity": None if transform == "ticket" else sparsity,
+        "sparsity": round(1 - kept, 4),
+        "flop_limit": limit,
+        "max_error": report.max_error,
+        "bound": report.bound,
+        "dense_format": dense_format,
+        "dense_ms": times["dense"][0],
+        "dense_quartiles_ms": times["dense"][1:],
+        "compiled_ms": times["compiled"][0],
+        "compiled_quartiles_ms": times["compiled"][1:],
         "runs": 5 if quick else RUNS,
-        "layers_dense": [l.name for l in report.layers if l.structure == "dense"],
+        "layers_dense": [info.name for info in report.layers if info.structure == "dense"],
     }
     record["speedup"] = record["dense_ms"] / record["compiled_ms"]
     record["saving"] = 1 - 1 / record["speedup"]
     record["limit_saving"] = 1 - 1 / record["flop_limit"]
-    record["of_limit_saving"] = record["saving"] / record["limit_saving"] if record["limit_saving"] > 0 else None
+    record["of_limit_saving"] = (
+        record["saving"] / record["limit_saving"] if record["limit_saving"] > 0 else None
+    )
     if rate is not None:
         record["acceleration_rate"] = rate
     if sparsity == 0.80 or transform == "ticket":  # where the time goes, per layer
@@ -156,8 +217,13 @@ def mpt_rate(model, masks: dict, x) -> float:
     def record(key, y):
         sizes[key] = tuple(y.shape[2:])
 
-    hooks = [model.get_submodule(key.removesuffix(".weight")).register_forward_hook(
-        lambda m, args, y, key=key: record(key, y)) for key, mask in masks.items() if mask.dim() == 4]
+    hooks = [
+        model.get_submodule(key.removesuffix(".weight")).register_forward_hook(
+            lambda m, args, y, key=key: record(key, y)
+        )
+        for key, mask in masks.items()
+        if mask.dim() == 4
+    ]
     with torch.no_grad():
         model(x)
     for hook in hooks:
@@ -169,7 +235,10 @@ def paper_row(record: dict) -> dict | None:
     """The papers' figure a record can be put beside: same transform, sparsity in its range."""
     for row in PAPERS:
         low, high = row["sparsity"]
-        if record["transform"] in row["transforms"] and low - 0.01 <= record["sparsity"] <= high + 0.01:
+        if (
+            record["transform"] in row["transforms"]
+            and low - 0.01 <= record["sparsity"] <= high + 0.01
+        ):
             return row
     return None
 
@@ -184,26 +253,40 @@ def _row(r: dict) -> str:
     rate = f" (AR {r['acceleration_rate']:.2f}x)" if "acceleration_rate" in r else ""
     of_limit = f"{r['of_limit_saving']:.0%}" if r["of_limit_saving"] is not None else ""
     beside = f"{_percent(*paper['saving'])} ({paper['paper']}: {paper['kind']})" if paper else ""
-    return (f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['transform']} | {r['sparsity']:.2f} | "
-            f"{r['dense_ms']:.2f} ({r['dense_format']}) | {r['compiled_ms']:.2f} ({quartiles}) | "
-            f"{r['speedup']:.2f}x | {r['saving']:.1%} | {r['flop_limit']:.2f}x{rate} | {r['limit_saving']:.1%} | "
-            f"{of_limit} | {r['max_error']:.1e} / {r['bound']:.1e} | {beside} |")
+    return (
+        f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['transform']} | {r['sparsity']:.2f} | "
+        f"{r['dense_ms']:.2f} ({r['dense_format']}) | {r['compiled_ms']:.2f} ({quartiles}) | "
+        f"{r['speedup']:.2f}x | {r['saving']:.1%} | {r['flop_limit']:.2f}x{rate} | "
+        f"{r['limit_saving']:.1%} | {of_limit} | {r['max_error']:.1e} / {r['bound']:.1e} | "
+        f"{beside} |"
+    )
 
 
-HEADER = ("| model | dtype | batch | mask | sparsity | dense ms (format) | compiled ms (quartiles) | speedup | "
-          "time saving | FLOP limit | limit's saving | of limit's saving | max error / bound | paper's figure |\n"
-          + "| --- " * 14 + "|")
+HEADER = (
+    "| model | dtype | batch | mask | sparsity | dense ms (format) | compiled ms (quartiles) | "
+    "speedup | time saving | FLOP limit | limit's saving | of limit's saving | max error / bound | "
+    "paper's figure |\n" + "| --- " * 14 + "|"
+)
 
 
-def _layer_row(r: dict, l: dict) -> str:
-    timed = l["dense_ms"] and l["sparse_ms"]
-    times = f"{l['dense_ms']:.3f} | {l['sparse_ms']:.3f} | {l['dense_ms'] / l['sparse_ms']:.2f}x" if timed else "| |"
-    return (f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['transform']} | {l['layer']} | {l['structure']} | "
-            f"{l['backend']} | {times} | {l['flop_limit']:.2f}x |")
+def _layer_row(r: dict, layer: dict) -> str:
+    timed = layer["dense_ms"] and layer["sparse_ms"]
+    times = (
+        f"{layer['dense_ms']:.3f} | {layer['sparse_ms']:.3f} | "
+        f"{layer['dense_ms'] / layer['sparse_ms']:.2f}x"
+        if timed
+        else "| |"
+    )
+    return (
+        f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['transform']} | {layer['layer']} | "
+        f"{layer['structure']} | {layer['backend']} | {times} | {layer['flop_limit']:.2f}x |"
+    )
 
 
-LAYER_HEADER = ("| model | dtype | batch | mask | layer | plan | backend | dense ms | compiled ms | speedup | "
-                "FLOP limit |\n" + "| --- " * 11 + "|")
+LAYER_HEADER = (
+    "| model | dtype | batch | mask | layer | plan | backend | dense ms | compiled ms | speedup | "
+    "FLOP limit |\n" + "| --- " * 11 + "|"
+)
 
 
 def plot(records: list[dict], path: Path) -> None:
@@ -217,18 +300,27 @@ def plot(records: list[dict], path: Path) -> None:
     batch = max(r["batch"] for r in records)
     chosen = [r for r in records if r["dtype"] == "float32" and r["batch"] == batch]
     models = sorted({r["model"] for r in chosen}, key=MODELS.index)
-    figure, axes = plt.subplots(1, max(len(models), 1), figsize=(4.5 * max(len(models), 1), 4), squeeze=False)
+    figure, axes = plt.subplots(
+        1, max(len(models), 1), figsize=(4.5 * max(len(models), 1), 4), squeeze=False
+    )
     for axis, model in zip(axes[0], models):
         for color, transform in enumerate((*TRANSFORMS, "ticket")):
-            points = sorted((r["sparsity"], r["saving"], r["limit_saving"]) for r in chosen
-                            if r["model"] == model and r["transform"] == transform)
+            points = sorted(
+                (r["sparsity"], r["saving"], r["limit_saving"])
+                for r in chosen
+                if r["model"] == model and r["transform"] == transform
+            )
             if not points:
                 continue
             s, saving, limit = zip(*points)
             axis.plot(s, saving, "o-", color=f"C{color}", label=transform)
             axis.plot(s, limit, "x--", color=f"C{color}", linewidth=0.8)
         axis.axhline(0, color="grey", linewidth=0.8)
-        axis.set(title=f"{model}, fp32, batch {batch}", xlabel="sparsity", ylabel="time saving (x, dashed: FLOP limit's)")
+        axis.set(
+            title=f"{model}, fp32, batch {batch}",
+            xlabel="sparsity",
+            ylabel="time saving (x, dashed: FLOP limit's)",
+        )
         axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -236,67 +328,127 @@ def plot(records: list[dict], path: Path) -> None:
 
 def table_order(record: dict) -> tuple:
     transforms = (*TRANSFORMS, "ticket")
-    return (MODELS.index(record["model"]), record["dtype"], record["batch"], transforms.index(record["transform"]),
-            record["sparsity"])
+    return (
+        MODELS.index(record["model"]),
+        record["dtype"],
+        record["batch"],
+        transforms.index(record["transform"]),
+        record["sparsity"],
+    )
 
 
 def case_key(record: dict) -> tuple:
     """What identifies a case: model, mask, nominal sparsity (None for the ticket), dtype, batch."""
-    sparsity = record.get("nominal_sparsity", record["sparsity"]) if record["transform"] != "ticket" else None
+    sparsity = (
+        record.get("nominal_sparsity", record["sparsity"])
+        if record["transform"] != "ticket"
+        else None
+    )
     return record["model"], record["transform"], sparsity, record["dtype"], record["batch"]
 
 
 def environment(command: str, device: str) -> dict:
-    return {"device": timing.device_name(device),
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "sparsekit": sparsekit.__version__,
-            "date": datetime.date.today().isoformat(), "command": command}
+    return {
+        "device": timing.device_name(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "sparsekit": sparsekit.__version__,
+        "date": datetime.date.today().isoformat(),
+        "command": command,
+    }
 
 
 def main(argv=None) -> list[dict]:
     def add_options(parser):
         parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
         parser.add_argument("--model", action="append", choices=MODELS, help="default: all")
-        parser.add_argument("--sparsity", action="append", type=float, help=f"default: {SPARSITIES}")
-        parser.add_argument("--transform", action="append", choices=(*TRANSFORMS, "ticket"), help="default: all")
+        parser.add_argument(
+            "--sparsity", action="append", type=float, help=f"default: {SPARSITIES}"
+        )
+        parser.add_argument(
+            "--transform", action="append", choices=(*TRANSFORMS, "ticket"), help="default: all"
+        )
         parser.add_argument("--dtype", action="append", choices=tuple(DTYPES), help="default: both")
         parser.add_argument("--batch", action="append", type=int, help=f"default: {BATCHES}")
-        parser.add_argument("--resume", action="store_true",
-                            help="add to the results file of the day (same machine and versions), "
-                                 "measuring only the cases it does not hold")
+        parser.add_argument(
+            "--resume",
+            action="store_true",
+            help="add to the results file of the day (same machine and versions), "
+            "measuring only the cases it does not hold",
+        )
 
-    args, command = suite_arguments(argv, __doc__.splitlines()[0], "bench.reproduce",
-                                    "one small model and two masks, seconds (CI)", add_options)
+    args, command = suite_arguments(
+        argv,
+        __doc__.splitlines()[0],
+        "bench.reproduce",
+        "one small model and two masks, seconds (CI)",
+        add_options,
+    )
     if args.device == "cuda":
-        raise SystemExit("bench.reproduce --device cuda: the GPU part (CUDA graphs, batch 64) is not written yet")
+        raise SystemExit(
+            "bench.reproduce --device cuda: the GPU part (CUDA graphs, batch 64) is not written yet"
+        )
     env = environment(command, args.device)
     if args.quick:
         grid = [("wrn32_2", t, 0.8, "float32", 2) for t in ("refill", "kernel")]
     else:
         transforms = args.transform or (*TRANSFORMS, "ticket")
-        grid = [(m, t, s, d, b) for m in args.model or MODELS for d in args.dtype or DTYPES
-                for b in args.batch or BATCHES for t in transforms
-                for s in ((None,) if t == "ticket" else args.sparsity or SPARSITIES)
-                if t != "ticket" or m == "resnet18"]
+        grid = [
+            (m, t, s, d, b)
+            for m in args.model or MODELS
+            for d in args.dtype or DTYPES
+            for b in args.batch or BATCHES
+            for t in transforms
+            for s in ((None,) if t == "ticket" else args.sparsity or SPARSITIES)
+            if t != "ticket" or m == "resnet18"
+        ]
     title = f"{env['device']}, {env['threads']} threads, torch {env['torch']}"
     print(f"{title}\n{HEADER}", flush=True)
     stem = args.out / f"reproduce-{args.device}-{env['date']}{'-quick' if args.quick else ''}"
     saved = resumed(stem, env) if args.resume else {"results": []}
     records, skipped = saved["results"], saved.get("skipped", [])
     done = {case_key(r) for r in records + skipped}
-    grid = [case for case in grid if case_key(dict(zip(("model", "transform", "sparsity", "dtype", "batch"), case)))
-            not in done]
-    papers = "\n".join(f"| {p['paper']} | {p['what']} | {_percent(*p['saving'])} | {p['kind']} |" for p in PAPERS)
+    grid = [
+        case
+        for case in grid
+        if case_key(dict(zip(("model", "transform", "sparsity", "dtype", "batch"), case)))
+        not in done
+    ]
+    papers = "\n".join(
+        f"| {p['paper']} | {p['what']} | {_percent(*p['saving'])} | {p['kind']} |" for p in PAPERS
+    )
     for case in grid:
-        record = run_case(*case, quick=args.quick, gen=torch.Generator().manual_seed(0))  # one case reruns alone
+        record = run_case(
+            *case, quick=args.quick, gen=torch.Generator().manual_seed(0)
+        )  # one case reruns alone
         (skipped if "skipped" in record else records).append(record)
         records.sort(key=table_order)
-        print(_row(record) if "skipped" not in record else f"skipped {case}: {record['skipped']}", flush=True)
-        layers = [_layer_row(r, l) for r in records for l in r.get("layers", ())]
+        print(
+            _row(record) if "skipped" not in record else f"skipped {case}: {record['skipped']}",
+            flush=True,
+        )
+        layers = [_layer_row(r, layer) for r in records for layer in r.get("layers", ())]
         write_results(  # after every case: a long run keeps what it measured
-            stem, env, title, HEADER, list(map(_row, records)), records, more={"skipped": skipped},
-            extra="".join(f"\nSkipped: {r['model']} {r['transform']} {r['sparsity']}: {r['skipped']}\n" for r in skipped)
-            + "\n## The papers' figures\n\n| paper | what | saving | kind of figure |\n| --- | --- | --- | --- |\n"
-            + papers + f"\n\n## Per layer (80% masks and the ticket)\n\n{LAYER_HEADER}\n" + "\n".join(layers) + "\n")
+            stem,
+            env,
+            title,
+            HEADER,
+            list(map(_row, records)),
+            records,
+            more={"skipped": skipped},
+            extra="".join(
+                f"\nSkipped: {r['model']} {r['transform']} {r['sparsity']}: {r['skipped']}\n"
+                for r in skipped
+            )
+            + (
+                "\n## The papers' figures\n\n| paper | what | saving | kind of figure |\n"
+                "| --- | --- | --- | --- |\n"
+            )
+            + papers
+            + f"\n\n## Per layer (80% masks and the ticket)\n\n{LAYER_HEADER}\n"
+            + "\n".join(layers)
+            + "\n",
+        )
     plot(records, stem.with_suffix(".png"))
     return records
 

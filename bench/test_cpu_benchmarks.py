@@ -35,7 +35,11 @@ def test_conv3x3(benchmark, layer, side):
     assert out.shape == (x.shape[0], weight.shape[0], *x.shape[2:])
 
 
-MODEL_CASES = [("resnet18", "refill", 0.8), ("resnet18", "regroup", 0.8), ("vgg16_bn", "refill", 0.8)]
+MODEL_CASES = [
+    ("resnet18", "refill", 0.8),
+    ("resnet18", "regroup", 0.8),
+    ("vgg16_bn", "refill", 0.8),
+]
 
 
 @pytest.fixture(scope="module", params=MODEL_CASES, ids=lambda c: "-".join(map(str, c)))

@@ -17,7 +17,9 @@ import torch.nn.functional as F
 import sparsekit
 from sparsekit import timing
 
-DEFAULT_TICKET = Path(__file__).resolve().parents[1] / "tests/data/structure_lth_resnet18_cifar10_blocks.json"
+DEFAULT_TICKET = (
+    Path(__file__).resolve().parents[1] / "tests/data/structure_lth_resnet18_cifar10_blocks.json"
+)
 
 
 def conv_geometry(name: str, kernel: int) -> tuple[int, int, int]:
@@ -26,7 +28,9 @@ def conv_geometry(name: str, kernel: int) -> tuple[int, int, int]:
         return 32, 1, 1
     stage = int(name[len("layer")])
     size = 32 >> (stage - 1)
-    first_of_stage = stage > 1 and name.startswith(f"layer{stage}.0.") and not name.endswith("conv2")
+    first_of_stage = (
+        stage > 1 and name.startswith(f"layer{stage}.0.") and not name.endswith("conv2")
+    )
     return (2 * size if first_of_stage else size), (2 if first_of_stage else 1), kernel // 2
 
 
@@ -37,8 +41,13 @@ def main() -> None:
     parser.add_argument("--ticket", type=Path, default=DEFAULT_TICKET)
     args = parser.parse_args()
     layers = json.loads(args.ticket.read_text())["layers"]
-    print(f"batch {args.batch}, fp32, {torch.get_num_threads()} threads, structure {args.structure}")
-    print(f"{'layer':<24}{'shape':<18}{'density':>8}{'blocks':>7}{'dense ms':>10}{'sparse ms':>10}{'speedup':>8}")
+    print(
+        f"batch {args.batch}, fp32, {torch.get_num_threads()} threads, structure {args.structure}"
+    )
+    print(
+        f"{'layer':<24}{'shape':<18}{'density':>8}{'blocks':>7}"
+        f"{'dense ms':>10}{'sparse ms':>10}{'speedup':>8}"
+    )
     total_dense = total_sparse = 0.0
     for name, layer in layers.items():
         out, cin, kh, kw = layer["weight_shape"]
@@ -50,16 +59,23 @@ def main() -> None:
         size, stride, padding = conv_geometry(name, kh)
         x = torch.randn(args.batch, cin, size, size)
         packed = sparsekit.pack(weight, structure=args.structure)
-        dense, sparse = timing.paired_ms({
-            "dense": lambda: F.conv2d(x, weight, None, stride, padding),
-            "sparse": lambda: sparsekit.ops.block_conv2d(x, packed, None, stride, padding),
-        }, min_run_time=0.3, rounds=1).values()
+        dense, sparse = timing.paired_ms(
+            {
+                "dense": lambda: F.conv2d(x, weight, None, stride, padding),
+                "sparse": lambda: sparsekit.ops.block_conv2d(x, packed, None, stride, padding),
+            },
+            min_run_time=0.3,
+            rounds=1,
+        ).values()
         total_dense, total_sparse = total_dense + dense, total_sparse + sparse
         print(
-            f"{name:<24}{str((out, cin, kh, kw)):<18}{mask.float().mean():>8.2f}{packed.num_blocks:>7}"
-            f"{dense:>10.2f}{sparse:>10.2f}{dense / sparse:>7.2f}x"
+            f"{name:<24}{str((out, cin, kh, kw)):<18}{mask.float().mean():>8.2f}"
+            f"{packed.num_blocks:>7}{dense:>10.2f}{sparse:>10.2f}{dense / sparse:>7.2f}x"
         )
-    print(f"{'all convs':<58}{total_dense:>10.2f}{total_sparse:>10.2f}{total_dense / total_sparse:>7.2f}x")
+    print(
+        f"{'all convs':<58}{total_dense:>10.2f}{total_sparse:>10.2f}"
+        f"{total_dense / total_sparse:>7.2f}x"
+    )
 
 
 if __name__ == "__main__":

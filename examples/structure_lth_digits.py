@@ -26,7 +26,9 @@ class DigitsCNN(nn.Module):
     def __init__(self, width: int = 64):
         super().__init__()
         widths = [1, width // 2, width, 2 * width, 2 * width]
-        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1, bias=False) for a, b in zip(widths, widths[1:]))
+        self.convs = nn.ModuleList(
+            nn.Conv2d(a, b, 3, padding=1, bias=False) for a, b in zip(widths, widths[1:])
+        )
         self.bns = nn.ModuleList(nn.BatchNorm2d(b) for b in widths[1:])
         self.fc = nn.Linear(widths[-1], 10)
 
@@ -101,21 +103,38 @@ def main(argv=None) -> dict:
             train_fn(m)
             accuracies.append(accuracy(m, test))
 
-        history = imp(model, train_and_score, rounds=args.rounds, rate=args.rate, post=post, rewind_state=rewind)
+        history = imp(
+            model,
+            train_and_score,
+            rounds=args.rounds,
+            rate=args.rate,
+            post=post,
+            rewind_state=rewind,
+        )
         train_and_score(model)  # the final ticket, under the last round's masks
         print(f"IMP-{post.capitalize()}:")
         for r, masks in enumerate(history, 1):
-            print(f"  round {r}: sparsity {sparsity(masks):.1%}, test accuracy after training "
-                  f"{accuracies[r]:.4f} (dense {dense_accuracy:.4f})")
+            print(
+                f"  round {r}: sparsity {sparsity(masks):.1%}, test accuracy after training "
+                f"{accuracies[r]:.4f} (dense {dense_accuracy:.4f})"
+            )
         compiled = sparsekit.compile(model.eval(), None, test[0])
         report = compiled.sparsekit_report
         agree = (compiled(test[0]).argmax(1) == model(test[0]).argmax(1)).float().mean().item()
         print(report)
-        print(f"  compiled: {'exact' if report.ok else 'MISMATCH'} (max error {report.max_error:.1e}), "
-              f"same predictions on {agree:.1%} of the test set, measured CPU speedup "
-              f"{report.speedup:.2f}x at batch {len(test[1])}")
-        results[post] = {"sparsity": sparsity(history[-1]), "accuracies": accuracies,
-                         "speedup": report.speedup, "ok": report.ok, "agree": agree}
+        print(
+            f"  compiled: {'exact' if report.ok else 'MISMATCH'} "
+            f"(max error {report.max_error:.1e}), "
+            f"same predictions on {agree:.1%} of the test set, measured CPU speedup "
+            f"{report.speedup:.2f}x at batch {len(test[1])}"
+        )
+        results[post] = {
+            "sparsity": sparsity(history[-1]),
+            "accuracies": accuracies,
+            "speedup": report.speedup,
+            "ok": report.ok,
+            "agree": agree,
+        }
     return results
 
 

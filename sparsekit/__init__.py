@@ -23,7 +23,25 @@ from .saving import load, save
 from .spdy import plan
 
 __all__ = [
-    "PackedWeight", "Report", "SparseConv2d", "SparseLinear", "SparsekitError", "SparsekitWarning",
-    "backends", "compile", "compiler", "load", "ops", "pack", "plan", "planners", "save", "spdy", "tolerance", "transforms",
-    "unpack", "verify", "zoo",
+    "PackedWeight",
+    "Report",
+    "SparseConv2d",
+    "SparseLinear",
+    "SparsekitError",
+    "SparsekitWarning",
+    "backends",
+    "compile",
+    "compiler",
+    "load",
+    "ops",
+    "pack",
+    "plan",
+    "planners",
+    "save",
+    "spdy",
+    "tolerance",
+    "transforms",
+    "unpack",
+    "verify",
+    "zoo",
 ]

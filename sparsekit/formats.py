@@ -90,7 +90,11 @@ class PackedWeight:
             return "row_idx and col_idx must be int32"
         if self.row_idx.dim() != 1 or self.col_idx.dim() != 1 or self.values.dim() != 1:
             return "values, row_idx and col_idx must be 1-D"
-        if self.block_ptr.dtype != torch.int64 or self.block_ptr.dim() != 2 or self.block_ptr.shape[0] != 3:
+        if (
+            self.block_ptr.dtype != torch.int64
+            or self.block_ptr.dim() != 2
+            or self.block_ptr.shape[0] != 3
+        ):
             return "block_ptr must be int64 of shape [3, blocks + 1]"
         if self.block_ptr.shape[1] < 1 or self.groups < 1 or self.out_features % self.groups:
             return "block_ptr needs a first offset, and groups must divide the rows"
@@ -103,9 +107,13 @@ class PackedWeight:
         if ptr[:, -1].tolist() != [self.row_idx.numel(), self.col_idx.numel(), self.values.numel()]:
             return "block offsets do not end at the lengths of row_idx, col_idx and values"
         row_idx, col_idx = self.row_idx.cpu().long(), self.col_idx.cpu().long()
-        if row_idx.numel() and not (0 <= int(row_idx.min()) and int(row_idx.max()) < self.out_features):
+        if row_idx.numel() and not (
+            0 <= int(row_idx.min()) and int(row_idx.max()) < self.out_features
+        ):
             return f"a row index lies outside [0, {self.out_features})"
-        if col_idx.numel() and not (0 <= int(col_idx.min()) and int(col_idx.max()) < math.prod(self.weight_shape[1:])):
+        if col_idx.numel() and not (
+            0 <= int(col_idx.min()) and int(col_idx.max()) < math.prod(self.weight_shape[1:])
+        ):
             return f"a column index lies outside [0, {math.prod(self.weight_shape[1:])})"
         group = row_idx // (self.out_features // self.groups)
         first = group[ptr[0, :-1]].repeat_interleave(rows)
@@ -156,7 +164,9 @@ def pack(
     masks.check_weight(weight, name)
     out, cols = weight.shape[0], weight[0].numel()
     if not isinstance(groups, int) or groups < 1 or out % groups:
-        raise SparsekitError(f"groups: {groups!r} must be a positive divisor of {name}'s {out} rows")
+        raise SparsekitError(
+            f"groups: {groups!r} must be a positive divisor of {name}'s {out} rows"
+        )
     if out > INDEX_LIMIT or cols > INDEX_LIMIT:
         raise SparsekitError(
             f"{name}: shape {tuple(weight.shape)} has more than 2**31 - 1 rows or columns, "
@@ -182,7 +192,9 @@ def _from_plan(dense, pattern, block_plan, shape, groups, name) -> PackedWeight:
         raise SparsekitError(
             f"{name}: planner {block_plan.structure!r} did not cover every kept weight exactly once"
         )
-    sizes = torch.tensor([[r.numel(), c.numel(), r.numel() * c.numel()] for r, c in zip(rows, cols)])
+    sizes = torch.tensor(
+        [[r.numel(), c.numel(), r.numel() * c.numel()] for r, c in zip(rows, cols)]
+    )
     block_ptr = torch.zeros(3, len(rows) + 1, dtype=torch.int64)
     if rows:
         block_ptr[:, 1:] = sizes.T.cumsum(1)

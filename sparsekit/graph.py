@@ -10,7 +10,9 @@ class _LayerTracer(torch.fx.Tracer):
     """Keeps convs and BatchNorms (subclasses too, e.g. STR-BN) as single graph nodes."""
 
     def is_leaf_module(self, module: nn.Module, qualname: str) -> bool:
-        return isinstance(module, (nn.Conv2d, nn.BatchNorm2d)) or super().is_leaf_module(module, qualname)
+        return isinstance(module, (nn.Conv2d, nn.BatchNorm2d)) or super().is_leaf_module(
+            module, qualname
+        )
 
 
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:

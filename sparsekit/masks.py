@@ -67,7 +67,9 @@ def live_masks(model: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
             mask = getattr(module, f"{param}_mask", None)
             plist = getattr(getattr(module, "parametrizations", None), param, None)
             if plist is not None:
-                masks = [p.mask for p in plist if isinstance(getattr(p, "mask", None), torch.Tensor)]
+                masks = [
+                    p.mask for p in plist if isinstance(getattr(p, "mask", None), torch.Tensor)
+                ]
                 if masks:
                     mask = masks[0] if len(masks) == 1 else torch.stack(masks).bool().all(0)
             if isinstance(mask, torch.Tensor):

@@ -44,11 +44,20 @@ class _SparseLayer(nn.Module):
         else:
             sizes = config["sizes"]
             self.register_buffer("values", torch.empty(sizes["values"], dtype=dtype, device=device))
-            self.register_buffer("row_idx", torch.empty(sizes["row_idx"], dtype=torch.int32, device=device))
-            self.register_buffer("col_idx", torch.empty(sizes["col_idx"], dtype=torch.int32, device=device))
-            self.register_buffer("block_ptr", torch.empty(3, sizes["blocks"] + 1, dtype=torch.int64, device=device))
+            self.register_buffer(
+                "row_idx", torch.empty(sizes["row_idx"], dtype=torch.int32, device=device)
+            )
+            self.register_buffer(
+                "col_idx", torch.empty(sizes["col_idx"], dtype=torch.int32, device=device)
+            )
+            self.register_buffer(
+                "block_ptr", torch.empty(3, sizes["blocks"] + 1, dtype=torch.int64, device=device)
+            )
         bias_shape = (weight_shape[0],) if config["bias"] else None
-        self.register_buffer("bias", None if bias_shape is None else torch.empty(bias_shape, dtype=dtype, device=device))
+        self.register_buffer(
+            "bias",
+            None if bias_shape is None else torch.empty(bias_shape, dtype=dtype, device=device),
+        )
         self._layout_names: tuple[str, ...] = ()
         self._layout_ints: list[int] = []
         self._op = None  # the backend's op, once ready()
@@ -65,13 +74,20 @@ class _SparseLayer(nn.Module):
 
     def packed(self) -> PackedWeight:
         return PackedWeight(
-            self.weight_shape, self.config.get("groups", 1), self.values, self.row_idx,
-            self.col_idx, self.block_ptr, self.config["structure"],
+            self.weight_shape,
+            self.config.get("groups", 1),
+            self.values,
+            self.row_idx,
+            self.col_idx,
+            self.block_ptr,
+            self.config["structure"],
         )
 
     def layout(self) -> Layout:
         """The backend's layout this layer holds (see the module doc)."""
-        return Layout(tuple(getattr(self, name) for name in self._layout_names), tuple(self._layout_ints))
+        return Layout(
+            tuple(getattr(self, name) for name in self._layout_names), tuple(self._layout_ints)
+        )
 
     def ready(self):
         """This layer, its pack checked, its backend resolved and its layout built (see the
@@ -82,7 +98,9 @@ class _SparseLayer(nn.Module):
         if any(b.is_meta for b in self.buffers()):  # no data to check or lay out
             self._not_ready = "its buffers are on the meta device"
             return self
-        packed = self.packed().check(f"layer {self.config.get('source', {}).get('layer', 'weight')!r}")
+        packed = self.packed().check(
+            f"layer {self.config.get('source', {}).get('layer', 'weight')!r}"
+        )
         backend = backends.get(self.backend)
         if not backend.supports(packed):
             raise SparsekitError(
@@ -146,9 +164,14 @@ class _SparseLayer(nn.Module):
             return self.packed().summary()
         nnz = int(torch.count_nonzero(self.weight))
         return {
-            "weight_shape": list(self.weight_shape), "groups": self.config.get("groups", 1),
-            "structure": "dense", "blocks": 0, "nnz": nnz, "stored": self.weight.numel(),
-            "density": nnz / self.weight.numel(), "flops_ratio": 1.0,
+            "weight_shape": list(self.weight_shape),
+            "groups": self.config.get("groups", 1),
+            "structure": "dense",
+            "blocks": 0,
+            "nnz": nnz,
+            "stored": self.weight.numel(),
+            "density": nnz / self.weight.numel(),
+            "flops_ratio": 1.0,
         }
 
     def extra_repr(self) -> str:
@@ -171,8 +194,10 @@ def _packed_config(weight, bias, structure, backend, groups, name, packed):
     if backend == "auto":
         backend = backends.resolve(backend, weight.device, weight.dtype, packed).name
     sizes = {
-        "values": packed.values.numel(), "row_idx": packed.row_idx.numel(),
-        "col_idx": packed.col_idx.numel(), "blocks": packed.num_blocks,
+        "values": packed.values.numel(),
+        "row_idx": packed.row_idx.numel(),
+        "col_idx": packed.col_idx.numel(),
+        "blocks": packed.num_blocks,
     }
     return config | {"backend": backend, "structure": packed.structure, "sizes": sizes}, packed
 
@@ -211,9 +236,21 @@ class SparseConv2d(_SparseLayer):
 
     @classmethod
     def from_weight(
-        cls, weight, bias=None, *, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
-        padding_mode="zeros", structure="auto", backend="auto", relu=False, name="weight",
-        packed=None, channels_last=False,
+        cls,
+        weight,
+        bias=None,
+        *,
+        stride=(1, 1),
+        padding=(0, 0),
+        dilation=(1, 1),
+        groups=1,
+        padding_mode="zeros",
+        structure="auto",
+        backend="auto",
+        relu=False,
+        name="weight",
+        packed=None,
+        channels_last=False,
     ) -> "SparseConv2d":
         """A layer computing ``conv2d(x, weight, bias, ...)`` (then ReLU if ``relu``), the zeros
         of ``weight`` being its mask. ``padding`` takes ints, ``"same"`` or ``"valid"``;
@@ -224,10 +261,16 @@ class SparseConv2d(_SparseLayer):
         kernel_size = tuple(weight.shape[2:])
         entries, packed = _packed_config(weight, bias, structure, backend, groups, name, packed)
         config = entries | {
-            "type": "SparseConv2d", "in_channels": weight.shape[1] * groups,
-            "out_channels": weight.shape[0], "kernel_size": list(kernel_size),
-            "stride": list(ops.pair(stride, "stride", 1)), "dilation": list(ops.pair(dilation, "dilation", 1)),
-            "groups": groups, "padding_mode": padding_mode, "relu": relu, "channels_last": channels_last,
+            "type": "SparseConv2d",
+            "in_channels": weight.shape[1] * groups,
+            "out_channels": weight.shape[0],
+            "kernel_size": list(kernel_size),
+            "stride": list(ops.pair(stride, "stride", 1)),
+            "dilation": list(ops.pair(dilation, "dilation", 1)),
+            "groups": groups,
+            "padding_mode": padding_mode,
+            "relu": relu,
+            "channels_last": channels_last,
         }
         if not isinstance(padding, str):
             padding = ops.pair(padding, "padding", 0)
@@ -237,9 +280,15 @@ class SparseConv2d(_SparseLayer):
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, **kwargs) -> "SparseConv2d":
         return cls.from_weight(
-            conv.weight.detach(), None if conv.bias is None else conv.bias.detach(),
-            stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
-            padding_mode=conv.padding_mode, channels_last=is_channels_last(conv.weight), **kwargs,
+            conv.weight.detach(),
+            None if conv.bias is None else conv.bias.detach(),
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            padding_mode=conv.padding_mode,
+            channels_last=is_channels_last(conv.weight),
+            **kwargs,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -249,13 +298,28 @@ class SparseConv2d(_SparseLayer):
         if self._pre_pad is not None:
             amounts, mode = self._pre_pad
             fmt = output_memory_format(x)  # circular padding would drop channels_last
-            x = F.pad(x, amounts, mode="constant" if mode == "zeros" else mode).contiguous(memory_format=fmt)
+            x = F.pad(x, amounts, mode="constant" if mode == "zeros" else mode).contiguous(
+                memory_format=fmt
+            )
         if self.is_dense:
-            y = F.conv2d(x, self.weight, self.bias, c["stride"], self._padding, c["dilation"], c["groups"])
+            y = F.conv2d(
+                x, self.weight, self.bias, c["stride"], self._padding, c["dilation"], c["groups"]
+            )
             return F.relu(y) if c["relu"] else y
         op, layout, ints = self._run()
-        return op(x, layout, ints, c["out_channels"], c["kernel_size"], c["stride"], self._padding,
-                  c["dilation"], c["groups"], self.bias, c["relu"])
+        return op(
+            x,
+            layout,
+            ints,
+            c["out_channels"],
+            c["kernel_size"],
+            c["stride"],
+            self._padding,
+            c["dilation"],
+            c["groups"],
+            self.bias,
+            c["relu"],
+        )
 
 
 class SparseLinear(_SparseLayer):
@@ -266,15 +330,24 @@ class SparseLinear(_SparseLayer):
 
     @classmethod
     def from_weight(
-        cls, weight, bias=None, *, structure="auto", backend="auto", relu=False, name="weight",
+        cls,
+        weight,
+        bias=None,
+        *,
+        structure="auto",
+        backend="auto",
+        relu=False,
+        name="weight",
         packed=None,
     ) -> "SparseLinear":
         """A layer computing ``linear(x, weight, bias)`` (then ReLU if ``relu``); the other
         arguments as for ``SparseConv2d.from_weight``."""
         entries, packed = _packed_config(weight, bias, structure, backend, 1, name, packed)
         config = entries | {
-            "type": "SparseLinear", "in_features": weight.shape[1],
-            "out_features": weight.shape[0], "relu": relu,
+            "type": "SparseLinear",
+            "in_features": weight.shape[1],
+            "out_features": weight.shape[0],
+            "relu": relu,
         }
         return cls(config, weight.device)._fill(weight, bias, packed)
 
@@ -308,4 +381,3 @@ def from_config(config: dict, device=None) -> _SparseLayer:
         return LAYERS[config["type"]](config, device)
     except (KeyError, TypeError, ValueError) as error:
         raise SparsekitError(f"layer config {config!r} is malformed: {error!r}") from error
-

@@ -36,7 +36,9 @@ def _check_args(input, weight, bias, backend: str, op: str):
         other = "block_conv2d" if is_conv else "block_linear"
         raise SparsekitError(f"{op}: weight of shape {weight.weight_shape} belongs to {other}")
     if input.dtype != weight.dtype:
-        raise SparsekitError(f"{op}: input dtype {input.dtype} differs from the weight's {weight.dtype}")
+        raise SparsekitError(
+            f"{op}: input dtype {input.dtype} differs from the weight's {weight.dtype}"
+        )
     if input.device != weight.device:
         raise SparsekitError(f"{op}: input is on {input.device}, the weight on {weight.device}")
     if bias is not None and (
@@ -70,7 +72,9 @@ def _conv_geometry(input, weight: PackedWeight, stride, padding, dilation):
             f"block_conv2d: input shape {tuple(input.shape)} is not [N, {weight.in_features}, H, W]"
         )
     size = tuple(
-        conv_output_size(input.shape[2 + i], weight.kernel_size[i], stride[i], padding[i], dilation[i])
+        conv_output_size(
+            input.shape[2 + i], weight.kernel_size[i], stride[i], padding[i], dilation[i]
+        )
         for i in range(2)
     )
     if min(size) < 1:
@@ -95,8 +99,9 @@ def block_conv2d(
     (channels_last stays channels_last)."""
     chosen = _check_args(input, weight, bias, backend, "block_conv2d")
     stride, padding, dilation, _ = _conv_geometry(input, weight, stride, padding, dilation)
-    return chosen.block_conv2d(input, chosen.prepack(weight), weight, bias, stride, padding,
-                               dilation, relu)
+    return chosen.block_conv2d(
+        input, chosen.prepack(weight), weight, bias, stride, padding, dilation, relu
+    )
 
 
 def block_linear(

@@ -26,7 +26,9 @@ def save(compiled: nn.Module, path) -> Path:
     """Write ``compiled`` (from ``sparsekit.compile``) into the directory ``path``."""
     path = Path(path)
     layers = {
-        name: m.config for name, m in compiled.named_modules() if isinstance(m, (SparseConv2d, SparseLinear))
+        name: m.config
+        for name, m in compiled.named_modules()
+        if isinstance(m, (SparseConv2d, SparseLinear))
     }
     if not layers:
         raise SparsekitError("save: the model has no sparsekit layers; compile it first")
@@ -35,7 +37,10 @@ def save(compiled: nn.Module, path) -> Path:
     )
     report = getattr(compiled, "sparsekit_report", None)
     meta = {
-        "format": FORMAT, "version": VERSION, "layers": layers, "folded_batchnorms": folded,
+        "format": FORMAT,
+        "version": VERSION,
+        "layers": layers,
+        "folded_batchnorms": folded,
         "report": report.to_dict() if report is not None else None,
     }
     path.mkdir(parents=True, exist_ok=True)
@@ -54,7 +59,9 @@ def read_meta(path) -> dict:
         raise SparsekitError(f"load: cannot read {file}: {error}") from error
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise SparsekitError(f"load: {file} is not a sparsekit v{VERSION} model description")
-    if not isinstance(meta.get("layers"), dict) or not isinstance(meta.get("folded_batchnorms"), list):
+    if not isinstance(meta.get("layers"), dict) or not isinstance(
+        meta.get("folded_batchnorms"), list
+    ):
         raise SparsekitError(f"load: {file} lacks its layers or folded_batchnorms")
     return meta
 
@@ -86,7 +93,9 @@ def _replace(model: nn.Module, name: str, expected: type, replacement: nn.Module
     try:
         current = model.get_submodule(name)
     except AttributeError as error:
-        raise SparsekitError(f"load: the model has no layer {name!r}; is it the same architecture?") from error
+        raise SparsekitError(
+            f"load: the model has no layer {name!r}; is it the same architecture?"
+        ) from error
     if not isinstance(current, expected):
         raise SparsekitError(
             f"load: layer {name!r} is a {type(current).__name__}, expected {expected.__name__}; "

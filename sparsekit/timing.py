@@ -33,8 +33,12 @@ def median_seconds(fn, *args, min_run_time: float = 0.05, device: str | None = N
                 pass
             else:
                 rep_ms = max(1.0, 1e3 * min_run_time)
-                return do_bench(lambda: fn(*args), warmup=25, rep=rep_ms, return_mode="median") / 1e3
-        timer = Timer("fn(*args)", globals={"fn": fn, "args": args}, num_threads=torch.get_num_threads())
+                return (
+                    do_bench(lambda: fn(*args), warmup=25, rep=rep_ms, return_mode="median") / 1e3
+                )
+        timer = Timer(
+            "fn(*args)", globals={"fn": fn, "args": args}, num_threads=torch.get_num_threads()
+        )
         return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
@@ -58,7 +62,9 @@ def paired_ms(sides: dict, min_run_time: float, rounds: int = 3, device: str = "
     best = dict.fromkeys(sides, float("inf"))
     for _ in range(rounds):
         for key, fn in sides.items():
-            best[key] = min(best[key], 1e3 * median_seconds(fn, min_run_time=min_run_time, device=device))
+            best[key] = min(
+                best[key], 1e3 * median_seconds(fn, min_run_time=min_run_time, device=device)
+            )
     return best
 
 
@@ -70,8 +76,12 @@ def in_memory_format(fn, args, memory_format: torch.memory_format):
     converted in place."""
     if isinstance(fn, torch.nn.Module):
         fn = fn.to(memory_format=memory_format)
-    return fn, tuple(a.contiguous(memory_format=memory_format) if isinstance(a, torch.Tensor) and a.dim() == 4
-                     else a for a in args)
+    return fn, tuple(
+        a.contiguous(memory_format=memory_format)
+        if isinstance(a, torch.Tensor) and a.dim() == 4
+        else a
+        for a in args
+    )
 
 
 def in_faster_format(fn, *args, min_run_time: float = 0.05):
@@ -92,6 +102,10 @@ def device_name(device: torch.device | str = "cpu") -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        return next(
+            line.split(":", 1)[1].strip()
+            for line in open("/proc/cpuinfo")
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         return platform.processor() or platform.machine()

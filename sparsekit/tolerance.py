@@ -29,7 +29,11 @@ MIN_SPREAD = 100
 def precision(expected: torch.Tensor):
     """The key of ``TOLERANCES`` for a result computed like ``expected`` (under
     ``matching_precision``)."""
-    if expected.dtype == torch.float32 and expected.is_cuda and torch.get_float32_matmul_precision() != "highest":
+    if (
+        expected.dtype == torch.float32
+        and expected.is_cuda
+        and torch.get_float32_matmul_precision() != "highest"
+    ):
         return "tf32"
     return expected.dtype if expected.dtype in TOLERANCES else torch.float32
 

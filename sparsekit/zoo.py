@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import SparsekitError
 from .compiler.reference import dense_masked_copy
+from .errors import SparsekitError
 from .masks import collect_masks
 
 STATISTICS = ("running_mean", "running_var", "num_batches_tracked")  # a BatchNorm's buffers
@@ -193,6 +193,8 @@ def calibrate_batchnorm(model: nn.Module, batches, masks=None) -> nn.Module:
             norm.momentum = momentum
             norm.eval()
     if target is not model:
-        statistics = {k: v for k, v in target.state_dict().items() if k.rpartition(".")[2] in STATISTICS}
+        statistics = {
+            k: v for k, v in target.state_dict().items() if k.rpartition(".")[2] in STATISTICS
+        }
         model.load_state_dict(statistics, strict=False)
     return model.eval()

@@ -9,7 +9,10 @@ from hypothesis import HealthCheck, settings
 # x dtype against fp64 dense: 2,000 cases each).
 for _name, _examples in (("fast", 200), ("thorough", 2000)):
     settings.register_profile(
-        _name, max_examples=_examples, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+        _name,
+        max_examples=_examples,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
         print_blob=True,
     )
 settings.load_profile(os.environ.get("SPARSEKIT_HYPOTHESIS_PROFILE", "fast"))
@@ -35,6 +38,7 @@ def pytest_runtest_logreport(report):
     (under xdist this runs in the controller as the workers report)."""
     if report.failed and _terminal[0] is not None:
         _terminal[0].write_line(f"\nFAILED {report.nodeid} ({report.when})", red=True)
+
 
 # Under pytest-xdist every worker is one process: one torch thread each keeps the cores from
 # being oversubscribed (spinning OpenMP threads of two processes on two cores starve each other).

@@ -117,19 +117,39 @@ def pack_for(backend: str | None, weight, mask=None, structure="auto", groups=1)
     return pack(weight, mask, structure="kernel", groups=groups)
 
 
-def packed_conv(cout, cin, kernel, groups, dtype, structure="auto", density=0.4, kind="mixed", gen=None,
-                backend=None):
+def packed_conv(
+    cout,
+    cin,
+    kernel,
+    groups,
+    dtype,
+    structure="auto",
+    density=0.4,
+    kind="mixed",
+    gen=None,
+    backend=None,
+):
     weight = torch.randn(cout, cin // groups, *kernel, generator=gen).to(dtype)
     pattern = random_pattern(
-        cout, weight[0].numel(), kernel_area=kernel[0] * kernel[1], kind=kind, density=density, gen=gen
+        cout,
+        weight[0].numel(),
+        kernel_area=kernel[0] * kernel[1],
+        kind=kind,
+        density=density,
+        gen=gen,
     )
     return pack_for(backend, weight, pattern.view(weight.shape), structure, groups)
 
 
 def expected_conv(x, packed, bias, stride, padding, dilation, relu):
     y = F.conv2d(
-        x.double(), unpack(packed).double(), None if bias is None else bias.double(),
-        stride, padding, dilation, packed.groups,
+        x.double(),
+        unpack(packed).double(),
+        None if bias is None else bias.double(),
+        stride,
+        padding,
+        dilation,
+        packed.groups,
     )
     return y.relu() if relu else y
 

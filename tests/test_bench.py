@@ -8,7 +8,9 @@ def test_cpu_suite_quick_mode_writes_results(tmp_path):
     (json_file,) = tmp_path.glob("cpu-*-quick.json")
     saved = json.loads(json_file.read_text())
     assert saved["environment"]["command"] == "python -m bench.cpu_suite --quick"
-    assert {"device", "threads", "torch", "dtypes", "fp32_peak_gmacs", "date"} <= set(saved["environment"])
+    assert {"device", "threads", "torch", "dtypes", "fp32_peak_gmacs", "date"} <= set(
+        saved["environment"]
+    )
     kinds = {r["kind"] for r in saved["results"]}
     assert kinds == {"conv3x3", "linear", "model"} and len(saved["results"]) == len(records)
     assert {r["dtype"] for r in saved["results"]} == {"float32", "bfloat16"}
@@ -35,13 +37,19 @@ def test_reproduce_quick_mode_measures_against_the_flop_limit(tmp_path):
     (json_file,) = tmp_path.glob("reproduce-cpu-*-quick.json")
     saved = json.loads(json_file.read_text())
     assert saved["environment"]["command"] == "python -m bench.reproduce --quick"
-    assert [r["transform"] for r in saved["results"]] == ["refill", "kernel"] == [r["transform"] for r in records]
+    assert (
+        [r["transform"] for r in saved["results"]]
+        == ["refill", "kernel"]
+        == [r["transform"] for r in records]
+    )
     for r in saved["results"]:
         assert r["max_error"] <= r["bound"] and r["flop_limit"] > 1 and r["runs"] == 5
         assert r["dense_quartiles_ms"][0] <= r["dense_ms"] <= r["dense_quartiles_ms"][1]
         assert abs(r["saving"] - (1 - r["compiled_ms"] / r["dense_ms"])) < 1e-9
         assert abs(r["limit_saving"] - (1 - 1 / r["flop_limit"])) < 1e-9
-        assert any(layer["structure"] != "dense" for layer in r["layers"])  # 80%: the per-layer breakdown
+        assert any(
+            layer["structure"] != "dense" for layer in r["layers"]
+        )  # 80%: the per-layer breakdown
     refill, kernel = saved["results"]
     assert reproduce.paper_row(refill)["paper"] == "Structure-LTH"
     assert kernel["acceleration_rate"] >= 1
@@ -54,7 +62,8 @@ def test_reproduce_quick_mode_measures_against_the_flop_limit(tmp_path):
     again = reproduce.main(["--quick", "--out", str(tmp_path), "--resume"])
     assert again[0] == refill and [r["transform"] for r in again] == ["refill", "kernel"]
     assert json.loads(json_file.read_text())["environment"]["command"] == (
-        "python -m bench.reproduce --quick; python -m bench.reproduce --quick --resume")
+        "python -m bench.reproduce --quick; python -m bench.reproduce --quick --resume"
+    )
 
 
 def test_the_papers_ticket_keeps_its_blocks_and_flop_limit():
@@ -68,7 +77,9 @@ def test_the_papers_ticket_keeps_its_blocks_and_flop_limit():
 
     model = zoo.create("resnet18").eval()
     masks = reproduce.ticket_masks(model)
-    assert len(masks) == 20 and all(m.shape == model.get_submodule(k[:-7]).weight.shape for k, m in masks.items())
+    assert len(masks) == 20 and all(
+        m.shape == model.get_submodule(k[:-7]).weight.shape for k, m in masks.items()
+    )
     kept = sum(m.sum() for m in masks.values()) / sum(m.numel() for m in masks.values())
     assert 0.3 < kept < 0.4
     assert all(m.all() for k, m in masks.items() if k.startswith(("layer1.", "conv1")))
@@ -88,7 +99,9 @@ def test_gpu_suite_quick_mode_checks_and_times_every_side(tmp_path):
         side = "sparsekit" if r["kind"] == "model" else "triton"  # a model: the compiled one
         assert r[f"{side}_error"] <= r["bound"] and r["flop_limit"] > 1
         assert abs(r[f"{side}_speedup"] - r["dense_ms"] / r[f"{side}_ms"]) < 1e-9
-        assert set(r[f"{side}_ms_by_format"]) == ({"rows"} if r["kind"] == "linear" else {"nchw", "channels_last"})
+        assert set(r[f"{side}_ms_by_format"]) == (
+            {"rows"} if r["kind"] == "linear" else {"nchw", "channels_last"}
+        )
     (model,) = (r for r in saved["results"] if r["kind"] == "model")
     assert any(layer["structure"] != "dense" for layer in model["layers"])
     assert any("torch_ms" in r for r in saved["results"])
@@ -97,13 +110,22 @@ def test_gpu_suite_quick_mode_checks_and_times_every_side(tmp_path):
 def test_plan_against_uniform_quick_mode_on_digits(tmp_path):
     from bench import plan_vs_uniform
 
-    (record,) = plan_vs_uniform.main(["--quick", "--workload", "digits", "--speedup", "1.2", "--out", str(tmp_path)])
+    (record,) = plan_vs_uniform.main(
+        ["--quick", "--workload", "digits", "--speedup", "1.2", "--out", str(tmp_path)]
+    )
     assert record["speedup"] >= 1.2 and record["rounds"][-1]["speedup"] == record["speedup"]
     assert [round(u["sparsity"], 3) for u in record["uniform"]] == [0.0, 0.4, 0.827, 0.95]
-    assert record["uniform"][0]["loss"] == 0 or record["uniform"][0]["loss"] < record["uniform"][-1]["loss"]
+    assert (
+        record["uniform"][0]["loss"] == 0
+        or record["uniform"][0]["loss"] < record["uniform"][-1]["loss"]
+    )
     assert 0 < record["accuracy"] <= 1 and record["max_error"] < 1e-3
-    assert plan_vs_uniform.interpolated([{"speedup": 1.0, "loss": 0.0}, {"speedup": 3.0, "loss": 1.0}], 2.5,
-                                        "loss") == 0.75
+    assert (
+        plan_vs_uniform.interpolated(
+            [{"speedup": 1.0, "loss": 0.0}, {"speedup": 3.0, "loss": 1.0}], 2.5, "loss"
+        )
+        == 0.75
+    )
     saved = json.loads((tmp_path / "plan-vs-uniform-cpu-quick.json").read_text())
     assert saved["results"][0]["workload"] == "digits"
     assert (tmp_path / "plan-vs-uniform-cpu-quick-digits.png").stat().st_size > 1000

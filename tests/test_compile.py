@@ -11,7 +11,12 @@ from torch.nn.utils import parametrize
 
 import sparsekit
 from sparsekit import (
-    SparseConv2d, SparseLinear, SparsekitError, SparsekitWarning, backends, zoo,
+    SparseConv2d,
+    SparsekitError,
+    SparsekitWarning,
+    SparseLinear,
+    backends,
+    zoo,
 )
 from sparsekit.backends import Backend
 from sparsekit.compiler import choice
@@ -19,8 +24,17 @@ from sparsekit.compiler.batchnorm import FoldedLayer
 
 from .helpers import assert_model_close, calibrated_zoo_model, dense_masked, structured_masks
 
-SOURCES = ["param_dict", "module_dict", "nested_dict", "prune_hooks", "prune_state_dict",
-           "ao_parametrizations", "zeros", "safetensors_file", "pt_file"]
+SOURCES = [
+    "param_dict",
+    "module_dict",
+    "nested_dict",
+    "prune_hooks",
+    "prune_state_dict",
+    "ao_parametrizations",
+    "zeros",
+    "safetensors_file",
+    "pt_file",
+]
 STRUCTURES = ["channel", "kernel", "group", "auto"]
 
 
@@ -73,9 +87,14 @@ def test_zoo_models_compile_exactly(name, source, structure, tmp_path):
     assert_model_close(compiled(x), reference(x))
     report = compiled.sparsekit_report
     assert report.ok and report.layers
-    if (name, structure) != ("wrn32_2", "channel"):  # 32-128 channels: the gather outweighs 50% rows
+    if (name, structure) != (
+        "wrn32_2",
+        "channel",
+    ):  # 32-128 channels: the gather outweighs 50% rows
         assert any(layer.backend == "cpu" for layer in report.layers), "nothing was packed"
-    assert all(l.structure in (structure, "dense") for l in report.layers if structure != "auto")
+    assert all(
+        layer.structure in (structure, "dense") for layer in report.layers if structure != "auto"
+    )
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert not any(isinstance(m, (SparseConv2d, SparseLinear)) for m in model.modules())
@@ -89,7 +108,10 @@ def test_batchnorm_is_folded_and_identity_left():
     x = torch.randn(2, 3, 32, 32)
     compiled = sparsekit.compile(model, masks, x, measure=False)
     assert isinstance(compiled.layer1[0].bn1, nn.Identity)
-    assert compiled.layer1[0].conv1.config["source"] == {"layer": "layer1.0.conv1", "batchnorm": "layer1.0.bn1"}
+    assert compiled.layer1[0].conv1.config["source"] == {
+        "layer": "layer1.0.conv1",
+        "batchnorm": "layer1.0.bn1",
+    }
     assert_model_close(compiled(x), dense_masked(model, masks)(x))
     unfolded = sparsekit.compile(model, masks, x, measure=False, fold_bn=False)
     assert isinstance(unfolded.layer1[0].bn1, nn.BatchNorm2d)
@@ -100,7 +122,8 @@ def test_freshly_pruned_model_is_left_working():
     model = zoo.create("wrn32_2").eval()
     prune.global_unstructured(
         [(m, "weight") for m in model.modules() if isinstance(m, nn.Conv2d)],
-        pruning_method=prune.L1Unstructured, amount=0.7,
+        pruning_method=prune.L1Unstructured,
+        amount=0.7,
     )
     assert not model.layer1[0].conv1.weight.is_leaf
     zoo.calibrate_batchnorm(model, [torch.randn(8, 3, 32, 32) for _ in range(2)])  # under its hooks
@@ -112,7 +135,9 @@ def test_freshly_pruned_model_is_left_working():
 
 
 def test_bias_masks_are_honoured():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, bias=True), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 5)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, bias=True), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 5)
+    ).eval()
     bias_mask = torch.tensor([1, 0, 1, 0, 1, 1, 0, 1.0])
     masks = {"0.weight": (torch.rand(8, 3, 3, 3) < 0.5).float(), "0.bias": bias_mask}
     x = torch.randn(2, 3, 6, 6)
@@ -162,8 +187,12 @@ def test_plan_choice_compares_backends(monkeypatch):
     weight = conv.weight.detach() * (torch.arange(32) < 4).view(-1, 1, 1, 1)  # whole channels
     x = torch.randn(1, 16, 8, 8)
     times = {"dense": 1.0, "cpu": 0.6, "torch": 0.4}
-    monkeypatch.setattr(choice.timing, "median_seconds", lambda layer, *a, **k: times[layer.backend])
-    monkeypatch.setattr(choice.timing, "one_call_seconds", lambda layer, *a, **k: times[layer.backend])
+    monkeypatch.setattr(
+        choice.timing, "median_seconds", lambda layer, *a, **k: times[layer.backend]
+    )
+    monkeypatch.setattr(
+        choice.timing, "one_call_seconds", lambda layer, *a, **k: times[layer.backend]
+    )
     both = [backends.get("cpu"), backends.get("torch")]
     chosen = choose(conv, weight, "channel", both, x)
     assert chosen.backend == "torch"
@@ -172,7 +201,9 @@ def test_plan_choice_compares_backends(monkeypatch):
     assert chosen.backend == "cpu"
     partial = conv.weight.detach() * (torch.rand_like(conv.weight) < 0.2)  # no whole kernels
     chosen = choose(conv, partial, "group", both[1:], x)
-    assert chosen.backend == "dense"  # no packed candidate: backend torch cannot run partial kernels
+    assert (
+        chosen.backend == "dense"
+    )  # no packed candidate: backend torch cannot run partial kernels
 
 
 def test_plan_choice_times_only_candidates_whose_first_call_is_close_to_the_best(monkeypatch):
@@ -183,9 +214,14 @@ def test_plan_choice_times_only_candidates_whose_first_call_is_close_to_the_best
     x = torch.randn(1, 16, 8, 8)
     first = {"cpu": 1.0, "torch": 1.0}
     timed = []
-    monkeypatch.setattr(choice.timing, "one_call_seconds", lambda layer, *a, **k: first[layer.backend])
-    monkeypatch.setattr(choice.timing, "median_seconds",
-                        lambda layer, *a, **k: timed.append(layer.backend) or (10.0 if layer.is_dense else 1.0))
+    monkeypatch.setattr(
+        choice.timing, "one_call_seconds", lambda layer, *a, **k: first[layer.backend]
+    )
+    monkeypatch.setattr(
+        choice.timing,
+        "median_seconds",
+        lambda layer, *a, **k: timed.append(layer.backend) or (10.0 if layer.is_dense else 1.0),
+    )
     both = [backends.get("cpu"), backends.get("torch")]
     assert choose(conv, weight, "channel", both, x).backend == "cpu"
     assert timed == ["dense", "cpu", "torch"]  # both close to the best first call: both timed
@@ -203,7 +239,7 @@ def test_measured_compile_is_never_slower_than_its_dense_plan_by_construction():
     compiled = sparsekit.compile(model, masks, x)
     report = compiled.sparsekit_report
     assert report.ok and report.discriminating and report.dense_ms > 0 and report.sparse_ms > 0
-    assert all(l.dense_ms > 0 and l.sparse_ms > 0 for l in report.layers)
+    assert all(layer.dense_ms > 0 and layer.sparse_ms > 0 for layer in report.layers)
     text = str(report)
     assert "end to end" in text and "features.3" in text
     assert report.to_dict()["layers"][0]["name"] == report.layers[0].name
@@ -324,20 +360,32 @@ def planted(request):
 def small_model():
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 128, 3, padding=1), nn.BatchNorm2d(128), nn.ReLU(),
-        nn.Conv2d(128, 160, 3, padding=1), nn.BatchNorm2d(160), nn.ReLU(),
-        nn.Flatten(), nn.Linear(160 * 6 * 6, 10),
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Conv2d(32, 128, 3, padding=1),
+        nn.BatchNorm2d(128),
+        nn.ReLU(),
+        nn.Conv2d(128, 160, 3, padding=1),
+        nn.BatchNorm2d(160),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(160 * 6 * 6, 10),
     ).eval()
     masks = {  # a quarter of the output channels: a plan the cost model packs
-        f"{i}.weight": (torch.rand(model[i].out_channels, 1, 1, 1) < 0.25).expand_as(model[i].weight).float()
+        f"{i}.weight": (torch.rand(model[i].out_channels, 1, 1, 1) < 0.25)
+        .expand_as(model[i].weight)
+        .float()
         for i in (3, 6)
     }
     return zoo.calibrate_batchnorm(model, [torch.randn(8, 3, 6, 6)], masks), masks
 
 
-@pytest.mark.parametrize(("planted", "problem"), [("wrong", "differs"), ("raises", "raised RuntimeError")],
-                         indirect=["planted"])
+@pytest.mark.parametrize(
+    ("planted", "problem"),
+    [("wrong", "differs"), ("raises", "raised RuntimeError")],
+    indirect=["planted"],
+)
 @pytest.mark.parametrize("backend", ["named", "auto"])
 def test_a_wrong_or_failing_backend_is_dropped_and_the_model_stays_exact(planted, problem, backend):
     model, masks = small_model()
@@ -345,12 +393,16 @@ def test_a_wrong_or_failing_backend_is_dropped_and_the_model_stays_exact(planted
     name = planted.name if backend == "named" else "auto"
     pattern = rf"layer '3': the 'group' plan on backend '{planted.name}' {problem}.*dropped"
     with pytest.warns(SparsekitWarning, match=pattern):
-        compiled = sparsekit.compile(model, masks, x, structure="group", backend=name, measure=False)
+        compiled = sparsekit.compile(
+            model, masks, x, structure="group", backend=name, measure=False
+        )
     assert compiled[3].backend != planted.name  # never chosen where it is wrong
     if backend == "named":
         assert compiled[6].backend == planted.name  # and still used where it is right
-    assert any(f"dropped 'group' plan on backend '{planted.name}'" in layer.note
-               for layer in compiled.sparsekit_report.layers)
+    assert any(
+        f"dropped 'group' plan on backend '{planted.name}'" in layer.note
+        for layer in compiled.sparsekit_report.layers
+    )
     assert_model_close(compiled(x), dense_masked(model, masks)(x))
 
 
@@ -363,7 +415,9 @@ def test_channels_last_stays_channels_last_through_a_compiled_zoo_model():
     formats = {}  # sparse layer -> (its input, its output) in channels_last
 
     def record(layer, args, y):
-        formats[layer] = tuple(t.is_contiguous(memory_format=torch.channels_last) for t in (args[0], y))
+        formats[layer] = tuple(
+            t.is_contiguous(memory_format=torch.channels_last) for t in (args[0], y)
+        )
 
     for layer in compiled.modules():
         if isinstance(layer, SparseConv2d) and not layer.is_dense:
@@ -376,19 +430,37 @@ def test_a_channels_last_model_computes_in_channels_last_from_a_one_channel_inpu
     """A one-channel input cannot say its format; torch's conv answers in channels_last for a
     channels_last weight, and so must the compiled layers, or the compiled model runs NCHW."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-                          nn.Conv2d(32, 32, 3, padding=1)).eval().to(memory_format=torch.channels_last)
-    masks = {name: (torch.rand(p.shape) > 0.7).float() for name, p in model.named_parameters() if p.dim() == 4}
+    model = (
+        nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1),
+        )
+        .eval()
+        .to(memory_format=torch.channels_last)
+    )
+    masks = {
+        name: (torch.rand(p.shape) > 0.7).float()
+        for name, p in model.named_parameters()
+        if p.dim() == 4
+    }
     x = torch.randn(4, 1, 8, 8)
     with torch.no_grad():
-        assert model(x).is_contiguous(memory_format=torch.channels_last) and not model(x).is_contiguous()
+        assert (
+            model(x).is_contiguous(memory_format=torch.channels_last)
+            and not model(x).is_contiguous()
+        )
     compiled = sparsekit.compile(model, masks, x, measure=False)
     assert all(compiled[i].config["channels_last"] for i in (0, 2, 4))
     with torch.no_grad():
         y = compiled(x)
     assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
     assert_model_close(y, dense_masked(model, masks)(x))
-    plain = sparsekit.compile(model.to(memory_format=torch.contiguous_format), masks, x, measure=False)
+    plain = sparsekit.compile(
+        model.to(memory_format=torch.contiguous_format), masks, x, measure=False
+    )
     assert not plain[2].config["channels_last"] and plain(x).is_contiguous()
 
 

@@ -17,15 +17,18 @@ pytestmark = pytest.mark.skipif(PROBLEM is not None, reason=f"cuda backend: {PRO
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("case", [
-    # (cout, cin, kernel, groups, stride, padding, dilation, structure, batch)
-    (24, 16, (3, 3), 1, 1, 1, 1, "auto", 3),
-    (12, 6, (3, 3), 2, 2, 2, 2, "auto", 3),
-    (8, 8, (1, 1), 8, 1, 0, 1, "auto", 3),
-    # whole channels (16-byte gathers), three row tiles, several position tiles per row tile
-    (130, 64, (3, 3), 1, 1, 1, 1, "channel", 5),
-    (96, 48, (3, 3), 1, 2, 1, 1, "kernel", 4),
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        # (cout, cin, kernel, groups, stride, padding, dilation, structure, batch)
+        (24, 16, (3, 3), 1, 1, 1, 1, "auto", 3),
+        (12, 6, (3, 3), 2, 2, 2, 2, "auto", 3),
+        (8, 8, (1, 1), 8, 1, 0, 1, "auto", 3),
+        # whole channels (16-byte gathers), three row tiles, several position tiles per row tile
+        (130, 64, (3, 3), 1, 1, 1, 1, "channel", 5),
+        (96, 48, (3, 3), 1, 2, 1, 1, "kernel", 4),
+    ],
+)
 def test_block_conv2d_matches_dense(case, channels_last, dtype):
     cout, cin, kernel, groups, stride, padding, dilation, structure, batch = case
     gen = torch.Generator().manual_seed(0)

@@ -36,8 +36,9 @@ def test_cuda_ops_register_a_kernel_for_every_op():
 
     if torch.version.cuda is not None:
         pytest.skip("a CUDA torch: the extension itself registers the CUDA kernels")
-    result = subprocess.run([sys.executable, "-c", PROBE, str(LIBRARY)], capture_output=True,
-                            text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, str(LIBRARY)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stderr
     before, after = result.stdout.strip().split("|")
     assert before == ""  # a CPU torch: the kernels come from the library

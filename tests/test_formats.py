@@ -47,7 +47,9 @@ def test_round_trip_is_exact(structure, case):
     assert torch.equal(restored, expected)
     kept = mask.bool()
     # bit for bit on every kept weight; elsewhere both are zeros (possibly of opposite sign)
-    assert torch.equal(restored[kept].view(-1).view(torch.uint8), weight[kept].view(-1).view(torch.uint8))
+    assert torch.equal(
+        restored[kept].view(-1).view(torch.uint8), weight[kept].view(-1).view(torch.uint8)
+    )
     assert torch.equal(weight, weight_before) and torch.equal(mask, mask_before)
     assert packed.row_idx.dtype == packed.col_idx.dtype == torch.int32
     assert packed.block_ptr.shape == (3, packed.num_blocks + 1)

@@ -17,13 +17,20 @@ def test_every_dict_form_gives_the_same_masks():
     forms = [
         {"0.weight": w, "0.bias": b},
         {"0": {"weight": w, "bias": b}},
-        {"0.weight_mask": w, "0.bias_mask": b, "0.weight_orig": torch.zeros(1), "1.running_mean": torch.zeros(4)},
+        {
+            "0.weight_mask": w,
+            "0.bias_mask": b,
+            "0.weight_orig": torch.zeros(1),
+            "1.running_mean": torch.zeros(4),
+        },
     ]
     for form in forms:
         found = collect_masks(model, form)
         assert set(found) == {"0"} and torch.equal(found["0"]["weight"], w)
         assert torch.equal(found["0"]["bias"], b)
-    assert torch.equal(collect_masks(model, {"3": torch.ones(3, 4)})["3"]["weight"], torch.ones(3, 4))
+    assert torch.equal(
+        collect_masks(model, {"3": torch.ones(3, 4)})["3"]["weight"], torch.ones(3, 4)
+    )
 
 
 def test_live_prune_masks_are_found_and_nothing_changes():

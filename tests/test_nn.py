@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsekit import SparseConv2d, SparseLinear, SparsekitError, backends
+from sparsekit import SparseConv2d, SparsekitError, SparseLinear, backends
 from sparsekit.backends import Backend
 from sparsekit.geometry import is_channels_last, output_memory_format
 from sparsekit.nn import from_config
@@ -30,7 +30,11 @@ from .helpers import CPU_BACKENDS, assert_matches, conv_input, pack_for
 def test_sparse_conv2d_equals_the_conv_it_replaces(conv, backend, layout):
     with torch.no_grad():
         conv.weight.mul_(torch.rand_like(conv.weight) < 0.5)
-    structure = "group" if backend == "dense" else pack_for(backend, conv.weight, None, "group", conv.groups).structure
+    structure = (
+        "group"
+        if backend == "dense"
+        else pack_for(backend, conv.weight, None, "group", conv.groups).structure
+    )
     layer = SparseConv2d.from_conv(conv, structure=structure, backend=backend)
     x = conv_input((2, 4, 9, 8), torch.float32, layout)
     y = layer(x)
@@ -46,12 +50,18 @@ def test_sparse_conv2d_computes_in_the_memory_format_torch_conv_would(backend):
     conv = nn.Conv2d(4, 6, 3, padding=1).to(memory_format=torch.channels_last)
     with torch.no_grad():
         conv.weight.mul_(torch.rand_like(conv.weight) < 0.5)
-    layer = SparseConv2d.from_conv(conv, structure="group" if backend == "dense" else "auto", backend=backend)
+    layer = SparseConv2d.from_conv(
+        conv, structure="group" if backend == "dense" else "auto", backend=backend
+    )
     x = torch.randn(2, 4, 7, 7)
     for memory_format in (torch.channels_last, torch.contiguous_format, torch.channels_last):
         conv, layer = conv.to(memory_format=memory_format), layer.to(memory_format=memory_format)
         expected, y = conv(x), layer(x)
-        assert is_channels_last(y) == is_channels_last(expected) == (memory_format == torch.channels_last)
+        assert (
+            is_channels_last(y)
+            == is_channels_last(expected)
+            == (memory_format == torch.channels_last)
+        )
         assert_matches(y, expected.double(), torch.float32)
 
 
@@ -90,8 +100,9 @@ def test_with_backend_makes_a_twin_on_another_backend():
     assert twin.backend == "torch" and layer.backend == "cpu"
     assert twin.summary() == layer.summary()
     assert_matches(twin(x), layer(x).double(), torch.float32)
-    partial = SparseConv2d.from_weight(torch.randn(8, 4, 3, 3) * (torch.rand(8, 4, 3, 3) < 0.3),
-                                       structure="group", backend="cpu")
+    partial = SparseConv2d.from_weight(
+        torch.randn(8, 4, 3, 3) * (torch.rand(8, 4, 3, 3) < 0.3), structure="group", backend="cpu"
+    )
     assert not partial.supports("torch")
     with pytest.raises(SparsekitError, match="whole kernels"):
         partial.with_backend("torch")
@@ -102,7 +113,12 @@ def test_with_backend_makes_a_twin_on_another_backend():
 def test_summary_of_a_dense_layer():
     layer = SparseLinear.from_weight(torch.tensor([[1.0, 0.0], [0.0, 0.0]]), backend="dense")
     s = layer.summary()
-    assert s["structure"] == "dense" and s["nnz"] == 1 and s["density"] == 0.25 and s["flops_ratio"] == 1
+    assert (
+        s["structure"] == "dense"
+        and s["nnz"] == 1
+        and s["density"] == 0.25
+        and s["flops_ratio"] == 1
+    )
 
 
 def test_bad_layer_arguments():

@@ -12,8 +12,16 @@ from sparsekit.backends import schema
 from sparsekit.geometry import is_channels_last, output_memory_format
 
 from .helpers import (
-    CONV_CASES, CPU_BACKENDS, LAYOUTS, assert_matches, backend_dtypes, conv_input, expected_conv,
-    expected_linear, pack_for, packed_conv,
+    CONV_CASES,
+    CPU_BACKENDS,
+    LAYOUTS,
+    assert_matches,
+    backend_dtypes,
+    conv_input,
+    expected_conv,
+    expected_linear,
+    pack_for,
+    packed_conv,
 )
 
 BACKEND_DTYPES = [(b, d) for b in CPU_BACKENDS for d in backend_dtypes(b)]
@@ -23,7 +31,9 @@ def test_every_cpu_backend_is_tested():
     assert {"cpu", "torch", "reference"} <= set(CPU_BACKENDS) and len(BACKEND_DTYPES) >= 10
 
 
-@pytest.mark.parametrize("shape", [(16, 1, 3, 3), (4, 1, 8, 8), (4, 3, 1, 1), (4, 1, 1, 1), (2, 3, 1, 5), (2, 3, 4, 5)])
+@pytest.mark.parametrize(
+    "shape", [(16, 1, 3, 3), (4, 1, 8, 8), (4, 3, 1, 1), (4, 1, 1, 1), (2, 3, 1, 5), (2, 3, 4, 5)]
+)
 @pytest.mark.parametrize("fmt", [torch.channels_last, torch.contiguous_format], ids=str)
 def test_is_channels_last_reads_a_tensor_as_torch_conv_does(shape, fmt):
     """Tensors with one channel or one pixel are contiguous in both formats; their strides decide,
@@ -66,7 +76,9 @@ def test_channels_last_in_channels_last_out(backend):
 def test_one_channel_inputs_in_channels_last_with_a_one_column_output(backend, groups):
     """torch 2.13's own CPU conv2d gets this case wrong (one input channel, strides of a
     channels_last tensor, stride 2 along a one-column output); the ops must not."""
-    packed = packed_conv(4, groups, (3, 3), groups, torch.float32, "dense", 1.0, "random", backend=backend)
+    packed = packed_conv(
+        4, groups, (3, 3), groups, torch.float32, "dense", 1.0, "random", backend=backend
+    )
     x = torch.randn(2, groups, 4, 3).to(memory_format=torch.channels_last)
     y = ops.block_conv2d(x, packed, None, (1, 2), (1, 0), backend=backend)
     assert y.shape[-1] == 1
@@ -90,7 +102,9 @@ def test_block_linear_takes_non_contiguous_input():
     packed = pack(torch.randn(20, 16), torch.rand(20, 16) < 0.5)
     x = torch.randn(16, 9).T  # [9, 16] with a feature stride of 9
     assert not x.is_contiguous()
-    assert_matches(ops.block_linear(x, packed), expected_linear(x, packed, None, False), torch.float32)
+    assert_matches(
+        ops.block_linear(x, packed), expected_linear(x, packed, None, False), torch.float32
+    )
 
 
 @st.composite
@@ -109,8 +123,15 @@ def conv_problems(draw):
         for i in range(2)
     ]
     return dict(
-        n=draw(st.integers(1, 3)), cin=cin, cout=cout, groups=groups, kernel=kernel, hw=hw,
-        stride=stride, padding=padding, dilation=dilation,
+        n=draw(st.integers(1, 3)),
+        cin=cin,
+        cout=cout,
+        groups=groups,
+        kernel=kernel,
+        hw=hw,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
         structure=draw(st.sampled_from(["dense", "channel", "kernel", "group", "auto"])),
         kind=draw(st.sampled_from(["random", "channel", "kernel", "blocks", "mixed"])),
         density=draw(st.sampled_from([0.0, 0.1, 0.5, 1.0])),
@@ -126,7 +147,15 @@ def conv_problems(draw):
 def test_block_conv2d_property(backend, dtype, p):
     gen = torch.Generator().manual_seed(p["seed"])
     packed = packed_conv(
-        p["cout"], p["cin"], p["kernel"], p["groups"], dtype, p["structure"], p["density"], p["kind"], gen,
+        p["cout"],
+        p["cin"],
+        p["kernel"],
+        p["groups"],
+        dtype,
+        p["structure"],
+        p["density"],
+        p["kind"],
+        gen,
         backend,
     )
     x = conv_input((p["n"], p["cin"], *p["hw"]), dtype, p["layout"], gen)
@@ -150,7 +179,17 @@ def test_block_conv2d_property(backend, dtype, p):
     seed=st.integers(0, 2**31),
 )
 def test_block_linear_property(
-    backend, dtype, lead, in_features, out_features, structure, density, bias, relu, transposed, seed
+    backend,
+    dtype,
+    lead,
+    in_features,
+    out_features,
+    structure,
+    density,
+    bias,
+    relu,
+    transposed,
+    seed,
 ):
     gen = torch.Generator().manual_seed(seed)
     weight = torch.randn(out_features, in_features, generator=gen).to(dtype)
@@ -182,7 +221,9 @@ def test_empty_batch():
 @pytest.mark.parametrize("op", ["conv", "linear"])
 def test_cpu_kernel_is_deterministic_across_thread_counts(op):
     if op == "conv":
-        packed = packed_conv(64, 32, (3, 3), 1, torch.float32, structure="group", density=0.3, kind="random")
+        packed = packed_conv(
+            64, 32, (3, 3), 1, torch.float32, structure="group", density=0.3, kind="random"
+        )
         x = torch.randn(4, 32, 15, 15)
         run = lambda: ops.block_conv2d(x, packed, padding=1)  # noqa: E731
     else:  # one tile of positions: its rows are split among the threads
@@ -205,7 +246,9 @@ def test_cpu_kernel_is_deterministic_across_thread_counts(op):
 def test_cpu_phase_profile_counts_the_calls_inside_it_only():
     from sparsekit.backends import cpu
 
-    packed = packed_conv(64, 32, (3, 3), 1, torch.float32, structure="group", density=0.3, kind="random")
+    packed = packed_conv(
+        64, 32, (3, 3), 1, torch.float32, structure="group", density=0.3, kind="random"
+    )
     x = torch.randn(2, 32, 6, 5)
     ops.block_conv2d(x, packed, padding=1)  # outside: not counted
     with cpu.phase_profile() as totals:
@@ -213,7 +256,12 @@ def test_cpu_phase_profile_counts_the_calls_inside_it_only():
             ops.block_conv2d(x, packed, padding=1)
     ops.block_conv2d(x, packed, padding=1)
     assert totals["calls"] == 3 and totals["tap_calls"] == 0  # small blocks: the planes kernel
-    assert totals["pack_s"] > 0 and totals["tiles_s"] > 0 and totals["micro_s"] > 0 and totals["store_s"] > 0
+    assert (
+        totals["pack_s"] > 0
+        and totals["tiles_s"] > 0
+        and totals["micro_s"] > 0
+        and totals["store_s"] > 0
+    )
     # Padded grid: 6 + 1 shared zero rows by 5 + 1 columns per image, in whole 128-position tiles.
     assert totals["grid_positions"] == 3 * 128 * -(-2 * 7 * 6 // 128)
 
@@ -223,7 +271,9 @@ def test_cpu_planes_kernel_puts_a_batch_of_16_innermost():
     the rows with their shared zero column, not the images' padded planes."""
     from sparsekit.backends import cpu
 
-    packed = packed_conv(24, 40, (3, 3), 1, torch.float32, structure="group", density=0.3, kind="random")
+    packed = packed_conv(
+        24, 40, (3, 3), 1, torch.float32, structure="group", density=0.3, kind="random"
+    )
     x = torch.randn(16, 40, 4, 4).contiguous(memory_format=torch.channels_last)
     with cpu.phase_profile() as totals:
         y = ops.block_conv2d(x, packed, padding=1)
@@ -247,18 +297,22 @@ def test_cpu_exact_position_kernel_runs_at_exact_positions():
     with cpu.phase_profile() as totals:
         y = ops.block_conv2d(x, packed, padding=1)
     assert totals["calls"] == totals["tap_calls"] == 1
-    assert totals["grid_positions"] == 24 * -(-2 * 6 * 5 // 24)  # whole 24-position tiles, no padding
+    assert totals["grid_positions"] == 24 * -(
+        -2 * 6 * 5 // 24
+    )  # whole 24-position tiles, no padding
     assert_matches(y, expected_conv(x, packed, None, 1, 1, 1, False), torch.float32)
 
 
 def cpu_has(*flags: str) -> bool:
     """Whether this CPU has every one of ``flags`` (as Linux's /proc/cpuinfo names them)."""
     with open("/proc/cpuinfo") as info:
-        line = next((l for l in info if l.startswith("flags")), "")
+        line = next((entry for entry in info if entry.startswith("flags")), "")
     return set(flags) <= set(line.split())
 
 
-@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize(
+    "memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"]
+)
 @pytest.mark.parametrize("kept", ["channels", "kernels"])
 def test_cpu_exact_position_kernel_in_bf16(kept, memory_format):
     """bf16 on the exact-position kernel, which multiplies bf16 columns two at a time where the
@@ -278,7 +332,9 @@ def test_cpu_exact_position_kernel_in_bf16(kept, memory_format):
     x = torch.randn(3, 21, 6, 7, generator=gen).bfloat16().contiguous(memory_format=memory_format)
     with cpu.phase_profile() as totals:
         y = ops.block_conv2d(x, packed, bias, padding=1, relu=True)
-    assert totals["tap_calls"] == 1 and totals["pair_calls"] == cpu_has("avx512_bf16", "avx512_vbmi2")
+    assert totals["tap_calls"] == 1 and totals["pair_calls"] == cpu_has(
+        "avx512_bf16", "avx512_vbmi2"
+    )
     assert_matches(y, expected_conv(x, packed, bias, 1, 1, 1, True), torch.bfloat16)
 
 
@@ -337,8 +393,11 @@ def test_cpu_kernel_never_reuses_the_layout_of_a_freed_pack(kernel, make):
     x = torch.randn(2, 16, 5, 5, generator=gen)
     for _ in range(8):
         packed = make(gen=gen)
-        assert_matches(runs_on(kernel, packed, x), expected_conv(x, packed, None, 1, 1, 1, False),
-                       torch.float32)
+        assert_matches(
+            runs_on(kernel, packed, x),
+            expected_conv(x, packed, None, 1, 1, 1, False),
+            torch.float32,
+        )
         del packed
 
 
@@ -358,10 +417,16 @@ def test_cpu_planes_kernel_keeps_a_layout_per_input_size():
     # keeps layouts for, each with the layout of its own size.
     gen = torch.Generator().manual_seed(0)
     packed = planes_kernel_conv(gen=gen)
-    inputs = [torch.randn(n, 16, size, size, generator=gen) for n, size in [(1, 5), (16, 4), (3, 6), (17, 5), (2, 7), (1, 5)]]
+    inputs = [
+        torch.randn(n, 16, size, size, generator=gen)
+        for n, size in [(1, 5), (16, 4), (3, 6), (17, 5), (2, 7), (1, 5)]
+    ]
     for x in inputs + inputs[::-1]:
-        assert_matches(runs_on("planes", packed, x), expected_conv(x, packed, None, 1, 1, 1, False),
-                       torch.float32)
+        assert_matches(
+            runs_on("planes", packed, x),
+            expected_conv(x, packed, None, 1, 1, 1, False),
+            torch.float32,
+        )
 
 
 SAMPLES = [  # (input shape, weight shape, groups, dtype, bias, channels_last input)
@@ -393,8 +458,18 @@ def test_opcheck_block_conv2d(sample, backend):
     x = torch.randn(x_shape).to(dtype)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
-    args = (x, *layout_args(backend, p), w_shape[0], list(w_shape[2:]), [1, 1], [1, 1], [1, 1],
-            groups, bias, True)
+    args = (
+        x,
+        *layout_args(backend, p),
+        w_shape[0],
+        list(w_shape[2:]),
+        [1, 1],
+        [1, 1],
+        [1, 1],
+        groups,
+        bias,
+        True,
+    )
     torch.library.opcheck(backend_op(backend, "block_conv2d"), args)
 
 
@@ -403,7 +478,13 @@ def test_opcheck_block_conv2d(sample, backend):
 def test_opcheck_block_linear(x_shape, backend):
     for dtype in backend_dtypes(backend):
         p = pack(torch.randn(9, 12).to(dtype), torch.rand(9, 12) < 0.5, structure="kernel")
-        args = (torch.randn(x_shape).to(dtype), *layout_args(backend, p), 9, torch.randn(9).to(dtype), False)
+        args = (
+            torch.randn(x_shape).to(dtype),
+            *layout_args(backend, p),
+            9,
+            torch.randn(9).to(dtype),
+            False,
+        )
         torch.library.opcheck(backend_op(backend, "block_linear"), args)
 
 
@@ -412,7 +493,10 @@ def test_the_cpu_kernels_are_registered_against_the_one_schema():
     backends/schema.py defines (the dispatcher checked their C++ signatures at load)."""
     for op in schema.SCHEMAS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"sparsekit::{op}", "CPU")
-        assert str(getattr(torch.ops.sparsekit, op).default._schema) == f"sparsekit::{op}{schema.SCHEMAS[op]}"
+        assert (
+            str(getattr(torch.ops.sparsekit, op).default._schema)
+            == f"sparsekit::{op}{schema.SCHEMAS[op]}"
+        )
     assert torch._C._dispatch_has_kernel_for_dispatch_key("sparsekit::prepack", "CPU")
 
 
@@ -422,15 +506,20 @@ def test_torch_backend_runs_half_types_in_fp32_on_cpu():
     packed = pack(torch.randn(2, 2, 3, 1).half(), structure="kernel")
     x = torch.randn(2, 2, 5, 1).half()
     args = (None, (3, 2), (2, 1), (1, 2), False)
-    assert_matches(ops.block_conv2d(x, packed, *args, backend="torch"), expected_conv(x, packed, *args),
-                   torch.float16)
+    assert_matches(
+        ops.block_conv2d(x, packed, *args, backend="torch"),
+        expected_conv(x, packed, *args),
+        torch.float16,
+    )
 
 
 def test_torch_backend_refuses_blocks_of_partial_kernels():
     weight = torch.zeros(4, 3, 3, 3)
     weight[:, 0, 1, 1] = 1.0  # the centre tap only: the group plan stores one column per row
     packed = pack(weight, structure="group")
-    assert not ops.supports(packed, "torch") and ops.supports(pack(weight, structure="kernel"), "torch")
+    assert not ops.supports(packed, "torch") and ops.supports(
+        pack(weight, structure="kernel"), "torch"
+    )
     x = torch.randn(1, 3, 5, 5)
     with pytest.raises(SparsekitError, match="whole kernels"):
         ops.block_conv2d(x, packed, backend="torch")
@@ -453,8 +542,11 @@ def test_ops_trace_under_torch_compile(backend):
 
     x = torch.randn(2, 4, 6, 6)
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
-    expected = ops.block_linear(ops.block_conv2d(x, conv, None, 2, 1, relu=True, backend=backend).flatten(1), lin,
-                                backend=backend)
+    expected = ops.block_linear(
+        ops.block_conv2d(x, conv, None, 2, 1, relu=True, backend=backend).flatten(1),
+        lin,
+        backend=backend,
+    )
     assert torch.equal(compiled(x), f(x)) and torch.equal(f(x), expected)
 
 
@@ -464,13 +556,18 @@ def test_dense_plan_is_within_10x_of_dense_conv():
     packed = pack(weight, structure="dense")
     x = torch.randn(8, 128, 16, 16)
     threads = torch.get_num_threads()
-    dense = Timer("F.conv2d(x, w, None, 1, 1)", globals=dict(F=F, x=x, w=weight), num_threads=threads)
-    sparse = Timer(
-        "ops.block_conv2d(x, p, None, 1, 1)", globals=dict(ops=ops, x=x, p=packed), num_threads=threads
+    dense = Timer(
+        "F.conv2d(x, w, None, 1, 1)", globals=dict(F=F, x=x, w=weight), num_threads=threads
     )
-    ratio = sparse.blocked_autorange(min_run_time=0.5).median / dense.blocked_autorange(
-        min_run_time=0.5
-    ).median
+    sparse = Timer(
+        "ops.block_conv2d(x, p, None, 1, 1)",
+        globals=dict(ops=ops, x=x, p=packed),
+        num_threads=threads,
+    )
+    ratio = (
+        sparse.blocked_autorange(min_run_time=0.5).median
+        / dense.blocked_autorange(min_run_time=0.5).median
+    )
     assert ratio < 10, f"dense-plan block_conv2d is {ratio:.1f}x slower than F.conv2d"
 
 
@@ -519,7 +616,8 @@ def test_raw_ops_refuse_a_layout_of_another_layer():
     layout, ints = layout_args("cpu", p)
     x = torch.randn(1, 3, 5, 5)
     run = lambda x, out, layout: torch.ops.sparsekit.block_conv2d(  # noqa: E731
-        x, layout, ints, out, [3, 3], [1, 1], [0, 0], [1, 1], 1, None, False)
+        x, layout, ints, out, [3, 3], [1, 1], [0, 0], [1, 1], 1, None, False
+    )
     assert run(x, 4, layout).shape == (1, 4, 3, 3)
     with pytest.raises(ValueError, match="another layer"):
         run(x, 5, layout)

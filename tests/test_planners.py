@@ -22,7 +22,9 @@ def assert_exact_cover(block_plan, pattern: torch.Tensor, groups: int) -> None:
     for b in block_plan.blocks:
         assert b.rows.numel() > 0 and b.cols.numel() > 0
         assert torch.all(b.rows[1:] > b.rows[:-1]) and torch.all(b.cols[1:] > b.cols[:-1])
-        assert 0 <= b.rows.min() and b.rows.max() < out and 0 <= b.cols.min() and b.cols.max() < cols
+        assert (
+            0 <= b.rows.min() and b.rows.max() < out and 0 <= b.cols.min() and b.cols.max() < cols
+        )
         group_of_rows = b.rows // (out // groups)
         assert torch.all(group_of_rows == group_of_rows[0])
         covered[b.rows[:, None], b.cols] += 1
@@ -40,7 +42,9 @@ def layer_patterns(draw):
     kind = draw(st.sampled_from(KINDS))
     density = draw(st.sampled_from([0.0, 0.05, 0.3, 0.7, 1.0]))
     gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
-    pattern = random_pattern(rows, cols, kernel_area=kernel_area, kind=kind, density=density, gen=gen)
+    pattern = random_pattern(
+        rows, cols, kernel_area=kernel_area, kind=kind, density=density, gen=gen
+    )
     return pattern, groups, kernel_area
 
 
@@ -55,7 +59,9 @@ def test_every_planner_is_an_exact_cover(structure, case):
     if structure == "kernel":
         for b in block_plan.blocks:  # whole kernels only
             assert b.cols.numel() % kernel_area == 0
-            assert torch.all(b.cols.view(-1, kernel_area) % kernel_area == torch.arange(kernel_area))
+            assert torch.all(
+                b.cols.view(-1, kernel_area) % kernel_area == torch.arange(kernel_area)
+            )
 
 
 @given(case=layer_patterns())
@@ -87,7 +93,10 @@ def test_kernel_plan_groups_rows_by_kernel_set():
     pattern = torch.zeros(4, 3 * 4, dtype=torch.bool)  # 3 input channels of 2x2 kernels
     pattern[0, 0] = pattern[2, 3] = True  # rows 0 and 2 use kernel 0
     pattern[1, 8] = True  # row 1 uses kernel 2; row 3 nothing
-    blocks = {tuple(b.rows.tolist()): b.cols.tolist() for b in plan(pattern, "kernel", kernel_area=4).blocks}
+    blocks = {
+        tuple(b.rows.tolist()): b.cols.tolist()
+        for b in plan(pattern, "kernel", kernel_area=4).blocks
+    }
     assert blocks == {(0, 2): [0, 1, 2, 3], (1,): [8, 9, 10, 11]}
 
 

@@ -62,7 +62,9 @@ def test_loading_checks_that_each_backend_can_run_its_pack(tmp_path):
     with torch.no_grad():
         conv.weight.mul_(mask)
     model = torch.nn.Sequential(conv).eval()
-    compiled = sparsekit.compile(model, None, structure="group", backend="cpu", measure=False, verify=False)
+    compiled = sparsekit.compile(
+        model, None, structure="group", backend="cpu", measure=False, verify=False
+    )
     assert compiled[0].backend == "cpu" and not compiled[0].supports("torch")
     sparsekit.save(compiled, tmp_path)
     meta = json.loads((tmp_path / "sparsekit.json").read_text())
@@ -82,6 +84,7 @@ def test_a_loaded_model_traces_and_exports_before_it_ever_ran(compiled_resnet, t
     sparsekit.save(compiled, tmp_path)
     loaded = sparsekit.load(tmp_path, zoo.create("resnet18").eval())  # its layouts made by load
     exported = torch.export.export(loaded, (x,))
-    traced = torch.compile(sparsekit.load(tmp_path, zoo.create("resnet18").eval()),
-                           backend="aot_eager", fullgraph=True)
+    traced = torch.compile(
+        sparsekit.load(tmp_path, zoo.create("resnet18").eval()), backend="aot_eager", fullgraph=True
+    )
     assert torch.equal(exported.module()(x), compiled(x)) and torch.equal(traced(x), compiled(x))

@@ -58,7 +58,10 @@ def test_any_times_respect_the_budget_and_lose_at_most_one_step_per_layer():
             continue
         assert picked(times, choice) <= budget
         # every choice fitting within a step per layer of slack is one the program saw
-        assert picked(costs, choice) <= brute_force(times, costs, budget - len(times) * budget / buckets) + 1e-9
+        assert (
+            picked(costs, choice)
+            <= brute_force(times, costs, budget - len(times) * budget / buckets) + 1e-9
+        )
         assert picked(costs, choice) >= brute_force(times, costs, budget) - 1e-9
 
 
@@ -93,15 +96,18 @@ def test_the_cheapest_levels_that_fit_are_chosen():
     assert spdy.solve(times, costs, 3.0) == [0, 1]
 
 
-@pytest.mark.parametrize("times, costs, budget, message", [
-    ([[1, 2]], [[1, 2, 3]], 1, "differ in shape"),
-    ([[1, -2]], [[1, 2]], 1, "times must be >= 0"),
-    ([[1, math.nan]], [[1, 2]], 1, "not finite"),
-    ([], [], 1, "non-empty"),
-    ([["a"]], [[1]], 1, "array of numbers"),
-    ([[1]], [[1]], 0, "budget must be a positive number"),
-    ([[1]], [[1]], "x", "budget must be a positive number"),
-])
+@pytest.mark.parametrize(
+    "times, costs, budget, message",
+    [
+        ([[1, 2]], [[1, 2, 3]], 1, "differ in shape"),
+        ([[1, -2]], [[1, 2]], 1, "times must be >= 0"),
+        ([[1, math.nan]], [[1, 2]], 1, "not finite"),
+        ([], [], 1, "non-empty"),
+        ([["a"]], [[1]], 1, "array of numbers"),
+        ([[1]], [[1]], 0, "budget must be a positive number"),
+        ([[1]], [[1]], "x", "budget must be a positive number"),
+    ],
+)
 def test_bad_arguments_are_named(times, costs, budget, message):
     with pytest.raises(SparsekitError, match=message):
         spdy.solve(times, costs, budget)

@@ -11,8 +11,14 @@ from torch import nn
 import sparsekit
 from sparsekit import SparsekitError, zoo
 from sparsekit.transforms import (
-    STRBatchNorm2d, acceleration_rate, bn_channel_mask, convert_to_str_bn, imp, kernel_mask,
-    layerwise_magnitude_masks, regroup,
+    STRBatchNorm2d,
+    acceleration_rate,
+    bn_channel_mask,
+    convert_to_str_bn,
+    imp,
+    kernel_mask,
+    layerwise_magnitude_masks,
+    regroup,
 )
 
 from .helpers import assert_model_close, random_pattern
@@ -34,21 +40,32 @@ def check_blocks(result, blocks, min_rows, min_cols, row_multiple):
 
 
 @given(
-    rows=st.integers(1, 96), cols=st.integers(1, 60), density=st.sampled_from([0.05, 0.3, 0.7]),
-    kind=st.sampled_from(["random", "blocks", "mixed"]), parts=st.integers(1, 8),
-    min_rows=st.integers(1, 20), min_cols=st.integers(1, 10), row_multiple=st.sampled_from([1, 8, 32]),
+    rows=st.integers(1, 96),
+    cols=st.integers(1, 60),
+    density=st.sampled_from([0.05, 0.3, 0.7]),
+    kind=st.sampled_from(["random", "blocks", "mixed"]),
+    parts=st.integers(1, 8),
+    min_rows=st.integers(1, 20),
+    min_cols=st.integers(1, 10),
+    row_multiple=st.sampled_from([1, 8, 32]),
     seed=st.integers(0, 2**31),
 )
-def test_regroup_returns_dense_disjoint_blocks(rows, cols, density, kind, parts, min_rows, min_cols, row_multiple, seed):
+def test_regroup_returns_dense_disjoint_blocks(
+    rows, cols, density, kind, parts, min_rows, min_cols, row_multiple, seed
+):
     gen = torch.Generator().manual_seed(seed)
     mask = random_pattern(rows, cols, kernel_area=1, kind=kind, density=density, gen=gen).float()
-    result, blocks = regroup(mask, parts=parts, min_rows=min_rows, min_cols=min_cols, row_multiple=row_multiple)
+    result, blocks = regroup(
+        mask, parts=parts, min_rows=min_rows, min_cols=min_cols, row_multiple=row_multiple
+    )
     assert result.shape == mask.shape and result.dtype == mask.dtype
     if blocks:
         check_blocks(result, blocks, min_rows, min_cols, row_multiple)
     else:
         assert torch.equal(result, mask)  # nothing dense found: unchanged
-    again, _ = regroup(mask, parts=parts, min_rows=min_rows, min_cols=min_cols, row_multiple=row_multiple)
+    again, _ = regroup(
+        mask, parts=parts, min_rows=min_rows, min_cols=min_cols, row_multiple=row_multiple
+    )
     assert torch.equal(result, again)
 
 

@@ -3,16 +3,21 @@ shapes in fp32 and fp16 (conftest sets TRITON_INTERPRET=1)."""
 
 import pytest
 import torch
+from sparsekit.triton_kernels import block_conv, row_tiles
 from torch import nn
 
 import sparsekit
 from sparsekit import PackedWeight, SparsekitError, backends, ops, pack, zoo
 from sparsekit.geometry import output_memory_format
 
-from sparsekit.triton_kernels import block_conv, row_tiles
-
 from .helpers import (
-    CONV_CASES, LAYOUTS, assert_matches, conv_input, expected_conv, expected_linear, packed_conv,
+    CONV_CASES,
+    LAYOUTS,
+    assert_matches,
+    conv_input,
+    expected_conv,
+    expected_linear,
+    packed_conv,
 )
 
 GPU = torch.cuda.is_available()
@@ -35,10 +40,20 @@ def test_block_conv2d_matches_conv2d(case, dtype, layout):
     x = conv_input((n, cin, *hw), dtype, layout)
     bias = torch.randn(cout).to(dtype)
     for relu in (False, True):
-        y = ops.block_conv2d(x.to(DEVICE), on_device(packed), bias.to(DEVICE), stride, padding,
-                             dilation, relu=relu, backend="triton")
+        y = ops.block_conv2d(
+            x.to(DEVICE),
+            on_device(packed),
+            bias.to(DEVICE),
+            stride,
+            padding,
+            dilation,
+            relu=relu,
+            backend="triton",
+        )
         assert y.is_contiguous(memory_format=output_memory_format(x)) and y.device.type == DEVICE
-        assert_matches(y.cpu(), expected_conv(x, packed, bias, stride, padding, dilation, relu), dtype)
+        assert_matches(
+            y.cpu(), expected_conv(x, packed, bias, stride, padding, dilation, relu), dtype
+        )
 
 
 @pytest.mark.parametrize("shape", [(33,), (1, 33), (7, 33), (2, 3, 33)], ids=str)
@@ -50,7 +65,9 @@ def test_block_linear_matches_linear(shape, dtype, structure):
     bias = torch.randn(100).to(dtype)
     x = torch.randn(shape).to(dtype)
     for relu in (False, True):
-        y = ops.block_linear(x.to(DEVICE), on_device(packed), bias.to(DEVICE), relu, backend="triton")
+        y = ops.block_linear(
+            x.to(DEVICE), on_device(packed), bias.to(DEVICE), relu, backend="triton"
+        )
         assert y.shape == (*shape[:-1], 100)
         assert_matches(y.cpu(), expected_linear(x, packed, bias, relu), dtype)
 
@@ -73,8 +90,12 @@ def test_rows_in_several_blocks_add_up_deterministically(dtype):
     packed = overlapping_blocks(dtype)
     x = torch.randn(2, 2, 5, 6).to(dtype)
     bias = torch.randn(6).to(dtype)
-    run = lambda: ops.block_conv2d(x.to(DEVICE), on_device(packed), bias.to(DEVICE), 1, 1, relu=True,  # noqa: E731
-                                   backend="triton")
+
+    def run():
+        return ops.block_conv2d(
+            x.to(DEVICE), on_device(packed), bias.to(DEVICE), 1, 1, relu=True, backend="triton"
+        )
+
     first = run()
     assert_matches(first.cpu(), expected_conv(x, packed, bias, 1, 1, 1, True), dtype)
     assert torch.equal(first, run())
@@ -91,7 +112,9 @@ def unpack_tiles(tiles, out_channels: int, in_channels: int, kernel_area: int) -
                     if channel < 0 or row < 0:
                         assert tiles.weights[kt, k, j] == 0
                         continue
-                    dense[row, channel * kernel_area + int(tiles.taps[kt])] += float(tiles.weights[kt, k, j])
+                    dense[row, channel * kernel_area + int(tiles.taps[kt])] += float(
+                        tiles.weights[kt, k, j]
+                    )
     return dense
 
 
@@ -106,23 +129,45 @@ def grouped_dense(packed: PackedWeight) -> torch.Tensor:
     return dense
 
 
-@pytest.mark.parametrize("case", [
-    ("group", 40, 16, 1), ("channel", 100, 64, 1), ("kernel", 20, 8, 1), ("dense", 33, 5, 1),
-    ("group", 24, 12, 3), ("overlapping", 6, 2, 1),
-], ids=str)
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("group", 40, 16, 1),
+        ("channel", 100, 64, 1),
+        ("kernel", 20, 8, 1),
+        ("dense", 33, 5, 1),
+        ("group", 24, 12, 3),
+        ("overlapping", 6, 2, 1),
+    ],
+    ids=str,
+)
 def test_row_tiles_hold_the_packed_weight_once(case):
     structure, cout, cin, groups = case
-    packed = (overlapping_blocks(torch.float32) if structure == "overlapping"
-              else packed_conv(cout, cin, (3, 3), groups, torch.float32, structure=structure))
-    tiles = row_tiles.build(packed.values, packed.row_idx, packed.col_idx, packed.block_ptr, cout,
-                            packed.in_features, groups, 9)
+    packed = (
+        overlapping_blocks(torch.float32)
+        if structure == "overlapping"
+        else packed_conv(cout, cin, (3, 3), groups, torch.float32, structure=structure)
+    )
+    tiles = row_tiles.build(
+        packed.values,
+        packed.row_idx,
+        packed.col_idx,
+        packed.block_ptr,
+        cout,
+        packed.in_features,
+        groups,
+        9,
+    )
     assert torch.equal(unpack_tiles(tiles, cout, packed.in_features, 9), grouped_dense(packed))
     rows = tiles.tile_rows[tiles.tile_rows >= 0]
     assert sorted(rows.tolist()) == list(range(cout))  # every row in one tile
     k_tiles = int(tiles.tile_ptr[-1])
     assert tiles.weights.shape == (k_tiles, row_tiles.K_TILE, tiles.rows)
     # the sentinel the kernel may prefetch past a row tile's last K-tile: channels all padding
-    assert tiles.taps.shape == (k_tiles + 1,) and tiles.channels.shape == (k_tiles + 1, row_tiles.K_TILE)
+    assert tiles.taps.shape == (k_tiles + 1,) and tiles.channels.shape == (
+        k_tiles + 1,
+        row_tiles.K_TILE,
+    )
     assert tiles.channels[-1].eq(-1).all()
 
 
@@ -143,15 +188,18 @@ def test_row_tile_heights_and_load_paths(consecutive, cout, rows):
     if not consecutive:
         mask[:, [5, 40]] = 0
     packed = pack(weight, mask, structure="channel")
-    tensors, ints = block_conv.layout(packed.values, packed.row_idx, packed.col_idx, packed.block_ptr,
-                                      cout, 64, [3, 3], 1)
+    tensors, ints = block_conv.layout(
+        packed.values, packed.row_idx, packed.col_idx, packed.block_ptr, cout, 64, [3, 3], 1
+    )
     tiles = row_tiles.RowTiles.of(tensors, bool(ints[-1]))
     assert tiles.consecutive == consecutive
     if block_conv.INTERPRETED:  # on a GPU, strict fp32 holds 32-row tiles only
         assert tiles.rows == rows
     x = conv_input((2, 64, 5, 4), torch.float32, "channels_last")
     bias = torch.randn(cout)
-    y = ops.block_conv2d(x.to(DEVICE), on_device(packed), bias.to(DEVICE), 1, 1, relu=True, backend="triton")
+    y = ops.block_conv2d(
+        x.to(DEVICE), on_device(packed), bias.to(DEVICE), 1, 1, relu=True, backend="triton"
+    )
     assert_matches(y.cpu(), expected_conv(x, packed, bias, 1, 1, 1, True), torch.float32)
 
 
@@ -161,7 +209,9 @@ def test_offsets_past_2_to_the_31_elements():
     stride of the width minus one reads both ends of the rows, the second end and image past
     2**31 elements."""
     width = 2**27 + 1
-    x = torch.empty(2, 16, 1, width, dtype=torch.float16, device=DEVICE, memory_format=torch.channels_last)
+    x = torch.empty(
+        2, 16, 1, width, dtype=torch.float16, device=DEVICE, memory_format=torch.channels_last
+    )
     assert x[0].numel() > 2**31
     ends = torch.randn(2, 16, 1, 2).half()
     x[..., 0], x[..., -1] = ends[..., 0].to(DEVICE), ends[..., 1].to(DEVICE)
@@ -179,9 +229,12 @@ def test_huge_batches_keep_shapes_and_launch_bounds():
     with FakeTensorMode() as mode:
         x = torch.empty(2**16, 32, 224, 224).to(memory_format=torch.channels_last)
         tensors = [mode.from_tensor(t) for t in layout.tensors]
-        y = torch.ops.sparsekit.triton_block_conv2d(x, tensors, list(layout.ints), 64, [3, 3], [1, 1], [1, 1],
-                                                    [1, 1], 1, None, False)
-        assert y.shape == (2**16, 64, 224, 224) and y.is_contiguous(memory_format=torch.channels_last)
+        y = torch.ops.sparsekit.triton_block_conv2d(
+            x, tensors, list(layout.ints), 64, [3, 3], [1, 1], [1, 1], [1, 1], 1, None, False
+        )
+        assert y.shape == (2**16, 64, 224, 224) and y.is_contiguous(
+            memory_format=torch.channels_last
+        )
     positions = 2**16 * 224 * 224  # past 2**31: the kernel's position index is int64
     assert block_conv.size_class(positions) == block_conv.size_class(2 * positions) == 12
     assert block_conv.size_class(64) == 0 < block_conv.size_class(65)
@@ -190,14 +243,17 @@ def test_huge_batches_keep_shapes_and_launch_bounds():
 def test_all_zero_weight_outputs_bias():
     packed = on_device(pack(torch.randn(5, 3, 3, 3), torch.zeros(5, 3, 3, 3)))
     bias = torch.randn(5, device=DEVICE)
-    y = ops.block_conv2d(torch.randn(2, 3, 6, 6, device=DEVICE), packed, bias, padding=1, relu=True,
-                         backend="triton")
+    y = ops.block_conv2d(
+        torch.randn(2, 3, 6, 6, device=DEVICE), packed, bias, padding=1, relu=True, backend="triton"
+    )
     assert torch.equal(y, bias.relu().view(1, 5, 1, 1).expand(2, 5, 6, 6))
 
 
 def test_empty_batch():
     packed = on_device(packed_conv(4, 2, (3, 3), 1, torch.float32))
-    assert ops.block_conv2d(torch.randn(0, 2, 5, 5, device=DEVICE), packed, backend="triton").shape == (0, 4, 3, 3)
+    assert ops.block_conv2d(
+        torch.randn(0, 2, 5, 5, device=DEVICE), packed, backend="triton"
+    ).shape == (0, 4, 3, 3)
 
 
 @pytest.mark.parametrize("op", ["conv", "conv channels_last", "linear"])
@@ -208,19 +264,39 @@ def test_opcheck(op):
         if op.endswith("channels_last"):
             x = x.to(memory_format=torch.channels_last)
         layout = backends.get("triton").prepack(p)
-        args = (x, list(layout.tensors), list(layout.ints), 6, [3, 3], [1, 1], [1, 1], [1, 1], 2,
-                torch.randn(6, device=DEVICE), True)
+        args = (
+            x,
+            list(layout.tensors),
+            list(layout.ints),
+            6,
+            [3, 3],
+            [1, 1],
+            [1, 1],
+            [1, 1],
+            2,
+            torch.randn(6, device=DEVICE),
+            True,
+        )
         torch.library.opcheck(torch.ops.sparsekit.triton_block_conv2d.default, args)
     else:
         p = on_device(pack(torch.randn(9, 12), torch.rand(9, 12) < 0.5, structure="group"))
         layout = backends.get("triton").prepack(p)
-        args = (torch.randn(2, 3, 12, device=DEVICE), list(layout.tensors), list(layout.ints), 9, None, False)
+        args = (
+            torch.randn(2, 3, 12, device=DEVICE),
+            list(layout.tensors),
+            list(layout.ints),
+            9,
+            None,
+            False,
+        )
         torch.library.opcheck(torch.ops.sparsekit.triton_block_linear.default, args)
 
 
 def test_traces_under_torch_compile():
     weight = torch.randn(8, 4, 3, 3, device=DEVICE) * (torch.rand(8, 4, 3, 3, device=DEVICE) < 0.5)
-    layer = sparsekit.SparseConv2d.from_weight(weight, stride=2, padding=1, relu=True, backend="triton")
+    layer = sparsekit.SparseConv2d.from_weight(
+        weight, stride=2, padding=1, relu=True, backend="triton"
+    )
     x = torch.randn(2, 4, 6, 6, device=DEVICE)
     compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
     assert torch.equal(compiled(x), layer(x))
@@ -240,10 +316,20 @@ def test_compile_with_the_triton_backend_is_verified(monkeypatch):
     # triton has no cost model (its plans are chosen by measurement): one that always prefers
     # the pack makes compile keep it without timing the interpreter
     monkeypatch.setattr(backends.get("triton"), "cost", lambda packed: 0.5)
-    model = nn.Sequential(
-        nn.Conv2d(3, 256, 3, padding=1), nn.BatchNorm2d(256), nn.ReLU(), nn.Conv2d(256, 256, 3),
-        nn.BatchNorm2d(256), nn.ReLU(), nn.Flatten(), nn.Linear(256 * 2 * 2, 10),
-    ).eval().to(DEVICE)
+    model = (
+        nn.Sequential(
+            nn.Conv2d(3, 256, 3, padding=1),
+            nn.BatchNorm2d(256),
+            nn.ReLU(),
+            nn.Conv2d(256, 256, 3),
+            nn.BatchNorm2d(256),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(256 * 2 * 2, 10),
+        )
+        .eval()
+        .to(DEVICE)
+    )
     x = torch.randn(2, 3, 4, 4, device=DEVICE)
     mask = torch.zeros(256, 256, 3, 3, device=DEVICE)
     mask[::2] = 1  # half the output channels
@@ -260,7 +346,9 @@ def test_cpu_tensors_need_the_interpreter(monkeypatch):
 
     monkeypatch.setattr(block_conv, "INTERPRETED", False)
     with pytest.raises(SparsekitError, match="CUDA tensors"):
-        ops.block_conv2d(torch.randn(1, 4, 5, 5), packed_conv(6, 4, (3, 3), 1, torch.float32), backend="triton")
+        ops.block_conv2d(
+            torch.randn(1, 4, 5, 5), packed_conv(6, 4, (3, 3), 1, torch.float32), backend="triton"
+        )
 
 
 @pytest.mark.skipif(not GPU, reason="TF32 exists on GPUs only")
@@ -271,9 +359,17 @@ def test_fp32_is_strict_unless_tf32_is_allowed():
     previous = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision("highest")
-        strict = (ops.block_conv2d(x, packed, padding=1, backend="triton").cpu().double() - exact).abs().max()
+        strict = (
+            (ops.block_conv2d(x, packed, padding=1, backend="triton").cpu().double() - exact)
+            .abs()
+            .max()
+        )
         torch.set_float32_matmul_precision("high")
-        tf32 = (ops.block_conv2d(x, packed, padding=1, backend="triton").cpu().double() - exact).abs().max()
+        tf32 = (
+            (ops.block_conv2d(x, packed, padding=1, backend="triton").cpu().double() - exact)
+            .abs()
+            .max()
+        )
     finally:
         torch.set_float32_matmul_precision(previous)
     assert strict < 1e-3 < tf32

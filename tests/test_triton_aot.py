@@ -20,16 +20,30 @@ def test_every_kernel_compiles_without_spills(target, tmp_path):
     env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")  # compiled here, not found in a cache
     table = tmp_path / "aot.json"
     run = subprocess.run(
-        [sys.executable, "-m", "sparsekit.triton_kernels.aot", "--target", target, "--jobs", "1",
-         "--json", str(table)],
-        env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "sparsekit.triton_kernels.aot",
+            "--target",
+            target,
+            "--jobs",
+            "1",
+            "--json",
+            str(table),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     print(run.stdout)
     assert table.exists(), run.stderr[-3000:]
     rows = json.loads(table.read_text())
     assert {r["kernel"] for r in rows} == {v.name for v in aot.variants()}
     for r in rows:
-        assert r["spill_bytes"] == 0 and r["shared_bytes"] <= aot.SHARED_LIMIT[aot.TARGETS[target].arch], r
+        assert (
+            r["spill_bytes"] == 0
+            and r["shared_bytes"] <= aot.SHARED_LIMIT[aot.TARGETS[target].arch]
+        ), r
     assert run.returncode == 0, run.stderr[-3000:]
 
 
@@ -38,5 +52,8 @@ def test_every_dtype_and_load_path_has_kernels_for_32_rows():
     for dtype, precisions in aot.PRECISIONS.items():
         for precision in precisions:
             for consecutive in (True, False):
-                assert any((v.dtype, v.precision, v.rows, v.consecutive) == (dtype, precision, 32, consecutive)
-                           for v in aot.variants())
+                assert any(
+                    (v.dtype, v.precision, v.rows, v.consecutive)
+                    == (dtype, precision, 32, consecutive)
+                    for v in aot.variants()
+                )

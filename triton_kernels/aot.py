@@ -57,20 +57,25 @@ class Variant:
     def name(self) -> str:
         c = self.config
         path = "consecutive" if self.consecutive else "gathered"
-        return (f"{self.dtype}-{self.precision}-rows{self.rows}-{path}-m{c.kwargs['BLOCK_M']}"
-                f"-w{c.num_warps}-s{c.num_stages}{'-wide' if self.wide else ''}"
-                f"{'' if self.channels_inner else '-nchw'}")
+        return (
+            f"{self.dtype}-{self.precision}-rows{self.rows}-{path}-m{c.kwargs['BLOCK_M']}"
+            f"-w{c.num_warps}-s{c.num_stages}{'-wide' if self.wide else ''}"
+            f"{'' if self.channels_inner else '-nchw'}"
+        )
 
 
 def variants() -> list[Variant]:
     """Every kernel the autotuner may launch: configs that fit the row-tile height."""
     return [
         Variant(dtype, precision, rows, consecutive, wide, channels_inner, config)
-        for dtype, precisions in PRECISIONS.items() for precision in precisions
-        for rows in ROW_TILES for consecutive in (True, False)
+        for dtype, precisions in PRECISIONS.items()
+        for precision in precisions
+        for rows in ROW_TILES
+        for consecutive in (True, False)
         for config in block_conv.GPU_CONFIGS
         if block_conv.fits(config, rows, consecutive, precision == "ieee")
-        for wide in (False, True) if block_conv.serves_wide(config) or not wide
+        for wide in (False, True)
+        if block_conv.serves_wide(config) or not wide
         for channels_inner in (True, False)
     ]
 
@@ -81,9 +86,17 @@ def _source(v: Variant) -> ASTSource:
     # the WIDE variant serves strides past int32, which the JIT passes as i64
     wide_ints = set(divisible_strides + unit) if v.wide else set()
     constexprs = {
-        "KW": 3, "WIDE": v.wide, "HAS_BIAS": True, "RELU": True, "CONSECUTIVE": v.consecutive,
-        "X_CHANNELS_INNER": v.channels_inner, "OUT_CHANNELS_INNER": v.channels_inner,
-        "INPUT_PRECISION": v.precision, "ROWS": v.rows, "K_TILE": K_TILE, **v.config.kwargs,
+        "KW": 3,
+        "WIDE": v.wide,
+        "HAS_BIAS": True,
+        "RELU": True,
+        "CONSECUTIVE": v.consecutive,
+        "X_CHANNELS_INNER": v.channels_inner,
+        "OUT_CHANNELS_INNER": v.channels_inner,
+        "INPUT_PRECISION": v.precision,
+        "ROWS": v.rows,
+        "K_TILE": K_TILE,
+        **v.config.kwargs,
         **{name: 1 for name in unit if not v.wide},
     }
     signature = {}
@@ -97,7 +110,9 @@ def _source(v: Variant) -> ASTSource:
         else:
             signature[name] = "i64" if name in wide_ints else "i32"
     divisible = set(POINTERS + TABLES + divisible_strides)
-    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names) if name in divisible}
+    attrs = {
+        (i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names) if name in divisible
+    }
     return ASTSource(fn, signature, constexprs, attrs)
 
 
@@ -114,25 +129,40 @@ def resource_usage(cubin: bytes) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        text = subprocess.run([_cuobjdump(), "--dump-resource-usage", f.name], check=True,
-                              capture_output=True, text=True).stdout
+        text = subprocess.run(
+            [_cuobjdump(), "--dump-resource-usage", f.name],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
     found = dict(re.findall(r"\b(REG|STACK|LOCAL|SHARED):(\d+)", text))
     if "REG" not in found:
         raise RuntimeError(f"cuobjdump printed no resource usage:\n{text}")
-    return {"registers": int(found["REG"]), "local": int(found.get("LOCAL", 0)) + int(found.get("STACK", 0)),
-            "static_shared": int(found.get("SHARED", 0))}
+    return {
+        "registers": int(found["REG"]),
+        "local": int(found.get("LOCAL", 0)) + int(found.get("STACK", 0)),
+        "static_shared": int(found.get("SHARED", 0)),
+    }
 
 
 def compile_variant(target: str, v: Variant) -> dict:
     """Compiles ``v`` for ``target`` (a key of ``TARGETS``); its resources and whether they fit."""
     gpu = TARGETS[target]
-    kernel = triton.compile(_source(v), target=gpu,
-                            options={"num_warps": v.config.num_warps, "num_stages": v.config.num_stages})
+    kernel = triton.compile(
+        _source(v),
+        target=gpu,
+        options={"num_warps": v.config.num_warps, "num_stages": v.config.num_stages},
+    )
     usage = resource_usage(kernel.asm["cubin"])
     shared = kernel.metadata.shared + usage["static_shared"]
-    return {"target": target, "kernel": v.name, "registers": usage["registers"],
-            "spill_bytes": usage["local"], "shared_bytes": shared,
-            "fits": usage["local"] == 0 and shared <= SHARED_LIMIT[gpu.arch]}
+    return {
+        "target": target,
+        "kernel": v.name,
+        "registers": usage["registers"],
+        "spill_bytes": usage["local"],
+        "shared_bytes": shared,
+        "fits": usage["local"] == 0 and shared <= SHARED_LIMIT[gpu.arch],
+    }
 
 
 def _compile_job(job) -> dict:
@@ -140,7 +170,9 @@ def _compile_job(job) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sparsekit.triton_kernels.aot", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m sparsekit.triton_kernels.aot", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--target", action="append", choices=list(TARGETS), help="default: all")
     parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="compiler processes")
     parser.add_argument("--json", help="also write the rows to this file")
@@ -153,7 +185,10 @@ def main(argv=None) -> int:
     print(f"{'target':8} {'kernel':50} {'regs':>5} {'spill':>6} {'shared':>8}")
     for r in rows:
         flag = "" if r["fits"] else "  DOES NOT FIT"
-        print(f"{r['target']:8} {r['kernel']:50} {r['registers']:5} {r['spill_bytes']:6} {r['shared_bytes']:8}{flag}")
+        print(
+            f"{r['target']:8} {r['kernel']:50} {r['registers']:5} {r['spill_bytes']:6} "
+            f"{r['shared_bytes']:8}{flag}"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -31,8 +31,12 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # fp32 accumulator elements per thread above which a kernel spills on sm_90a or sm_80 (read from
 # the cubins of ``aot``), by load path and whether fp32 is strict: the gathered input tile leaves
 # fewer registers over, and strict fp32, whose products run on FMA units, fewer still
-ACC_PER_THREAD = {("consecutive", False): 32, ("gathered", False): 16, ("consecutive", True): 8,
-                  ("gathered", True): 8}
+ACC_PER_THREAD = {
+    ("consecutive", False): 32,
+    ("gathered", False): 16,
+    ("consecutive", True): 8,
+    ("gathered", True): 8,
+}
 
 
 # autotune configs (``ROWS`` comes from the layout, ``K_TILE`` is fixed); ``aot`` compiles each
@@ -61,15 +65,21 @@ def row_tiles_that_fit(dtype: torch.dtype):
     """Which row-tile heights some config holds, for ``row_tiles.build``: a pack's fp32 layout
     must serve strict fp32 (the interpreter takes any)."""
     strict = dtype == torch.float32
-    return lambda rows, consecutive: INTERPRETED or any(fits(c, rows, consecutive, strict) for c in GPU_CONFIGS)
+    return lambda rows, consecutive: (
+        INTERPRETED or any(fits(c, rows, consecutive, strict) for c in GPU_CONFIGS)
+    )
 
 
 def _prune(configs, named_args, **kwargs):
     if INTERPRETED:
         return configs
     rows, positions = kwargs["ROWS"], named_args["positions"]
-    kept = [c for c in configs if fits(c, rows, kwargs["CONSECUTIVE"], kwargs["INPUT_PRECISION"] == "ieee")
-            and (serves_wide(c) or not kwargs["WIDE"])]
+    kept = [
+        c
+        for c in configs
+        if fits(c, rows, kwargs["CONSECUTIVE"], kwargs["INPUT_PRECISION"] == "ieee")
+        and (serves_wide(c) or not kwargs["WIDE"])
+    ]
     # no tile much taller than the positions there are
     small = [c for c in kept if c.kwargs["BLOCK_M"] <= max(64, triton.next_power_of_2(positions))]
     return small or kept[:1]  # the layout's rows always fit some config (row_tiles_that_fit)
@@ -82,9 +92,27 @@ def size_class(positions: int) -> int:
 
 
 @triton.jit
-def _input_tile(x_image, kt, taps, channels_of, ih0, iw0, n_ok, H, W, sxc, sxh, sxw, dil_h, dil_w,
-                KW: tl.constexpr, WIDE: tl.constexpr, CONSECUTIVE: tl.constexpr,
-                X_CHANNELS_INNER: tl.constexpr, K_TILE: tl.constexpr):
+def _input_tile(
+    x_image,
+    kt,
+    taps,
+    channels_of,
+    ih0,
+    iw0,
+    n_ok,
+    H,
+    W,
+    sxc,
+    sxh,
+    sxw,
+    dil_h,
+    dil_w,
+    KW: tl.constexpr,
+    WIDE: tl.constexpr,
+    CONSECUTIVE: tl.constexpr,
+    X_CHANNELS_INNER: tl.constexpr,
+    K_TILE: tl.constexpr,
+):
     """The ``[positions, K_TILE]`` input tile of K-tile ``kt``: its channels at its tap."""
     k = tl.arange(0, K_TILE)
     tap = tl.load(taps + kt)
@@ -103,26 +131,72 @@ def _input_tile(x_image, kt, taps, channels_of, ih0, iw0, n_ok, H, W, sxc, sxh, 
     if X_CHANNELS_INNER and not CONSECUTIVE:
         # gathered channels carry no contiguity the compiler can see, and it then lays lanes
         # along the first axis: channels first puts a warp on one position's run
-        return tl.trans(tl.load(x_image[None, :] + (at[None, :] + channel[:, None] * sxc),
-                                mask=tl.trans(x_ok), other=0.0))
+        return tl.trans(
+            tl.load(
+                x_image[None, :] + (at[None, :] + channel[:, None] * sxc),
+                mask=tl.trans(x_ok),
+                other=0.0,
+            )
+        )
     return tl.load(x_image[:, None] + (at[:, None] + channel[None, :] * sxc), mask=x_ok, other=0.0)
 
 
 @triton.autotune(
     configs=INTERPRETER_CONFIGS if INTERPRETED else GPU_CONFIGS,
-    key=["ROWS", "KW", "channels", "size_class", "INPUT_PRECISION", "CONSECUTIVE", "WIDE", "X_CHANNELS_INNER",
-         "OUT_CHANNELS_INNER"],
+    key=[
+        "ROWS",
+        "KW",
+        "channels",
+        "size_class",
+        "INPUT_PRECISION",
+        "CONSECUTIVE",
+        "WIDE",
+        "X_CHANNELS_INNER",
+        "OUT_CHANNELS_INNER",
+    ],
     prune_configs_by={"early_config_prune": _prune},
 )
 @triton.jit
 def tile_conv_kernel(
-    x, out, bias, tile_rows, tile_ptr, taps, channels_of, weights,
-    positions, num_row_tiles, channels, size_class,
-    OH, OW, H, W, sxn, sxc, sxh, sxw, son, soc, sop,
-    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    KW: tl.constexpr, WIDE: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, CONSECUTIVE: tl.constexpr,
-    X_CHANNELS_INNER: tl.constexpr, OUT_CHANNELS_INNER: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, ROWS: tl.constexpr, K_TILE: tl.constexpr,
+    x,
+    out,
+    bias,
+    tile_rows,
+    tile_ptr,
+    taps,
+    channels_of,
+    weights,
+    positions,
+    num_row_tiles,
+    channels,
+    size_class,
+    OH,
+    OW,
+    H,
+    W,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    son,
+    soc,
+    sop,
+    stride_h,
+    stride_w,
+    pad_h,
+    pad_w,
+    dil_h,
+    dil_w,
+    KW: tl.constexpr,
+    WIDE: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    RELU: tl.constexpr,
+    CONSECUTIVE: tl.constexpr,
+    X_CHANNELS_INNER: tl.constexpr,
+    OUT_CHANNELS_INNER: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    ROWS: tl.constexpr,
+    K_TILE: tl.constexpr,
     BLOCK_M: tl.constexpr,
 ):
     k = tl.arange(0, K_TILE)
@@ -145,20 +219,87 @@ def tile_conv_kernel(
         if CONSECUTIVE or x.dtype.element_ty.primitive_bitwidth > 16:
             # vector loads, or gathered 4-byte ones: triton pipelines them through shared memory
             for kt in range(first, last):
-                x_tile = _input_tile(x_image, kt, taps, channels_of, ih0, iw0, n_ok, H, W, sxc, sxh, sxw,
-                                     dil_h, dil_w, KW, WIDE, CONSECUTIVE, X_CHANNELS_INNER, K_TILE)
-                w_tile = tl.load(weights + tl.cast(kt, tl.int64) * (K_TILE * ROWS) + k[:, None] * ROWS + j[None, :])
+                x_tile = _input_tile(
+                    x_image,
+                    kt,
+                    taps,
+                    channels_of,
+                    ih0,
+                    iw0,
+                    n_ok,
+                    H,
+                    W,
+                    sxc,
+                    sxh,
+                    sxw,
+                    dil_h,
+                    dil_w,
+                    KW,
+                    WIDE,
+                    CONSECUTIVE,
+                    X_CHANNELS_INNER,
+                    K_TILE,
+                )
+                w_tile = tl.load(
+                    weights
+                    + tl.cast(kt, tl.int64) * (K_TILE * ROWS)
+                    + k[:, None] * ROWS
+                    + j[None, :]
+                )
                 acc = tl.dot(x_tile, w_tile, acc, input_precision=INPUT_PRECISION)
         else:
             # gathered 2-byte elements are too narrow for cp.async, so triton would wait for each
             # tile's loads before its MMA: the next K-tile (past the last, the next row tile's or
             # the layout's sentinel, unused) is loaded into registers while this one multiplies
-            x_tile = _input_tile(x_image, first, taps, channels_of, ih0, iw0, n_ok, H, W,
-                                 sxc, sxh, sxw, dil_h, dil_w, KW, WIDE, False, X_CHANNELS_INNER, K_TILE)
+            x_tile = _input_tile(
+                x_image,
+                first,
+                taps,
+                channels_of,
+                ih0,
+                iw0,
+                n_ok,
+                H,
+                W,
+                sxc,
+                sxh,
+                sxw,
+                dil_h,
+                dil_w,
+                KW,
+                WIDE,
+                False,
+                X_CHANNELS_INNER,
+                K_TILE,
+            )
             for kt in range(first, last):
-                x_next = _input_tile(x_image, kt + 1, taps, channels_of, ih0, iw0, n_ok, H, W,
-                                     sxc, sxh, sxw, dil_h, dil_w, KW, WIDE, False, X_CHANNELS_INNER, K_TILE)
-                w_tile = tl.load(weights + tl.cast(kt, tl.int64) * (K_TILE * ROWS) + k[:, None] * ROWS + j[None, :])
+                x_next = _input_tile(
+                    x_image,
+                    kt + 1,
+                    taps,
+                    channels_of,
+                    ih0,
+                    iw0,
+                    n_ok,
+                    H,
+                    W,
+                    sxc,
+                    sxh,
+                    sxw,
+                    dil_h,
+                    dil_w,
+                    KW,
+                    WIDE,
+                    False,
+                    X_CHANNELS_INNER,
+                    K_TILE,
+                )
+                w_tile = tl.load(
+                    weights
+                    + tl.cast(kt, tl.int64) * (K_TILE * ROWS)
+                    + k[:, None] * ROWS
+                    + j[None, :]
+                )
                 acc = tl.dot(x_tile, w_tile, acc, input_precision=INPUT_PRECISION)
                 x_tile = x_next
 
@@ -169,7 +310,9 @@ def tile_conv_kernel(
             acc = tl.maximum(acc, 0.0)
         # the rows are scattered, so every element needs its own 64-bit address: storing the
         # tile in two halves keeps half of them live (whole tiles spill)
-        acc = tl.permute(tl.reshape(acc.to(out.dtype.element_ty), (BLOCK_M, 2, ROWS // 2)), (0, 2, 1))
+        acc = tl.permute(
+            tl.reshape(acc.to(out.dtype.element_ty), (BLOCK_M, 2, ROWS // 2)), (0, 2, 1)
+        )
         left, right = tl.split(acc)
         out_at = out + image * son + pixel * sop
         for part in tl.static_range(2):
@@ -178,10 +321,17 @@ def tile_conv_kernel(
                 rows = rows.to(tl.int64)
             half = left if part == 0 else right
             if OUT_CHANNELS_INNER:  # rows first, as for the gathered input tile
-                tl.store(out_at[None, :] + (rows * soc)[:, None], tl.trans(half),
-                         mask=n_ok[None, :] & (rows >= 0)[:, None])
+                tl.store(
+                    out_at[None, :] + (rows * soc)[:, None],
+                    tl.trans(half),
+                    mask=n_ok[None, :] & (rows >= 0)[:, None],
+                )
             else:
-                tl.store(out_at[:, None] + (rows * soc)[None, :], half, mask=n_ok[:, None] & (rows >= 0)[None, :])
+                tl.store(
+                    out_at[:, None] + (rows * soc)[None, :],
+                    half,
+                    mask=n_ok[:, None] & (rows >= 0)[None, :],
+                )
 
 
 def _input_precision(dtype: torch.dtype) -> str:
@@ -192,12 +342,29 @@ def _input_precision(dtype: torch.dtype) -> str:
 def layout(values, row_idx, col_idx, block_ptr, out_channels, in_channels, kernel_size, groups):
     """The layout of a (checked) pack, as the ops take it: the row tiles' tensors
     (``row_tiles``) and the ints ``(in_channels, out_channels, kh, kw, groups, consecutive)``."""
-    tiles = row_tiles.build(values, row_idx, col_idx, block_ptr, out_channels, in_channels, groups,
-                            kernel_size[0] * kernel_size[1], row_tiles_that_fit(values.dtype))
-    return tiles.tensors(), (in_channels, out_channels, *kernel_size, groups, int(tiles.consecutive))
+    tiles = row_tiles.build(
+        values,
+        row_idx,
+        col_idx,
+        block_ptr,
+        out_channels,
+        in_channels,
+        groups,
+        kernel_size[0] * kernel_size[1],
+        row_tiles_that_fit(values.dtype),
+    )
+    return tiles.tensors(), (
+        in_channels,
+        out_channels,
+        *kernel_size,
+        groups,
+        int(tiles.consecutive),
+    )
 
 
-def _tiles(layout_tensors, layout_ints, op, in_channels, out_channels, kernel_size, groups) -> RowTiles:
+def _tiles(
+    layout_tensors, layout_ints, op, in_channels, out_channels, kernel_size, groups
+) -> RowTiles:
     """The row tiles of a layout, after checking that it was built for this call's layer."""
     if list(layout_ints[:5]) != [in_channels, out_channels, *kernel_size, groups]:
         raise SparsekitError(
@@ -220,41 +387,98 @@ def _run(x, strides, geometry, tiles: RowTiles, out_channels, bias, relu, memory
     of ``x``, whose strides are ``strides``."""
     n, c, h, w, kh, kw, stride, padding, dilation = geometry
     oh, ow = block_conv2d_shape((n, c, h, w), out_channels, (kh, kw), stride, padding, dilation)[2:]
-    out = torch.empty((n, out_channels, oh, ow), dtype=x.dtype, device=x.device, memory_format=memory_format)
+    out = torch.empty(
+        (n, out_channels, oh, ow), dtype=x.dtype, device=x.device, memory_format=memory_format
+    )
     positions = n * oh * ow
     if positions == 0:
         return out
     # offsets inside an image (input or output) past int32 need the int64 variant
-    reach = max((c - 1) * strides[1] + (h - 1) * strides[2] + (w - 1) * strides[3],
-                (out_channels - 1) * out.stride(1) + (oh * ow - 1) * out.stride(3))
+    reach = max(
+        (c - 1) * strides[1] + (h - 1) * strides[2] + (w - 1) * strides[3],
+        (out_channels - 1) * out.stride(1) + (oh * ow - 1) * out.stride(3),
+    )
     grid = lambda meta: (  # noqa: E731
         programs(triton.cdiv(positions, meta["BLOCK_M"]) * tiles.num_tiles, x.device),
     )
     tile_conv_kernel[grid](
-        x, out, bias if bias is not None else tiles.weights, tiles.tile_rows, tiles.tile_ptr,
-        tiles.taps, tiles.channels, tiles.weights,
-        positions, tiles.num_tiles, c, size_class(positions),
-        oh, ow, h, w, *strides, out.stride(0), out.stride(1), out.stride(3),
-        *stride, *padding, *dilation,
-        KW=kw, WIDE=reach >= 2**31, HAS_BIAS=bias is not None, RELU=relu, CONSECUTIVE=tiles.consecutive,
-        X_CHANNELS_INNER=strides[1] == 1, OUT_CHANNELS_INNER=out.stride(1) == 1,
-        INPUT_PRECISION=_input_precision(x.dtype), ROWS=tiles.rows, K_TILE=K_TILE,
+        x,
+        out,
+        bias if bias is not None else tiles.weights,
+        tiles.tile_rows,
+        tiles.tile_ptr,
+        tiles.taps,
+        tiles.channels,
+        tiles.weights,
+        positions,
+        tiles.num_tiles,
+        c,
+        size_class(positions),
+        oh,
+        ow,
+        h,
+        w,
+        *strides,
+        out.stride(0),
+        out.stride(1),
+        out.stride(3),
+        *stride,
+        *padding,
+        *dilation,
+        KW=kw,
+        WIDE=reach >= 2**31,
+        HAS_BIAS=bias is not None,
+        RELU=relu,
+        CONSECUTIVE=tiles.consecutive,
+        X_CHANNELS_INNER=strides[1] == 1,
+        OUT_CHANNELS_INNER=out.stride(1) == 1,
+        INPUT_PRECISION=_input_precision(x.dtype),
+        ROWS=tiles.rows,
+        K_TILE=K_TILE,
     )
     return out
 
 
-def block_conv2d(input, layout_tensors, layout_ints, out_channels, kernel_size, stride, padding,
-                 dilation, groups, bias, relu):
-    tiles = _tiles(layout_tensors, layout_ints, "block_conv2d", input.shape[1], out_channels,
-                   list(kernel_size), groups)
+def block_conv2d(
+    input,
+    layout_tensors,
+    layout_ints,
+    out_channels,
+    kernel_size,
+    stride,
+    padding,
+    dilation,
+    groups,
+    bias,
+    relu,
+):
+    tiles = _tiles(
+        layout_tensors,
+        layout_ints,
+        "block_conv2d",
+        input.shape[1],
+        out_channels,
+        list(kernel_size),
+        groups,
+    )
     geometry = (*input.shape, *kernel_size, stride, padding, dilation)
-    return _run(input, input.stride(), geometry, tiles, out_channels, bias, relu,
-                output_memory_format(input))
+    return _run(
+        input,
+        input.stride(),
+        geometry,
+        tiles,
+        out_channels,
+        bias,
+        relu,
+        output_memory_format(input),
+    )
 
 
 def block_linear(input, layout_tensors, layout_ints, out_features, bias, relu):
     x = input.reshape(-1, input.shape[-1])
     tiles = _tiles(layout_tensors, layout_ints, "block_linear", x.shape[1], out_features, [1, 1], 1)
     geometry = (x.shape[0], x.shape[1], 1, 1, 1, 1, (1, 1), (0, 0), (1, 1))
-    out = _run(x, (*x.stride(), 0, 0), geometry, tiles, out_features, bias, relu, torch.contiguous_format)
+    out = _run(
+        x, (*x.stride(), 0, 0), geometry, tiles, out_features, bias, relu, torch.contiguous_format
+    )
     return out.view(block_linear_shape(input.shape, out_features))

@@ -83,10 +83,14 @@ def _blocks(values, row_idx, col_idx, block_ptr, out_channels, in_channels, grou
                 taps.append(t)
                 channels.append(torch.nn.functional.pad(channel[chunk], (0, pad), value=-1))
                 columns.append(torch.nn.functional.pad(chunk, (0, pad), value=cols.numel()))
-        yield _Block(rows, {r: i for i, r in enumerate(rows.tolist())},
-                     torch.nn.functional.pad(tile, (0, 1, 0, 1)), taps,
-                     torch.stack(channels) if channels else NO_K_TILES,
-                     torch.stack(columns) if columns else NO_K_TILES)
+        yield _Block(
+            rows,
+            {r: i for i, r in enumerate(rows.tolist())},
+            torch.nn.functional.pad(tile, (0, 1, 0, 1)),
+            taps,
+            torch.stack(channels) if channels else NO_K_TILES,
+            torch.stack(columns) if columns else NO_K_TILES,
+        )
 
 
 def _row_order(blocks: list[_Block], out_channels: int) -> list[list[int]]:
@@ -105,11 +109,13 @@ def _tiles(runs: list[list[int]], rows: int) -> list[list[int]]:
 def _choose_rows(blocks, runs, owners, heights) -> int:
     """The row-tile height of ``heights`` with the least work: per K-tile of a row tile,
     ``rows`` MMA columns and ``INPUT_COST * K_TILE`` for the input it gathers."""
+
     def work(rows):
         return sum(
             (rows + INPUT_COST * K_TILE) * sum(len(blocks[b].taps) for b in _owners(tile, owners))
             for tile in _tiles(runs, rows)
         )
+
     return min(heights, key=work)
 
 
@@ -123,14 +129,26 @@ def _consecutive(channels: torch.Tensor) -> bool:
     return bool(((starts % K_TILE == 0) & steps.all(1)).all())
 
 
-def build(values, row_idx, col_idx, block_ptr, out_channels, in_channels, groups, kernel_area,
-          fits=lambda rows, consecutive: True, rows=None) -> RowTiles:
+def build(
+    values,
+    row_idx,
+    col_idx,
+    block_ptr,
+    out_channels,
+    in_channels,
+    groups,
+    kernel_area,
+    fits=lambda rows, consecutive: True,
+    rows=None,
+) -> RowTiles:
     """The layout of a pack (the op's tensors and geometry). ``rows``: the tile height; by
     default the one of ``ROW_TILES`` with the least work among those ``fits(rows,
     consecutive)`` allows (the kernel's configs hold)."""
     device = values.device
     values, row_idx, col_idx, block_ptr = (t.cpu() for t in (values, row_idx, col_idx, block_ptr))
-    blocks = list(_blocks(values, row_idx, col_idx, block_ptr, out_channels, in_channels, groups, kernel_area))
+    blocks = list(
+        _blocks(values, row_idx, col_idx, block_ptr, out_channels, in_channels, groups, kernel_area)
+    )
     owners: list[list[int]] = [[] for _ in range(out_channels)]
     for b, block in enumerate(blocks):
         for r in block.rows.tolist():
@@ -159,6 +177,8 @@ def build(values, row_idx, col_idx, block_ptr, out_channels, in_channels, groups
         tile_ptr=torch.tensor([0, *counts], dtype=torch.long).cumsum(0).to(device, torch.int32),
         taps=torch.tensor(taps + [0], dtype=torch.int32, device=device),
         channels=torch.cat(channels + [SENTINEL]).to(device, torch.int32),
-        weights=(torch.cat(weights) if weights else torch.zeros(0, K_TILE, rows, dtype=values.dtype)).to(device),
+        weights=(
+            torch.cat(weights) if weights else torch.zeros(0, K_TILE, rows, dtype=values.dtype)
+        ).to(device),
         consecutive=consecutive,
     )

@@ -70,7 +70,8 @@ def auto(device: torch.device, dtype: torch.dtype, packed=None) -> list[Backend]
     the registry's order: available, taking the dtype, supporting the pack, and tested on real
     hardware of the device's type."""
     return [
-        b for b in REGISTRY.values()
+        b
+        for b in REGISTRY.values()
         if device.type in b.auto_on and b.problem(device, dtype, packed) is None
     ]
 

@@ -32,7 +32,8 @@ class Backend:
     # hardware; on any other device it runs only when asked for by name
     auto_on: tuple[str, ...] = ()
     benchmarked = True  # whether the bench suites time it against dense
-    # whether its ops never wait on the host (no reading of tables there), so a CUDA graph can hold them
+    # whether its ops never wait on the host (no reading of tables there), so a CUDA graph can
+    # hold them
     graph_safe = False
     op_prefix: str = ""
     unsupported_reason = ""  # what supports() asks of a pack, for error messages
@@ -80,18 +81,30 @@ class Backend:
         """``sparsekit::<op_prefix>block_linear``."""
         return getattr(torch.ops.sparsekit, f"{self.op_prefix}block_linear")
 
-    def block_conv2d(self, input, layout: Layout, weight: PackedWeight, bias, stride, padding,
-                     dilation, relu) -> torch.Tensor:
+    def block_conv2d(
+        self, input, layout: Layout, weight: PackedWeight, bias, stride, padding, dilation, relu
+    ) -> torch.Tensor:
         """The conv op on ``layout``, this backend's layout of ``weight``; the arguments are
         checked (``ops``)."""
-        return self.conv2d_op(input, list(layout.tensors), list(layout.ints), weight.out_features,
-                              list(weight.kernel_size), list(stride), list(padding), list(dilation),
-                              weight.groups, bias, relu)
+        return self.conv2d_op(
+            input,
+            list(layout.tensors),
+            list(layout.ints),
+            weight.out_features,
+            list(weight.kernel_size),
+            list(stride),
+            list(padding),
+            list(dilation),
+            weight.groups,
+            bias,
+            relu,
+        )
 
     def block_linear(self, input, layout: Layout, weight: PackedWeight, bias, relu) -> torch.Tensor:
         """The linear op on ``layout``, as ``block_conv2d``."""
-        return self.linear_op(input, list(layout.tensors), list(layout.ints), weight.out_features,
-                              bias, relu)
+        return self.linear_op(
+            input, list(layout.tensors), list(layout.ints), weight.out_features, bias, relu
+        )
 
     def __repr__(self) -> str:
         return f"<sparsekit backend {self.name!r}>"

@@ -31,7 +31,9 @@ class CpuBackend(Backend):
 
     def cost(self, packed):
         blocks = [Block(rows.cpu(), cols.cpu()) for rows, cols, _ in packed.blocks()]
-        return cost.plan_cost(blocks) / cost.dense_cost(packed.out_features, math.prod(packed.weight_shape[1:]))
+        return cost.plan_cost(blocks) / cost.dense_cost(
+            packed.out_features, math.prod(packed.weight_shape[1:])
+        )
 
 
 BACKEND = CpuBackend()

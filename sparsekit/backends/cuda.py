@@ -1,8 +1,8 @@
 """Backend ``"cuda"``: the C++ extension's CUDA kernel (``csrc/cuda``) on CUDA tensors: a gathered
 implicit GEMM on CuTe, bf16 and fp16 on tensor cores and fp32 in strict fp32 FMAs, fp32
 accumulation, over the tile layout ``sparsekit::prepack`` builds from the pack (on the host, once
-per layer, then copied to the device). It has not run on a GPU yet, so ``auto`` never picks it and the
-bench suites do not time it: it runs only when asked for by name, in a CUDA build of the
+per layer, then copied to the device). It has not run on a GPU yet, so ``auto`` never picks it and
+the bench suites do not time it: it runs only when asked for by name, in a CUDA build of the
 extension."""
 
 import torch

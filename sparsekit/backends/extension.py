@@ -32,8 +32,10 @@ OPS = ("prepack", *schema.SCHEMAS)
 def missing_kernel(dispatch_key: str) -> str | None:
     """Why the extension has no ``dispatch_key`` kernel for every op (None: it has them)."""
     if ERROR is not None:
-        return (f"needs the C++ extension sparsekit._C, which is not built ({ERROR}); install "
-                "with `pip install --no-build-isolation -e .`")
+        return (
+            f"needs the C++ extension sparsekit._C, which is not built ({ERROR}); install "
+            "with `pip install --no-build-isolation -e .`"
+        )
     for op in OPS:
         if not torch._C._dispatch_has_kernel_for_dispatch_key(f"sparsekit::{op}", dispatch_key):
             return f"the C++ extension was built without {dispatch_key} kernels"
@@ -43,6 +45,7 @@ def missing_kernel(dispatch_key: str) -> str | None:
 def prepack(packed) -> Layout:
     """The extension's layout of ``packed`` for its device (SparsekitError-free: ``packed`` is
     checked; the C++ check raises ValueError on a malformed index)."""
-    tensors, ints = torch.ops.sparsekit.prepack(packed.values, packed.row_idx, packed.col_idx,
-                                                packed.block_ptr, *pack_geometry(packed))
+    tensors, ints = torch.ops.sparsekit.prepack(
+        packed.values, packed.row_idx, packed.col_idx, packed.block_ptr, *pack_geometry(packed)
+    )
     return Layout(tuple(tensors), tuple(ints))

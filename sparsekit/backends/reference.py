@@ -33,10 +33,23 @@ def _epilogue(acc: torch.Tensor, bias, relu: bool) -> torch.Tensor:
     return acc.relu_() if relu else acc
 
 
-def block_conv2d(input, layout, layout_ints, out_channels, kernel_size, stride, padding, dilation,
-                 groups, bias, relu):
+def block_conv2d(
+    input,
+    layout,
+    layout_ints,
+    out_channels,
+    kernel_size,
+    stride,
+    padding,
+    dilation,
+    groups,
+    bias,
+    relu,
+):
     weight = PackedWeight((out_channels, input.shape[1] // groups, *kernel_size), groups, *layout)
-    n, _, oh, ow = block_conv2d_shape(input.shape, out_channels, kernel_size, stride, padding, dilation)
+    n, _, oh, ow = block_conv2d_shape(
+        input.shape, out_channels, kernel_size, stride, padding, dilation
+    )
     acc_dtype = _accumulator_dtype(input.dtype)
     columns = F.unfold(input.to(acc_dtype), kernel_size, dilation, padding, stride)
     acc = torch.zeros(n, out_channels, oh * ow, dtype=acc_dtype, device=input.device)

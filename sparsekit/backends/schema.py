@@ -24,7 +24,8 @@ from ..geometry import block_conv2d_shape, block_linear_shape, output_memory_for
 SCHEMAS = {
     "block_conv2d": (
         "(Tensor input, Tensor[] layout, int[] layout_ints, int out_channels, int[2] kernel_size, "
-        "int[2] stride, int[2] padding, int[2] dilation, int groups, Tensor? bias, bool relu) -> Tensor"
+        "int[2] stride, int[2] padding, int[2] dilation, int groups, Tensor? bias, "
+        "bool relu) -> Tensor"
     ),
     "block_linear": (
         "(Tensor input, Tensor[] layout, int[] layout_ints, int out_features, Tensor? bias, "
@@ -33,11 +34,23 @@ SCHEMAS = {
 }
 
 
-def _block_conv2d_fake(input, layout, layout_ints, out_channels, kernel_size, stride, padding,
-                       dilation, groups, bias, relu):
+def _block_conv2d_fake(
+    input,
+    layout,
+    layout_ints,
+    out_channels,
+    kernel_size,
+    stride,
+    padding,
+    dilation,
+    groups,
+    bias,
+    relu,
+):
     shape = block_conv2d_shape(input.shape, out_channels, kernel_size, stride, padding, dilation)
-    return torch.empty(shape, dtype=input.dtype, device=input.device,
-                       memory_format=output_memory_format(input))
+    return torch.empty(
+        shape, dtype=input.dtype, device=input.device, memory_format=output_memory_format(input)
+    )
 
 
 def _block_linear_fake(input, layout, layout_ints, out_features, bias, relu):
@@ -55,7 +68,9 @@ def _no_context(ctx, inputs, output):
     return None
 
 
-def define_ops(prefix: str, impls: dict[str, Callable] | None = None, device_types="default") -> None:
+def define_ops(
+    prefix: str, impls: dict[str, Callable] | None = None, device_types="default"
+) -> None:
     """Defines ``sparsekit::<prefix><op>`` for every op of ``SCHEMAS``, with ``impls[op]`` for
     ``device_types`` (``"default"``: every device) when given, the op's fake and the refusing
     autograd."""

@@ -47,9 +47,13 @@ def channel_layout(packed) -> Layout:
     widths = ptr[1].diff() // area
     channels = packed.col_idx.cpu()[::area].long() // area + group_base.repeat_interleave(widths)
     channel_ptr = torch.cat([torch.zeros(1, dtype=torch.long), widths.cumsum(0)])
-    runs = [int(c[0]) if torch.equal(c, torch.arange(int(c[0]), int(c[0]) + c.numel())) else -1
-            for c in channels.split(widths.tolist())]
-    starts = torch.stack([ptr[0], channel_ptr, ptr[2], torch.tensor(runs + [0], dtype=torch.long)], 1)
+    runs = [
+        int(c[0]) if torch.equal(c, torch.arange(int(c[0]), int(c[0]) + c.numel())) else -1
+        for c in channels.split(widths.tolist())
+    ]
+    starts = torch.stack(
+        [ptr[0], channel_ptr, ptr[2], torch.tensor(runs + [0], dtype=torch.long)], 1
+    )
     return Layout((packed.values, rows, channels.to(rows.device)), tuple(starts.flatten().tolist()))
 
 
@@ -77,8 +81,19 @@ def _epilogue(acc: torch.Tensor, bias, relu: bool, dtype) -> torch.Tensor:
     return acc.to(dtype)
 
 
-def block_conv2d(input, layout, layout_ints, out_channels, kernel_size, stride, padding, dilation,
-                 groups, bias, relu):
+def block_conv2d(
+    input,
+    layout,
+    layout_ints,
+    out_channels,
+    kernel_size,
+    stride,
+    padding,
+    dilation,
+    groups,
+    bias,
+    relu,
+):
     # torch 2.13's CPU conv2d returns wrong values in bf16 for some shapes (stride 2 along a
     # width-1 output) and crashes in fp16 on others (a width-1 input padded along its width:
     # F.conv2d(x[2, 2, 5, 1], w[2, 2, 3, 1], None, (3, 2), (2, 1), (1, 2)) segfaults), so on CPU

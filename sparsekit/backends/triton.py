@@ -16,7 +16,9 @@ except ImportError as error:  # no triton installed
     kernels, ERROR = None, error
 
 if kernels is not None:
-    schema.define_ops("triton_", {"block_conv2d": kernels.block_conv2d, "block_linear": kernels.block_linear})
+    schema.define_ops(
+        "triton_", {"block_conv2d": kernels.block_conv2d, "block_linear": kernels.block_linear}
+    )
 
 
 class TritonBackend(Backend):
@@ -36,14 +38,24 @@ class TritonBackend(Backend):
         if device.type == "cpu" and kernels.INTERPRETED:
             return None
         if device.type != "cuda":
-            return (f"runs on CUDA tensors (on CPU ones only under TRITON_INTERPRET=1), not on "
-                    f"{device.type} ones")
+            return (
+                f"runs on CUDA tensors (on CPU ones only under TRITON_INTERPRET=1), not on "
+                f"{device.type} ones"
+            )
         return None
 
     def prepack(self, packed):
         out_channels, in_channels, kernel_size, groups = pack_geometry(packed)
-        tensors, ints = kernels.layout(packed.values, packed.row_idx, packed.col_idx, packed.block_ptr,
-                                       out_channels, in_channels, kernel_size, groups)
+        tensors, ints = kernels.layout(
+            packed.values,
+            packed.row_idx,
+            packed.col_idx,
+            packed.block_ptr,
+            out_channels,
+            in_channels,
+            kernel_size,
+            groups,
+        )
         return Layout(tensors, ints)
 
 

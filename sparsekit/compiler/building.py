@@ -12,15 +12,25 @@ from ..geometry import is_channels_last
 from ..nn import SparseConv2d, SparseLinear
 
 
-def build_layer(module: nn.Module, weight, bias, backend: str, *, packed=None, name: str = "weight"):
+def build_layer(
+    module: nn.Module, weight, bias, backend: str, *, packed=None, name: str = "weight"
+):
     """The sparse layer computing ``module``'s op (its geometry; a Conv2d keeps its weight's
     memory format) with ``weight`` and ``bias`` on ``backend`` (``"dense"``: unpacked), from
     ``packed`` when given, else planned with ``structure="auto"``."""
     if isinstance(module, nn.Conv2d):
         return SparseConv2d.from_weight(
-            weight, bias, stride=module.stride, padding=module.padding, dilation=module.dilation,
-            groups=module.groups, padding_mode=module.padding_mode, backend=backend, name=name,
-            packed=packed, channels_last=is_channels_last(module.weight),
+            weight,
+            bias,
+            stride=module.stride,
+            padding=module.padding,
+            dilation=module.dilation,
+            groups=module.groups,
+            padding_mode=module.padding_mode,
+            backend=backend,
+            name=name,
+            packed=packed,
+            channels_last=is_channels_last(module.weight),
         )
     return SparseLinear.from_weight(weight, bias, backend=backend, name=name, packed=packed)
 
@@ -31,9 +41,15 @@ def layer_of(layer, choice):
     other weights of the same mask, as SPDY's timing tables are)."""
     packed = choice.packed
     if packed is None and choice.backend != "dense":
-        packed = pack(layer.weight, structure=choice.structure, groups=getattr(layer.module, "groups", 1),
-                      name=layer.name)
-    built = build_layer(layer.module, layer.weight, layer.bias, choice.backend, packed=packed, name=layer.name)
+        packed = pack(
+            layer.weight,
+            structure=choice.structure,
+            groups=getattr(layer.module, "groups", 1),
+            name=layer.name,
+        )
+    built = build_layer(
+        layer.module, layer.weight, layer.bias, choice.backend, packed=packed, name=layer.name
+    )
     built.config["source"] = {"layer": layer.name, "batchnorm": layer.batchnorm}
     if choice.dropped:
         built.config["dropped"] = list(choice.dropped)

@@ -29,7 +29,8 @@ from .building import build_layer
 PACKED_STRUCTURES = tuple(s for s in PLANNERS if s != "dense")
 MIN_RUN_TIME = 0.1  # seconds of timing per candidate plan of a layer
 KEEP_MARGIN = 0.97  # a packed layer must beat dense by 3%, so timing noise cannot make it slower
-SCREEN = 1.5  # a candidate whose one timed call takes this many of the best seen cannot win: not timed further
+# a candidate whose one timed call takes this many of the best seen cannot win: not timed further
+SCREEN = 1.5
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,16 @@ def competing_backends(backend: str, device: torch.device, dtype: torch.dtype) -
     return [backends.resolve(backend, device, dtype)]
 
 
-def choose(layer: FoldedLayer, structure: str, competitors, layer_input, *, measure: bool = True,
-           dense_seconds: float | None = None, min_run_time: float = MIN_RUN_TIME) -> LayerChoice:
+def choose(
+    layer: FoldedLayer,
+    structure: str,
+    competitors,
+    layer_input,
+    *,
+    measure: bool = True,
+    dense_seconds: float | None = None,
+    min_run_time: float = MIN_RUN_TIME,
+) -> LayerChoice:
     """The plan of ``layer`` (see the module doc): ``structure`` the planner asked for
     (``"auto"``: every one), ``competitors`` the backends whose plans compete, ``layer_input``
     the input it receives on the example inputs (or None); ``dense_seconds``: the dense layer's
@@ -77,7 +86,9 @@ def choose(layer: FoldedLayer, structure: str, competitors, layer_input, *, meas
     plans = [pack(layer.weight, structure=s, groups=groups, name=layer.name) for s in structures]
     candidates = [
         build_layer(layer.module, layer.weight, layer.bias, b.name, packed=plan, name=layer.name)
-        for b in competitors for plan in plans if b.supports(plan)
+        for b in competitors
+        for plan in plans
+        if b.supports(plan)
     ]
     dropped = []
     if layer_input is not None:
@@ -85,11 +96,13 @@ def choose(layer: FoldedLayer, structure: str, competitors, layer_input, *, meas
             with torch.inference_mode():
                 expected = dense(layer_input)
             candidates, dropped = _checked(candidates, layer_input, expected, layer.name)
-    chosen, seconds, dense_seconds = _fastest(dense, candidates, layer_input if measure else None,
-                                              dense_seconds, min_run_time)
+    chosen, seconds, dense_seconds = _fastest(
+        dense, candidates, layer_input if measure else None, dense_seconds, min_run_time
+    )
     packed = None if chosen is dense else chosen.packed()
-    return LayerChoice(chosen.config["structure"], chosen.backend, seconds, dense_seconds,
-                       tuple(dropped), packed)
+    return LayerChoice(
+        chosen.config["structure"], chosen.backend, seconds, dense_seconds, tuple(dropped), packed
+    )
 
 
 def _problem(candidate, layer_input, expected) -> str | None:
@@ -101,7 +114,11 @@ def _problem(candidate, layer_input, expected) -> str | None:
     except Exception as error:  # noqa: BLE001 - a failing backend costs speed, never correctness
         return f"raised {type(error).__name__}: {error}"
     error, limit = tolerance.max_error(actual, expected), tolerance.bound(expected)
-    return None if error <= limit else f"differs from the dense layer (max error {error:.3e} > {limit:.3e})"
+    return (
+        None
+        if error <= limit
+        else f"differs from the dense layer (max error {error:.3e} > {limit:.3e})"
+    )
 
 
 def _checked(candidates, layer_input, expected, name) -> tuple[list, list[str]]:
@@ -114,8 +131,11 @@ def _checked(candidates, layer_input, expected, name) -> tuple[list, list[str]]:
             kept.append(candidate)
             continue
         what = f"{candidate.config['structure']!r} plan on backend {candidate.backend!r}"
-        warnings.warn(f"sparsekit.compile: layer {name!r}: the {what} {problem}; dropped",
-                      SparsekitWarning, stacklevel=6)  # compile's caller
+        warnings.warn(
+            f"sparsekit.compile: layer {name!r}: the {what} {problem}; dropped",
+            SparsekitWarning,
+            stacklevel=6,
+        )  # compile's caller
         dropped.append(f"{what}: {problem}")
     return kept, dropped
 
@@ -134,7 +154,9 @@ def _fastest(dense, candidates, layer_input, dense_seconds, min_run_time):
         return (best if cost < 1 else dense), None, dense_seconds
     if dense_seconds is None:
         dense_seconds = timing.median_seconds(dense, layer_input, min_run_time=min_run_time)
-    firsts = [(timing.one_call_seconds(layer, layer_input), layer) for layer in candidates]  # each ran in _checked
+    firsts = [
+        (timing.one_call_seconds(layer, layer_input), layer) for layer in candidates
+    ]  # each ran in _checked
     bar = SCREEN * min([dense_seconds] + [seconds for seconds, _ in firsts])
     contenders = [layer for seconds, layer in firsts if seconds < bar]
     timed = [

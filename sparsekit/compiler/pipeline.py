@@ -61,18 +61,40 @@ def compile(  # noqa: A001 - the package's verb, as in torch.compile
 
     def decide(layer: FoldedLayer, layer_input) -> LayerChoice:
         if reached and layer_input is None:  # no input to check a plan on
-            warnings.warn(f"sparsekit.compile: the example inputs never reach layer {layer.name!r}, so "
-                          "it stays dense", SparsekitWarning, stacklevel=4)  # compile's caller
+            warnings.warn(
+                f"sparsekit.compile: the example inputs never reach layer {layer.name!r}, so "
+                "it stays dense",
+                SparsekitWarning,
+                stacklevel=4,
+            )  # compile's caller
             return LayerChoice()
         return choose(layer, structure, competitors, layer_input, measure=measure)
 
-    return compile_choices(model, mask, example_inputs, decide, inplace=inplace, verify=verify,
-                           fold_bn=fold_bn, measure=measure, progress=progress)
+    return compile_choices(
+        model,
+        mask,
+        example_inputs,
+        decide,
+        inplace=inplace,
+        verify=verify,
+        fold_bn=fold_bn,
+        measure=measure,
+        progress=progress,
+    )
 
 
-def compile_choices(model: nn.Module, mask, example_inputs, decide: Decide, *, inplace: bool = False,
-                    verify: bool = True, fold_bn: bool = True, measure: bool = True,
-                    progress: bool | None = None) -> nn.Module:
+def compile_choices(
+    model: nn.Module,
+    mask,
+    example_inputs,
+    decide: Decide,
+    *,
+    inplace: bool = False,
+    verify: bool = True,
+    fold_bn: bool = True,
+    measure: bool = True,
+    progress: bool | None = None,
+) -> nn.Module:
     """``compile``'s pipeline with each layer's plan given by ``decide(layer, its input)``: the
     reference (stage 1), BatchNorm folded (2), the layers' inputs recorded (3), their choices
     (4), the modules built (5), the result verified (6)."""
@@ -81,7 +103,8 @@ def compile_choices(model: nn.Module, mask, example_inputs, decide: Decide, *, i
     checked = verify and bool(inputs)
     layer_masks = masks_lib.collect_masks(model, mask)
     targets = [  # the masked layers, or every Conv2d / Linear when no mask is given
-        name for name, module in model.named_modules()
+        name
+        for name, module in model.named_modules()
         if isinstance(module, masks_lib.SPARSE_MODULES) and (not layer_masks or name in layer_masks)
     ]
 
@@ -108,7 +131,8 @@ def compile_choices(model: nn.Module, mask, example_inputs, decide: Decide, *, i
         warnings.warn(
             "sparsekit.compile: no example_inputs, so no candidate plan was checked, plans follow "
             "the cost models and the compiled model was not verified",
-            SparsekitWarning, stacklevel=3,
+            SparsekitWarning,
+            stacklevel=3,
         )
     return compiled
 

@@ -64,7 +64,9 @@ class Report:
     threads: int
     input_shapes: list = field(default_factory=list)
     memory_format: str = "contiguous"  # of the first input (channels_last stays so throughout)
-    spread: float | None = None  # of the reference's output across the batch (tolerance.batch_spread)
+    spread: float | None = (
+        None  # of the reference's output across the batch (tolerance.batch_spread)
+    )
 
     @property
     def ok(self) -> bool:
@@ -95,34 +97,83 @@ class Report:
 
     def to_dict(self) -> dict:
         derived = {"ok": self.ok, "speedup": self.speedup, "discriminating": self.discriminating}
-        return asdict(self) | derived | {
-            "layers": [asdict(layer) | {"ok": layer.ok, "speedup": layer.speedup} for layer in self.layers]
-        }
+        return (
+            asdict(self)
+            | derived
+            | {
+                "layers": [
+                    asdict(layer) | {"ok": layer.ok, "speedup": layer.speedup}
+                    for layer in self.layers
+                ]
+            }
+        )
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
     def __str__(self) -> str:
-        columns = ("layer", "kind", "structure", "backend", "blocks", "density", "flops",
-                   "MMACs", "dense ms", "sparse ms", "speedup", "max err", "note")
+        columns = (
+            "layer",
+            "kind",
+            "structure",
+            "backend",
+            "blocks",
+            "density",
+            "flops",
+            "MMACs",
+            "dense ms",
+            "sparse ms",
+            "speedup",
+            "max err",
+            "note",
+        )
         rows = [
-            (l.name, l.kind, l.structure, l.backend, str(l.blocks), f"{l.density:.3f}",
-             f"{l.flops_ratio:.3f}", f"{l.macs / 1e6:.1f}", _ms(l.dense_ms), _ms(l.sparse_ms),
-             _x(l.speedup), f"{l.max_error:.1e}" + ("" if l.ok else " !"), l.note)
-            for l in self.layers
+            (
+                layer.name,
+                layer.kind,
+                layer.structure,
+                layer.backend,
+                str(layer.blocks),
+                f"{layer.density:.3f}",
+                f"{layer.flops_ratio:.3f}",
+                f"{layer.macs / 1e6:.1f}",
+                _ms(layer.dense_ms),
+                _ms(layer.sparse_ms),
+                _x(layer.speedup),
+                f"{layer.max_error:.1e}" + ("" if layer.ok else " !"),
+                layer.note,
+            )
+            for layer in self.layers
         ]
-        total_macs = sum(l.macs for l in self.layers)
-        kept = sum(l.macs * l.flops_ratio for l in self.layers)
-        rows.append(("end to end", "", "", "", "", "", f"{kept / total_macs:.3f}" if total_macs else "",
-                     f"{total_macs / 1e6:.1f}", _ms(self.dense_ms), _ms(self.sparse_ms),
-                     _x(self.speedup), f"{self.max_error:.1e}" + ("" if self.ok else " !"), ""))
+        total_macs = sum(layer.macs for layer in self.layers)
+        kept = sum(layer.macs * layer.flops_ratio for layer in self.layers)
+        rows.append(
+            (
+                "end to end",
+                "",
+                "",
+                "",
+                "",
+                "",
+                f"{kept / total_macs:.3f}" if total_macs else "",
+                f"{total_macs / 1e6:.1f}",
+                _ms(self.dense_ms),
+                _ms(self.sparse_ms),
+                _x(self.speedup),
+                f"{self.max_error:.1e}" + ("" if self.ok else " !"),
+                "",
+            )
+        )
         widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
         line = lambda cells: "  ".join(  # noqa: E731
-            c.ljust(w) if i in (0, 1, 2, 3, 12) else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+            c.ljust(w) if i in (0, 1, 2, 3, 12) else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths))
         ).rstrip()
-        head = (f"sparsekit report: {self.device}, {self.dtype}, {self.threads} threads, inputs "
-                f"{self.input_shapes} ({self.memory_format}); {'ok' if self.ok else 'MISMATCH'} "
-                f"(bound {self.bound:.1e})")
+        head = (
+            f"sparsekit report: {self.device}, {self.dtype}, {self.threads} threads, inputs "
+            f"{self.input_shapes} ({self.memory_format}); {'ok' if self.ok else 'MISMATCH'} "
+            f"(bound {self.bound:.1e})"
+        )
         return "\n".join([head, line(columns), *map(line, rows[:-1]), line(rows[-1])])
 
 
@@ -138,12 +189,15 @@ def verify(compiled, reference, example_inputs, *, measure: bool = True) -> Repo
     """Compare ``compiled`` with the dense ``reference`` on ``example_inputs`` (see module doc)."""
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     sparse_layers = {
-        name: m for name, m in compiled.named_modules() if isinstance(m, (SparseConv2d, SparseLinear))
+        name: m
+        for name, m in compiled.named_modules()
+        if isinstance(m, (SparseConv2d, SparseLinear))
     }
     sources = {name: m.config.get("source", {"layer": name}) for name, m in sparse_layers.items()}
-    watched = sorted({s["layer"] for s in sources.values()} | {
-        s["batchnorm"] for s in sources.values() if s.get("batchnorm")
-    })
+    watched = sorted(
+        {s["layer"] for s in sources.values()}
+        | {s["batchnorm"] for s in sources.values() if s.get("batchnorm")}
+    )
     for name in watched:
         try:
             reference.get_submodule(name)
@@ -166,33 +220,48 @@ def verify(compiled, reference, example_inputs, *, measure: bool = True) -> Repo
         with tolerance.matching_precision(), torch.inference_mode():
             actual = layer(x)
         s = layer.summary()
-        positions = expected[0, 0].numel() * expected.shape[0] if expected.dim() == 4 else (
-            expected.numel() // expected.shape[-1]
+        positions = (
+            expected[0, 0].numel() * expected.shape[0]
+            if expected.dim() == 4
+            else (expected.numel() // expected.shape[-1])
         )
         report = LayerReport(
-            name=name, kind=type(layer).__name__.removeprefix("Sparse"), structure=s["structure"],
-            backend=layer.backend, blocks=s["blocks"], density=s["density"],
-            flops_ratio=s["flops_ratio"], macs=math.prod(layer.weight_shape) * positions,
-            max_error=tolerance.max_error(actual, expected), bound=tolerance.bound(expected),
+            name=name,
+            kind=type(layer).__name__.removeprefix("Sparse"),
+            structure=s["structure"],
+            backend=layer.backend,
+            blocks=s["blocks"],
+            density=s["density"],
+            flops_ratio=s["flops_ratio"],
+            macs=math.prod(layer.weight_shape) * positions,
+            max_error=tolerance.max_error(actual, expected),
+            bound=tolerance.bound(expected),
             note="; ".join(_notes(layer, s)),
         )
         if measure:
             dense = [reference.get_submodule(source["layer"])]
             if source.get("batchnorm"):
                 dense.append(reference.get_submodule(source["batchnorm"]))
-            report.dense_ms = 1e3 * timing.median_seconds(_chain(dense), x, min_run_time=MIN_RUN_TIME)
+            report.dense_ms = 1e3 * timing.median_seconds(
+                _chain(dense), x, min_run_time=MIN_RUN_TIME
+            )
             report.sparse_ms = 1e3 * timing.median_seconds(layer, x, min_run_time=MIN_RUN_TIME)
         layers.append(report)
 
     first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else out
     result = Report(
-        layers=layers, max_error=tolerance.max_error(out, ref_out), bound=tolerance.bound(ref_out),
+        layers=layers,
+        max_error=tolerance.max_error(out, ref_out),
+        bound=tolerance.bound(ref_out),
         dense_ms=_model_ms(reference, inputs) if measure else None,
         sparse_ms=_model_ms(compiled, inputs) if measure else None,
-        device=_device_name(first.device), dtype=str(out.dtype).removeprefix("torch."),
+        device=_device_name(first.device),
+        dtype=str(out.dtype).removeprefix("torch."),
         threads=torch.get_num_threads(),
         input_shapes=[list(x.shape) for x in inputs if isinstance(x, torch.Tensor)],
-        memory_format="channels_last" if output_memory_format(first) == torch.channels_last else "contiguous",
+        memory_format="channels_last"
+        if output_memory_format(first) == torch.channels_last
+        else "contiguous",
         spread=tolerance.batch_spread(ref_out),
     )
     if result.spread is not None and not result.discriminating:
@@ -200,7 +269,8 @@ def verify(compiled, reference, example_inputs, *, measure: bool = True) -> Repo
             f"verify: the reference's output barely depends on the input (spread across the batch "
             f"{result.spread:.2e}, bound {result.bound:.2e}): the end-to-end check cannot tell a "
             "wrong kernel from a right one",
-            SparsekitWarning, stacklevel=2,
+            SparsekitWarning,
+            stacklevel=2,
         )
     return result
 

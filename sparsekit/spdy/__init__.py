@@ -16,6 +16,18 @@ from .search import Candidate, Scorer, search
 from .timings import TimingTable, timing_table
 
 __all__ = [
-    "DEFAULT_BUCKETS", "DEFAULT_LEVELS", "Candidate", "ErrorDatabase", "PlanReport", "Scorer", "TimingTable",
-    "geometric_levels", "level_mask", "level_masks", "plan", "search", "solve", "timing_table",
+    "DEFAULT_BUCKETS",
+    "DEFAULT_LEVELS",
+    "Candidate",
+    "ErrorDatabase",
+    "PlanReport",
+    "Scorer",
+    "TimingTable",
+    "geometric_levels",
+    "level_mask",
+    "level_masks",
+    "plan",
+    "search",
+    "solve",
+    "timing_table",
 ]

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..errors import SparsekitError
-from ..compiler.reference import copy_model
 from ..compiler.recording import as_input_tuple, record_inputs
+from ..compiler.reference import copy_model
+from ..errors import SparsekitError
 from ..zoo import calibrate_batchnorm
 from .levels import level_masks
 
@@ -35,11 +35,19 @@ def gram(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         rows = x.detach().double().reshape(-1, x.shape[-1])
         return (rows.T @ rows)[None]
     if module.padding_mode != "zeros" or isinstance(module.padding, str):
-        raise SparsekitError("reconstruct: only Conv2d layers with numeric zero padding are supported")
-    cols = F.unfold(x.detach().double(), module.kernel_size, module.dilation, module.padding, module.stride)
+        raise SparsekitError(
+            "reconstruct: only Conv2d layers with numeric zero padding are supported"
+        )
+    cols = F.unfold(
+        x.detach().double(), module.kernel_size, module.dilation, module.padding, module.stride
+    )
     groups = module.groups
     per_group = cols.shape[1] // groups
-    cols = cols.view(cols.shape[0], groups, per_group, -1).permute(1, 0, 3, 2).reshape(groups, -1, per_group)
+    cols = (
+        cols.view(cols.shape[0], groups, per_group, -1)
+        .permute(1, 0, 3, 2)
+        .reshape(groups, -1, per_group)
+    )
     return cols.transpose(1, 2) @ cols
 
 
@@ -57,7 +65,9 @@ def reconstructed(weight: torch.Tensor, mask: torch.Tensor, grams: torch.Tensor)
         elif support.numel():
             h = grams[r // per_group]
             damp = DAMP * h.diagonal().mean().clamp(min=1e-12)
-            system = h[support][:, support] + damp * torch.eye(support.numel(), dtype=h.dtype, device=h.device)
+            system = h[support][:, support] + damp * torch.eye(
+                support.numel(), dtype=h.dtype, device=h.device
+            )
             result[r, support] = torch.linalg.solve(system, h[support] @ rows[r])
     return result.view_as(weight).to(weight.dtype)
 
@@ -68,25 +78,45 @@ class ErrorDatabase:
     level, a working copy updated in place (only the layers whose level changed), its BatchNorm
     statistics re-estimated on ``calib_inputs`` with ``recalibrate_batchnorm``."""
 
-    def __init__(self, model: nn.Module, layers, levels, transform=None, *, calib_inputs=(),
-                 reconstruct: bool = False, recalibrate_batchnorm: bool = False, progress: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        layers,
+        levels,
+        transform=None,
+        *,
+        calib_inputs=(),
+        reconstruct: bool = False,
+        recalibrate_batchnorm: bool = False,
+        progress: bool = False,
+    ):
         calib_inputs = list(calib_inputs)
         if (reconstruct or recalibrate_batchnorm) and not calib_inputs:
-            raise SparsekitError("reconstruct / recalibrate_batchnorm: calibration inputs are needed")
+            raise SparsekitError(
+                "reconstruct / recalibrate_batchnorm: calibration inputs are needed"
+            )
         modules = dict(model.named_modules())
         self.layers, self.levels = list(layers), tuple(levels)
-        self.masks = {name: [m.bool() for m in level_masks(modules[name].weight, self.levels, transform)]
-                      for name in self.layers}
+        self.masks = {
+            name: [m.bool() for m in level_masks(modules[name].weight, self.levels, transform)]
+            for name in self.layers
+        }
         self.weights = {}  # [layer][level], only when reconstructed
         if reconstruct:
             grams = self._grams(model, calib_inputs)
-            for name in tqdm(self.layers, desc="sparsekit.spdy reconstruct", unit="layer", disable=not progress):
+            for name in tqdm(
+                self.layers, desc="sparsekit.spdy reconstruct", unit="layer", disable=not progress
+            ):
                 weight = modules[name].weight
-                self.weights[name] = [reconstructed(weight, m, grams[name]) for m in self.masks[name]]
+                self.weights[name] = [
+                    reconstructed(weight, m, grams[name]) for m in self.masks[name]
+                ]
         self._model = copy_model(model).eval()
         self._dense = {name: modules[name].weight.detach().clone() for name in self.layers}
         self._current = dict.fromkeys(self.layers)
-        self._recalibration_batches = [as_input_tuple(b) for b in calib_inputs] if recalibrate_batchnorm else None
+        self._recalibration_batches = (
+            [as_input_tuple(b) for b in calib_inputs] if recalibrate_batchnorm else None
+        )
 
     def _grams(self, model, calib_inputs) -> dict:
         grams = {}
@@ -95,7 +125,9 @@ class ErrorDatabase:
             seen = record_inputs(model, self.layers, as_input_tuple(batch))
             for name in self.layers:
                 if name not in seen:
-                    raise SparsekitError(f"reconstruct: the calibration inputs never reach layer {name!r}")
+                    raise SparsekitError(
+                        f"reconstruct: the calibration inputs never reach layer {name!r}"
+                    )
                 g = gram(modules[name], seen[name])
                 grams[name] = g if name not in grams else grams[name] + g
         return grams
@@ -107,13 +139,18 @@ class ErrorDatabase:
 
     def masks_of(self, choice) -> dict:
         """``{param name: 0/1 float mask}`` of a choice of one level index per layer."""
-        return {f"{name}.weight": self.masks[name][level].float() for name, level in zip(self.layers, choice)}
+        return {
+            f"{name}.weight": self.masks[name][level].float()
+            for name, level in zip(self.layers, choice)
+        }
 
     def stitched(self, choice) -> nn.Module:
         """The model with each layer's weight at its level in ``choice`` (one index per layer)."""
         if len(choice) != len(self.layers):
             raise SparsekitError(f"stitched: {len(choice)} levels for {len(self.layers)} layers")
-        changed = {name: level for name, level in zip(self.layers, choice) if self._current[name] != level}
+        changed = {
+            name: level for name, level in zip(self.layers, choice) if self._current[name] != level
+        }
         with torch.no_grad():
             for name, level in changed.items():
                 self._model.get_submodule(name).weight.copy_(self.weight(name, level))

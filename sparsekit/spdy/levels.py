@@ -15,9 +15,17 @@ def geometric_levels(count: int = 12, low: float = 0.40, high: float = 0.95) -> 
     """0 (dense), then ``count - 1`` sparsities from ``low`` to ``high`` whose densities fall
     geometrically, as SPDY spaces its levels."""
     if count < 2 or not 0.0 < low < high < 1.0:
-        raise SparsekitError(f"levels: need count >= 2 and 0 < low < high < 1, got {count}, {low}, {high}")
+        raise SparsekitError(
+            f"levels: need count >= 2 and 0 < low < high < 1, got {count}, {low}, {high}"
+        )
     steps = count - 2
-    return (0.0, *(1 - (1 - low) * ((1 - high) / (1 - low)) ** (i / max(steps, 1)) for i in range(steps + 1)))
+    return (
+        0.0,
+        *(
+            1 - (1 - low) * ((1 - high) / (1 - low)) ** (i / max(steps, 1))
+            for i in range(steps + 1)
+        ),
+    )
 
 
 DEFAULT_LEVELS = geometric_levels()
@@ -29,8 +37,15 @@ def check_levels(levels) -> tuple[float, ...]:
         levels = tuple(float(s) for s in levels)
     except (TypeError, ValueError):
         raise SparsekitError(f"levels: expected a sequence of sparsities, got {levels!r}") from None
-    if len(levels) < 2 or levels[0] != 0.0 or any(b <= a for a, b in zip(levels, levels[1:])) or levels[-1] >= 1:
-        raise SparsekitError(f"levels: expected increasing sparsities in [0, 1) starting at 0, got {levels}")
+    if (
+        len(levels) < 2
+        or levels[0] != 0.0
+        or any(b <= a for a, b in zip(levels, levels[1:]))
+        or levels[-1] >= 1
+    ):
+        raise SparsekitError(
+            f"levels: expected increasing sparsities in [0, 1) starting at 0, got {levels}"
+        )
     return levels
 
 
@@ -53,8 +68,13 @@ def level_masks(weight: torch.Tensor, levels, transform=None) -> list[torch.Tens
             masks.append(kernel_magnitude_mask(weight, sparsity))
         else:
             mask = magnitude_mask(weight, sparsity, order)
-            masks.append(refill(weight, mask) if transform == "refill" else
-                         regroup(mask)[0] if transform == "regroup" else mask)
+            masks.append(
+                refill(weight, mask)
+                if transform == "refill"
+                else regroup(mask)[0]
+                if transform == "regroup"
+                else mask
+            )
     return masks
 
 

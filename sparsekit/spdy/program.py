@@ -21,10 +21,14 @@ def _table(values, name: str) -> torch.Tensor:
     try:
         table = torch.as_tensor(values, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError) as error:
-        raise SparsekitError(f"spdy.solve: {name} must be a [layers][levels] array of numbers ({error})") from None
+        raise SparsekitError(
+            f"spdy.solve: {name} must be a [layers][levels] array of numbers ({error})"
+        ) from None
     if table.dim() != 2 or table.shape[0] == 0 or table.shape[1] == 0:
-        raise SparsekitError(f"spdy.solve: {name} must be a non-empty [layers][levels] array, not of shape "
-                             f"{list(table.shape)}")
+        raise SparsekitError(
+            f"spdy.solve: {name} must be a non-empty [layers][levels] array, not of shape "
+            f"{list(table.shape)}"
+        )
     if not torch.isfinite(table).all():
         raise SparsekitError(f"spdy.solve: {name} holds a value that is not finite")
     return table
@@ -37,7 +41,9 @@ def solve(times, costs, budget: float, buckets: int = DEFAULT_BUCKETS) -> list[i
     reachable time."""
     times, costs = _table(times, "times"), _table(costs, "costs")
     if times.shape != costs.shape:
-        raise SparsekitError(f"spdy.solve: times {list(times.shape)} and costs {list(costs.shape)} differ in shape")
+        raise SparsekitError(
+            f"spdy.solve: times {list(times.shape)} and costs {list(costs.shape)} differ in shape"
+        )
     if (times < 0).any():
         raise SparsekitError("spdy.solve: times must be >= 0")
     if not (isinstance(buckets, int) and not isinstance(buckets, bool) and buckets >= 1):
@@ -58,11 +64,18 @@ def solve(times, costs, budget: float, buckets: int = DEFAULT_BUCKETS) -> list[i
     quotient = torch.where((quotient - whole).abs() <= 1e-9 * whole.clamp(min=1), whole, quotient)
     steps = torch.ceil(quotient).clamp_(max=buckets + 1).to(torch.int64)
     if steps.min(dim=1).values.sum() > buckets:
-        rounding = "" if fastest > budget * (1 + 1e-9) else (
-            f"; rounded up to steps of {budget / buckets:.3g}, the fastest levels take more than "
-            f"{buckets} steps: pass more buckets")
-        raise SparsekitError(f"spdy.solve: no choice of levels fits the budget {budget:.10g}: the fastest "
-                             f"reachable time is {fastest:.10g}{rounding}")
+        rounding = (
+            ""
+            if fastest > budget * (1 + 1e-9)
+            else (
+                f"; rounded up to steps of {budget / buckets:.3g}, the fastest levels take more "
+                f"than {buckets} steps: pass more buckets"
+            )
+        )
+        raise SparsekitError(
+            f"spdy.solve: no choice of levels fits the budget {budget:.10g}: the fastest "
+            f"reachable time is {fastest:.10g}{rounding}"
+        )
     layers, levels = times.shape
     # best[b]: least cost of the layers so far whose rounded times sum to exactly b steps
     best = torch.full((buckets + 1,), math.inf, dtype=torch.float64)

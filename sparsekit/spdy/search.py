@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..errors import SparsekitError
 from ..compiler.recording import as_input_tuple
+from ..errors import SparsekitError
 from .database import ErrorDatabase
 from .program import DEFAULT_BUCKETS, solve
 
@@ -37,8 +37,12 @@ def costs_of(coefficients, levels: int) -> torch.Tensor:
 
 def kl_to_dense(output: torch.Tensor, dense_output: torch.Tensor) -> torch.Tensor:
     """KL(dense || stitched) of the two outputs' softmax over the last dimension, batch mean."""
-    return F.kl_div(F.log_softmax(output.double(), -1), F.log_softmax(dense_output.double(), -1),
-                    log_target=True, reduction="batchmean")
+    return F.kl_div(
+        F.log_softmax(output.double(), -1),
+        F.log_softmax(dense_output.double(), -1),
+        log_target=True,
+        reduction="batchmean",
+    )
 
 
 class Scorer:
@@ -54,7 +58,9 @@ class Scorer:
         for batch in batches:
             if isinstance(batch, (tuple, list)):
                 if len(batch) != 2:
-                    raise SparsekitError("calib: a batch is an input tensor or a pair (inputs, labels)")
+                    raise SparsekitError(
+                        "calib: a batch is an input tensor or a pair (inputs, labels)"
+                    )
                 inputs, labels = as_input_tuple(batch[0]), batch[1]
             else:
                 inputs, labels = as_input_tuple(batch), None
@@ -71,13 +77,24 @@ class Scorer:
         if key not in self.memo:
             model = self.database.stitched(choice)
             with torch.inference_mode():
-                total = sum(float(fn(model(*inputs), target)) for inputs, target, fn in self.batches)
+                total = sum(
+                    float(fn(model(*inputs), target)) for inputs, target, fn in self.batches
+                )
             self.memo[key] = total / len(self.batches)
         return self.memo[key]
 
 
-def search(times, score, budget: float, *, draws: int = 100, steps: int = 100, seed: int = 0,
-           buckets: int = DEFAULT_BUCKETS, progress: bool = False) -> list[Candidate]:
+def search(
+    times,
+    score,
+    budget: float,
+    *,
+    draws: int = 100,
+    steps: int = 100,
+    seed: int = 0,
+    buckets: int = DEFAULT_BUCKETS,
+    progress: bool = False,
+) -> list[Candidate]:
     """Every candidate tried (``draws`` random coefficient vectors, then ``steps`` of local
     search), in order; the best is the one of least loss. ``times``: the ``[layers][levels]``
     table, ``score(choice) -> loss``, ``budget``: the summed time the layers may take."""
@@ -94,7 +111,9 @@ def search(times, score, budget: float, *, draws: int = 100, steps: int = 100, s
         tried.append(Candidate(list(coefficients), choice, seconds, score(choice)))
         return tried[-1]
 
-    with tqdm(total=draws + steps, desc="sparsekit.spdy search", unit="candidate", disable=not progress) as bar:
+    with tqdm(
+        total=draws + steps, desc="sparsekit.spdy search", unit="candidate", disable=not progress
+    ) as bar:
         best = None
         for _ in range(draws):
             candidate = attempt([rng.random() for _ in range(layers)])

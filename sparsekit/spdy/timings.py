@@ -49,12 +49,20 @@ class TimingTable:
 def _key(model, inputs, layer_inputs, names, levels, structure, transform, backend) -> dict:
     first = next(iter(model.parameters()))
     return {
-        "device": timing.device_name(first.device), "dtype": str(first.dtype).removeprefix("torch."),
-        "threads": torch.get_num_threads(), "inputs": [list(x.shape) for x in inputs if isinstance(x, torch.Tensor)],
+        "device": timing.device_name(first.device),
+        "dtype": str(first.dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "inputs": [list(x.shape) for x in inputs if isinstance(x, torch.Tensor)],
         "layers": {name: list(layer_inputs[name].shape) for name in names},
-        "formats": {name: "channels_last" if is_channels_last(layer_inputs[name]) else "nchw" for name in names},
+        "formats": {
+            name: "channels_last" if is_channels_last(layer_inputs[name]) else "nchw"
+            for name in names
+        },
         "levels": list(levels),
-        "structure": structure, "transform": transform, "backend": backend, "sparsekit": __version__,
+        "structure": structure,
+        "transform": transform,
+        "backend": backend,
+        "sparsekit": __version__,
     }
 
 
@@ -64,19 +72,33 @@ def _cached(cache: Path | None, key: dict) -> TimingTable | None:
     try:
         tables = json.loads(cache.read_text())["tables"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise SparsekitError(f"timing_table: {cache} is not a timing-table cache ({error})") from None
+        raise SparsekitError(
+            f"timing_table: {cache} is not a timing-table cache ({error})"
+        ) from None
     return next((TimingTable(**t) for t in tables if t["key"] == key), None)
 
 
 def _store(cache: Path, table: TimingTable) -> None:
     tables = json.loads(cache.read_text())["tables"] if cache.exists() else []
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"tables": [t for t in tables if t["key"] != table.key] + [table.to_dict()]}))
+    cache.write_text(
+        json.dumps({"tables": [t for t in tables if t["key"] != table.key] + [table.to_dict()]})
+    )
 
 
-def timing_table(model, example_inputs, levels=DEFAULT_LEVELS, structure: str = "auto", backend: str = "auto",
-                 transform=None, *, layers=None, cache=None, progress: bool | None = None,
-                 min_run_time: float = MIN_RUN_TIME) -> TimingTable:
+def timing_table(
+    model,
+    example_inputs,
+    levels=DEFAULT_LEVELS,
+    structure: str = "auto",
+    backend: str = "auto",
+    transform=None,
+    *,
+    layers=None,
+    cache=None,
+    progress: bool | None = None,
+    min_run_time: float = MIN_RUN_TIME,
+) -> TimingTable:
     """The timing table of ``model`` (eval mode) on ``example_inputs``: for each of ``layers``
     (default: every Conv2d but the first) and each sparsity of ``levels`` (increasing, the
     first 0), the median seconds of the layer compile builds from that level's magnitude mask
@@ -85,7 +107,9 @@ def timing_table(model, example_inputs, levels=DEFAULT_LEVELS, structure: str = 
     by their key; a table found there is returned without measuring. ``progress``: a progress
     bar over the cells (default: when stderr is a terminal)."""
     if model.training:
-        raise SparsekitError("timing_table: call model.eval() first (layers are timed with eval semantics)")
+        raise SparsekitError(
+            "timing_table: call model.eval() first (layers are timed with eval semantics)"
+        )
     if structure not in STRUCTURES:
         raise SparsekitError(f"structure: {structure!r} is not one of {', '.join(STRUCTURES)}")
     levels, transform = check_levels(levels), check_transform(transform)
@@ -94,9 +118,13 @@ def timing_table(model, example_inputs, levels=DEFAULT_LEVELS, structure: str = 
         raise SparsekitError("timing_table: example_inputs are needed to time the layers on")
     names = list(layers) if layers is not None else [name for name, _ in prunable_convs(model)]
     modules = dict(model.named_modules())
-    unknown = [n for n in names if not isinstance(modules.get(n), (torch.nn.Conv2d, torch.nn.Linear))]
+    unknown = [
+        n for n in names if not isinstance(modules.get(n), (torch.nn.Conv2d, torch.nn.Linear))
+    ]
     if unknown or not names:
-        raise SparsekitError(f"timing_table: layers must name Conv2d / Linear layers of the model; not: {unknown}")
+        raise SparsekitError(
+            f"timing_table: layers must name Conv2d / Linear layers of the model; not: {unknown}"
+        )
     layer_inputs = record_inputs(model, names, inputs)
     unreached = [n for n in names if n not in layer_inputs]
     if unreached:
@@ -111,8 +139,12 @@ def timing_table(model, example_inputs, levels=DEFAULT_LEVELS, structure: str = 
     competitors = competing_backends(backend, parameter.device, parameter.dtype)
     seconds, plans = [], []
     started = time.perf_counter()
-    bar = tqdm(total=len(names) * len(levels), desc="sparsekit.spdy.timing_table", unit="cell",
-               disable=not (sys.stderr.isatty() if progress is None else progress))
+    bar = tqdm(
+        total=len(names) * len(levels),
+        desc="sparsekit.spdy.timing_table",
+        unit="cell",
+        disable=not (sys.stderr.isatty() if progress is None else progress),
+    )
     for layer in folded_layers(model, names):
         x = layer_inputs[layer.name]
         dense = build_layer(layer.module, layer.weight, layer.bias, "dense", name=layer.name)
@@ -121,8 +153,14 @@ def timing_table(model, example_inputs, levels=DEFAULT_LEVELS, structure: str = 
         bar.update()
         for mask in level_masks(layer.module.weight, levels[1:], transform):
             masked = dataclasses.replace(layer, weight=layer.weight * mask.to(layer.weight.dtype))
-            choice = choose(masked, structure, competitors, x, dense_seconds=dense_seconds,
-                            min_run_time=min_run_time)
+            choice = choose(
+                masked,
+                structure,
+                competitors,
+                x,
+                dense_seconds=dense_seconds,
+                min_run_time=min_run_time,
+            )
             row.append(choice.seconds)
             row_plans.append(choice.plan)
             bar.update()

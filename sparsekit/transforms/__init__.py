@@ -5,7 +5,12 @@ channel masks, IMP with rewinding); ``sparsekit.compile`` then packs whatever ma
 """
 
 from .imp import (
-    global_magnitude_masks, imp, layerwise_magnitude_masks, magnitude_mask, magnitude_order, prunable_convs,
+    global_magnitude_masks,
+    imp,
+    layerwise_magnitude_masks,
+    magnitude_mask,
+    magnitude_order,
+    prunable_convs,
 )
 from .kernel import acceleration_rate, kernel_magnitude_mask, kernel_mask
 from .refill import refill, refill_masks
@@ -13,7 +18,19 @@ from .regroup import regroup
 from .str_bn import STRBatchNorm2d, bn_channel_mask, convert_to_str_bn
 
 __all__ = [
-    "STRBatchNorm2d", "acceleration_rate", "bn_channel_mask", "convert_to_str_bn",
-    "global_magnitude_masks", "imp", "kernel_magnitude_mask", "kernel_mask", "layerwise_magnitude_masks",
-    "magnitude_mask", "magnitude_order", "prunable_convs", "refill", "refill_masks", "regroup",
+    "STRBatchNorm2d",
+    "acceleration_rate",
+    "bn_channel_mask",
+    "convert_to_str_bn",
+    "global_magnitude_masks",
+    "imp",
+    "kernel_magnitude_mask",
+    "kernel_mask",
+    "layerwise_magnitude_masks",
+    "magnitude_mask",
+    "magnitude_order",
+    "prunable_convs",
+    "refill",
+    "refill_masks",
+    "regroup",
 ]

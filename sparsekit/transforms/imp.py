@@ -45,10 +45,15 @@ def layerwise_magnitude_masks(model: nn.Module, sparsity: float) -> dict:
     name: 0/1 float mask}``."""
     if not 0.0 <= sparsity < 1.0:
         raise SparsekitError(f"sparsity {sparsity!r} must lie in [0, 1)")
-    return {f"{name}.weight": magnitude_mask(conv.weight, sparsity) for name, conv in prunable_convs(model)}
+    return {
+        f"{name}.weight": magnitude_mask(conv.weight, sparsity)
+        for name, conv in prunable_convs(model)
+    }
 
 
-def magnitude_mask(weight: torch.Tensor, sparsity: float, order: torch.Tensor | None = None) -> torch.Tensor:
+def magnitude_mask(
+    weight: torch.Tensor, sparsity: float, order: torch.Tensor | None = None
+) -> torch.Tensor:
     """The 0/1 float mask pruning the ``round(sparsity * numel)`` weights of least magnitude
     (exactly that many, ties by position); ``order``: ``magnitude_order(weight)`` when known."""
     if not 0.0 <= sparsity < 1.0:
@@ -68,7 +73,9 @@ def _post_process(post, model, masks, **kwargs) -> dict:
     if post is None:
         return masks
     if post in ("refill", "refill+"):
-        return refill_masks(model, masks, extra=kwargs.get("extra", 0.1) if post == "refill+" else 0.0)
+        return refill_masks(
+            model, masks, extra=kwargs.get("extra", 0.1) if post == "refill+" else 0.0
+        )
     return {k: regroup(m, **kwargs.get("regroup", {}))[0] for k, m in masks.items()}
 
 

@@ -11,7 +11,9 @@ def kernel_mask(mask: torch.Tensor, *, min_kept: float = 0.5) -> torch.Tensor:
     weights are kept, else drop it (same shape and dtype as ``mask``)."""
     check_mask(mask, mask, "mask")
     if mask.dim() != 4:
-        raise SparsekitError(f"kernel_mask: expected a Conv2d mask [out, in, kh, kw], got {tuple(mask.shape)}")
+        raise SparsekitError(
+            f"kernel_mask: expected a Conv2d mask [out, in, kh, kw], got {tuple(mask.shape)}"
+        )
     if not 0.0 < min_kept <= 1.0:
         raise SparsekitError(f"kernel_mask: min_kept {min_kept!r} must lie in (0, 1]")
     kept = mask.bool().flatten(2).float().mean(2) >= min_kept
@@ -24,7 +26,9 @@ def kernel_magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor
     mask at 80-90% keeps almost no kernel, as few have half their weights left; this reaches
     the nominal sparsity.)"""
     if weight.dim() != 4:
-        raise SparsekitError(f"kernel_magnitude_mask: expected a Conv2d weight, got {tuple(weight.shape)}")
+        raise SparsekitError(
+            f"kernel_magnitude_mask: expected a Conv2d weight, got {tuple(weight.shape)}"
+        )
     if not 0.0 <= sparsity < 1.0:
         raise SparsekitError(f"kernel_magnitude_mask: sparsity {sparsity!r} must lie in [0, 1)")
     score = weight.detach().abs().sum((2, 3)).flatten()

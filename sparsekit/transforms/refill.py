@@ -12,7 +12,9 @@ from ..masks import check_mask
 CRITERIA = ("remain", "l1")
 
 
-def refill(weight: torch.Tensor, mask: torch.Tensor, *, criterion: str = "remain", extra: float = 0.0):
+def refill(
+    weight: torch.Tensor, mask: torch.Tensor, *, criterion: str = "remain", extra: float = 0.0
+):
     """A channel mask (same shape and dtype as ``mask``) keeping the top output channels.
 
     ``extra=0`` (IMP-Refill) keeps ``round(kept / row_len)`` channels, the unstructured mask's
@@ -52,6 +54,8 @@ def refill_masks(model: torch.nn.Module, masks: dict, **kwargs) -> dict:
         try:
             weight = getattr(model.get_submodule(module_name), param)
         except AttributeError as error:
-            raise SparsekitError(f"refill_masks: {key!r} names no parameter of the model") from error
+            raise SparsekitError(
+                f"refill_masks: {key!r} names no parameter of the model"
+            ) from error
         result[key] = refill(weight, mask, **kwargs)
     return result

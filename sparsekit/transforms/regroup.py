@@ -8,10 +8,11 @@ group planner does). Per part, columns are taken in decreasing order of their no
 in the part until every row has more chosen columns than ``col_threshold`` times its non-zeros
 left outside them (and at least every column all the part's rows keep); the block keeps the
 part's rows that fill it best, cut to a multiple of ``row_multiple`` where that leaves at least
-``min_rows``, and is dropped if it has fewer than ``min_rows`` rows or ``min_cols`` columns. Rows without a block are partitioned again while a
-new block can be found (``max_rounds=1``: one pass, one block per part at most). The number of
-parts shrinks on small layers so that a part can reach ``min_rows``; a mask in which no block
-can be found is returned unchanged, as the reference code does.
+``min_rows``, and is dropped if it has fewer than ``min_rows`` rows or ``min_cols`` columns. Rows
+without a block are partitioned again while a new block can be found (``max_rounds=1``: one pass,
+one block per part at most). The number of parts shrinks on small layers so that a part can reach
+``min_rows``; a mask in which no block can be found is returned unchanged, as the reference code
+does.
 
 Hyperparameters: the paper's b1 and b2 (the least rows and columns of a block) are
 ``min_rows`` and ``min_cols``; its t1 (1.5 in the public code) is ``col_threshold``. The public
@@ -36,7 +37,9 @@ def _partition(pattern: torch.Tensor, parts: int, seed: int) -> list[torch.Tenso
         return [torch.arange(rows)] if parts <= 1 else [torch.tensor([r]) for r in range(rows)]
     graph, weights = similarity_graph(pattern)
     membership = torch.tensor(
-        pymetis.part_graph(parts, graph, eweights=weights, options=pymetis.Options(seed=seed)).vertex_part
+        pymetis.part_graph(
+            parts, graph, eweights=weights, options=pymetis.Options(seed=seed)
+        ).vertex_part
     )
     return [(membership == p).nonzero().flatten() for p in membership.unique()]
 
@@ -54,7 +57,9 @@ def _block_of(part: torch.Tensor, col_threshold: float):
     full = int((counts[order] == part.shape[0]).sum())  # columns every row keeps: no refill
     chosen = max(chosen, full)
     coverage = inside[:, chosen - 1]
-    return torch.sort(order[:chosen]).values, torch.sort(coverage, descending=True, stable=True).indices
+    return torch.sort(order[:chosen]).values, torch.sort(
+        coverage, descending=True, stable=True
+    ).indices
 
 
 def regroup(
@@ -72,7 +77,9 @@ def regroup(
     ``mask.reshape(out, -1)``, disjoint rows); see the module doc for the algorithm."""
     check_mask(mask, mask, "mask")
     if parts < 1 or min_rows < 1 or min_cols < 1 or row_multiple < 1 or col_threshold <= 0:
-        raise SparsekitError("regroup: parts, min_rows, min_cols, row_multiple and col_threshold must be positive")
+        raise SparsekitError(
+            "regroup: parts, min_rows, min_cols, row_multiple and col_threshold must be positive"
+        )
     pattern = mask.reshape(mask.shape[0], -1).bool().cpu()
     free = pattern.any(1).nonzero().flatten()  # rows not yet in a block
     blocks: list[Block] = []

@@ -41,8 +41,13 @@ class STRBatchNorm2d(nn.BatchNorm2d):
     def from_batchnorm(cls, bn: nn.BatchNorm2d, threshold_init: float = -10.0) -> "STRBatchNorm2d":
         if not bn.affine:
             raise SparsekitError("STRBatchNorm2d: the BatchNorm2d must be affine")
-        new = cls(bn.num_features, threshold_init=threshold_init, eps=bn.eps, momentum=bn.momentum,
-                  track_running_stats=bn.track_running_stats)
+        new = cls(
+            bn.num_features,
+            threshold_init=threshold_init,
+            eps=bn.eps,
+            momentum=bn.momentum,
+            track_running_stats=bn.track_running_stats,
+        )
         new.load_state_dict(bn.state_dict(), strict=False)
         return new.to(bn.weight.device).train(bn.training)
 
@@ -67,5 +72,7 @@ def bn_channel_mask(model: nn.Module) -> dict[str, torch.Tensor]:
             continue
         weight = modules[conv_name].weight
         alive = gamma.detach().ne(0).to(weight.dtype)
-        masks[f"{conv_name}.weight"] = alive.view(-1, *([1] * (weight.dim() - 1))).expand_as(weight).clone()
+        masks[f"{conv_name}.weight"] = (
+            alive.view(-1, *([1] * (weight.dim() - 1))).expand_as(weight).clone()
+        )
     return masks
