@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import backends, ops
-from .backends.base import Layout
 from .errors import SparsekitError
 from .formats import PackedWeight, pack
 from .geometry import is_channels_last, output_memory_format
@@ -83,12 +82,6 @@ class _SparseLayer(nn.Module):
             self.config["structure"],
         )
 
-    def layout(self) -> Layout:
-        """The backend's layout this layer holds (see the module doc)."""
-        return Layout(
-            tuple(getattr(self, name) for name in self._layout_names), tuple(self._layout_ints)
-        )
-
     def ready(self):
         """This layer, its pack checked, its backend resolved and its layout built (see the
         module doc); SparsekitError if the pack is malformed or its backend cannot run it."""
@@ -116,8 +109,21 @@ class _SparseLayer(nn.Module):
         for name, tensor in zip(self._layout_names, layout.tensors):
             self.register_buffer(name, tensor, persistent=False)
         self._layout_ints = list(layout.ints)
-        self._op = backend.conv2d_op if isinstance(self, SparseConv2d) else backend.linear_op
+        self._op = self._backend_op()
         return self
+
+    def _backend_op(self):
+        backend = backends.get(self.backend)
+        return backend.conv2d_op if isinstance(self, SparseConv2d) else backend.linear_op
+
+    def __getstate__(self):
+        # torch's op objects do not pickle: the op is found again when the layer is unpickled
+        return {**super().__getstate__(), "_op": None}
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if self._layout_names:
+            self._op = self._backend_op()
 
     def _drop_layout(self) -> None:
         for name in self._layout_names:

@@ -1,3 +1,6 @@
+import copy
+import io
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -171,3 +174,18 @@ def test_a_prepacked_layout_is_built_once_rebuilt_after_load_and_move_and_never_
     twin = from_config(layer.config)
     twin.load_state_dict(layer.state_dict())
     assert torch.equal(twin(x), layer(x)) and prepacking.built == 4
+
+
+def test_a_packed_layer_pickles_and_deep_copies_with_its_layout():
+    """torch.save of a whole layer (or model) and deepcopy keep a layer that runs: the op
+    handle, which does not pickle, is found again."""
+    weight = torch.randn(8, 4, 3, 3) * (torch.rand(8, 4, 3, 3) < 0.3)
+    layer = SparseConv2d.from_weight(weight, padding=1, backend="cpu")
+    x = torch.randn(2, 4, 5, 5)
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    twin = copy.deepcopy(layer)
+    assert torch.equal(loaded(x), layer(x)) and torch.equal(twin(x), layer(x))
+    assert twin.layout_0.data_ptr() != layer.layout_0.data_ptr()  # a layout of its own

@@ -19,6 +19,7 @@ constexpr int64_t TP = kTilePositions;
 constexpr int kVectors = TP / 16;
 constexpr int kRows = 3;  // 3 rows x 8 vectors = 24 of the 32 AVX-512 registers
 constexpr int64_t kPackChannels = 16;   // channels packed together: one cache line of channels_last
+constexpr int64_t kOffsetColumns = 16384;  // columns whose offsets one pack unit computes
 constexpr int64_t kChunkColumns = 16;
 constexpr int64_t kChunkFloats = 8192;  // 32 KiB of input reads per tile and chunk: L1's size
 
@@ -194,15 +195,14 @@ PlanesGrid::PlanesGrid(const BlockConvParams& p, const PlanesWeights& weights) {
     for (int64_t kw = 0; kw < s.KW; ++kw)
       tap_offset[kh * s.KW + kw] = (h.phase[kh] * w.stride + w.phase[kw]) * plane +
                                    ((h.shift[kh] + h.lead) * w.extent + w.shift[kw] + w.lead) * unit;
+  tap_offsets.assign(tap_offset.begin(), tap_offset.end());  // below 2**31: checked above
+  channel_floats = int32_t(phases * plane);
+  channel = weights.channel, tap = weights.tap, columns = weights.columns;
   // The offsets live in a buffer of the constructing thread, reused by its next call (no
-  // allocation, no zeroing: every one is written).
+  // allocation, no zeroing: fill_offsets writes every one).
   static thread_local std::vector<int32_t> offset_buffer;
-  if (int64_t(offset_buffer.size()) < weights.columns) offset_buffer.resize(weights.columns);
-  int32_t* offset = offset_buffer.data();
-  const int64_t channel_floats = phases * plane;
-  for (int64_t k = 0; k < weights.columns; ++k)
-    offset[k] = int32_t(weights.channel[k] * channel_floats + tap_offset[weights.tap[k]]);
-  offsets = offset;
+  if (int64_t(offset_buffer.size()) < columns) offset_buffer.resize(columns);
+  offsets = offset_buffer.data();
 
   // Channel chunks whose reads by one tile fit kChunkFloats (the union over the taps of
   // [offset, offset + TP), for one channel), or wider where a group would have fewer than
@@ -234,6 +234,11 @@ PlanesGrid::PlanesGrid(const BlockConvParams& p, const PlanesWeights& weights) {
   }
 }
 
+void PlanesGrid::fill_offsets(int64_t begin, int64_t end) {
+  const int32_t* taps = tap_offsets.data();
+  for (int64_t k = begin; k < end; ++k) offsets[k] = channel[k] * channel_floats + taps[tap[k]];
+}
+
 int64_t PlanesGrid::num_tiles() const {
   return row_tiles ? (positions / (w.extent * batch)) * row_tiles : (positions + TP - 1) / TP;
 }
@@ -261,7 +266,11 @@ int64_t BlockConv::split_rows(int64_t parts) {
   return num_parts();
 }
 
-int64_t BlockConv::pack_units() const { return (p_.shape.C + kPackChannels - 1) / kPackChannels; }
+int64_t BlockConv::channel_units() const { return (p_.shape.C + kPackChannels - 1) / kPackChannels; }
+
+int64_t BlockConv::pack_units() const {
+  return channel_units() + (grid_.columns + kOffsetColumns - 1) / kOffsetColumns;
+}
 
 // Every float of the planes of channel blocks [begin, end): plane (c, phase_h, phase_w) holds
 // input rows phase_h, phase_h + stride_h, ... and columns likewise, between zeros. The channels
@@ -313,11 +322,16 @@ void BlockConv::pack_channels(int64_t begin, int64_t end) {
 }
 
 void BlockConv::pack(int64_t begin, int64_t end) {
-  switch (p_.dtype) {
-    case DType::Float32: return pack_channels<float>(begin, end);
-    case DType::BFloat16: return pack_channels<uint16_t>(begin, end);
-    case DType::Float16: return pack_channels<_Float16>(begin, end);
+  const int64_t channels = channel_units();
+  if (begin < channels) {
+    switch (p_.dtype) {
+      case DType::Float32: pack_channels<float>(begin, std::min(end, channels)); break;
+      case DType::BFloat16: pack_channels<uint16_t>(begin, std::min(end, channels)); break;
+      case DType::Float16: pack_channels<_Float16>(begin, std::min(end, channels)); break;
+    }
   }
+  for (int64_t unit = std::max(begin, channels) - channels; unit < end - channels; ++unit)
+    grid_.fill_offsets(unit * kOffsetColumns, std::min(grid_.columns, (unit + 1) * kOffsetColumns));
 }
 
 // Bias, ReLU and the output, written once per element for the tile's positions, in the

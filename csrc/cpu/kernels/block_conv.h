@@ -90,9 +90,16 @@ class PlanesGrid {
   int64_t tail = 0;          // zeros after the last plane, which the last tile's reads reach
   int64_t chunks = 1;        // channel chunks tiles sweep
   std::vector<int64_t> cuts;
-  // Per column of the layout: where it reads in the planes (in a buffer of the constructing
-  // thread, valid until its next call).
-  const int32_t* offsets = nullptr;
+  // Per column of the layout: where it reads in the planes, offset[k] = channel[k] *
+  // channel_floats + tap_offsets[tap[k]], written by fill_offsets (BlockConv's pack units), in
+  // a buffer of the constructing thread, valid until its next call.
+  int32_t* offsets = nullptr;
+  void fill_offsets(int64_t begin, int64_t end);  // columns [begin, end)
+  std::vector<int32_t> tap_offsets;
+  int32_t channel_floats = 0;  // between the planes of consecutive channels
+  const int32_t* channel = nullptr;
+  const int32_t* tap = nullptr;
+  int64_t columns = 0;
 };
 
 class BlockConv {
@@ -101,8 +108,8 @@ class BlockConv {
   // the constructing thread, reused by its next call.
   BlockConv(const BlockConvParams& p, const PlanesWeights& w);
 
-  // Fills the planes of units [begin, end) of pack_units(), blocks of 16 input channels (any
-  // thread split).
+  // Fills the planes and the columns' offsets: units [begin, end) of pack_units(), blocks of 16
+  // input channels and then of 16384 columns (any thread split).
   int64_t pack_units() const;
   void pack(int64_t begin, int64_t end);
 
@@ -120,6 +127,7 @@ class BlockConv {
   void run_tiles(int64_t begin, int64_t end, TileTimes* times = nullptr) const;
 
  private:
+  int64_t channel_units() const;
   template <typename T>
   void pack_channels(int64_t begin, int64_t end);
   template <typename T>
@@ -127,7 +135,7 @@ class BlockConv {
 
   const BlockConvParams& p_;
   const PlanesWeights& w_;
-  const PlanesGrid grid_;
+  PlanesGrid grid_;
   float* planes_ = nullptr;
   std::vector<RowSet> parts_;
   std::vector<float> bias_;  // fp32, zeros without bias
