@@ -197,11 +197,10 @@ PlanesGrid::PlanesGrid(const BlockConvParams& p, const PlanesWeights& weights) {
                                    ((h.shift[kh] + h.lead) * w.extent + w.shift[kw] + w.lead) * unit;
   tap_offsets.assign(tap_offset.begin(), tap_offset.end());  // below 2**31: checked above
   channel_floats = int32_t(phases * plane);
-  channel = weights.channel, tap = weights.tap, columns = weights.columns;
   // The offsets live in a buffer of the constructing thread, reused by its next call (no
   // allocation, no zeroing: fill_offsets writes every one).
   static thread_local std::vector<int32_t> offset_buffer;
-  if (int64_t(offset_buffer.size()) < columns) offset_buffer.resize(columns);
+  if (int64_t(offset_buffer.size()) < weights.columns) offset_buffer.resize(weights.columns);
   offsets = offset_buffer.data();
 
   // Channel chunks whose reads by one tile fit kChunkFloats (the union over the taps of
@@ -234,9 +233,9 @@ PlanesGrid::PlanesGrid(const BlockConvParams& p, const PlanesWeights& weights) {
   }
 }
 
-void PlanesGrid::fill_offsets(int64_t begin, int64_t end) {
+void PlanesGrid::fill_offsets(const PlanesWeights& w, int64_t begin, int64_t end) {
   const int32_t* taps = tap_offsets.data();
-  for (int64_t k = begin; k < end; ++k) offsets[k] = channel[k] * channel_floats + taps[tap[k]];
+  for (int64_t k = begin; k < end; ++k) offsets[k] = w.channel[k] * channel_floats + taps[w.tap[k]];
 }
 
 int64_t PlanesGrid::num_tiles() const {
@@ -269,7 +268,7 @@ int64_t BlockConv::split_rows(int64_t parts) {
 int64_t BlockConv::channel_units() const { return (p_.shape.C + kPackChannels - 1) / kPackChannels; }
 
 int64_t BlockConv::pack_units() const {
-  return channel_units() + (grid_.columns + kOffsetColumns - 1) / kOffsetColumns;
+  return channel_units() + (w_.columns + kOffsetColumns - 1) / kOffsetColumns;
 }
 
 // Every float of the planes of channel blocks [begin, end): plane (c, phase_h, phase_w) holds
@@ -331,7 +330,7 @@ void BlockConv::pack(int64_t begin, int64_t end) {
     }
   }
   for (int64_t unit = std::max(begin, channels) - channels; unit < end - channels; ++unit)
-    grid_.fill_offsets(unit * kOffsetColumns, std::min(grid_.columns, (unit + 1) * kOffsetColumns));
+    grid_.fill_offsets(w_, unit * kOffsetColumns, std::min(w_.columns, (unit + 1) * kOffsetColumns));
 }
 
 // Bias, ReLU and the output, written once per element for the tile's positions, in the

@@ -90,16 +90,13 @@ class PlanesGrid {
   int64_t tail = 0;          // zeros after the last plane, which the last tile's reads reach
   int64_t chunks = 1;        // channel chunks tiles sweep
   std::vector<int64_t> cuts;
-  // Per column of the layout: where it reads in the planes, offset[k] = channel[k] *
-  // channel_floats + tap_offsets[tap[k]], written by fill_offsets (BlockConv's pack units), in
-  // a buffer of the constructing thread, valid until its next call.
+  // Per column of the layout w: where it reads in the planes, offsets[k] = w.channel[k] *
+  // channel_floats + tap_offsets[w.tap[k]], written by fill_offsets (BlockConv's pack units),
+  // in a buffer of the constructing thread, valid until its next call.
   int32_t* offsets = nullptr;
-  void fill_offsets(int64_t begin, int64_t end);  // columns [begin, end)
+  void fill_offsets(const PlanesWeights& w, int64_t begin, int64_t end);  // columns [begin, end)
   std::vector<int32_t> tap_offsets;
   int32_t channel_floats = 0;  // between the planes of consecutive channels
-  const int32_t* channel = nullptr;
-  const int32_t* tap = nullptr;
-  int64_t columns = 0;
 };
 
 class BlockConv {
