@@ -49,3 +49,31 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+class ScriptedSpeedups:
+    """Stands in for ``sparsekit.timing.paired_ms``, which plans and benchmarks branch on: each
+    side still runs once (so what would be timed is exercised), and the figures returned give the
+    next scripted speedup of "compiled" over "dense" (the last one repeats). Speed is a property
+    of a machine and its load; tests check the logic that acts on a measurement, and speed
+    figures live in bench/results."""
+
+    def __init__(self):
+        self.script = [1.0]
+        self.calls = 0
+
+    def __call__(self, sides: dict, *args, **kwargs) -> dict:
+        for fn in sides.values():
+            fn()
+        self.calls += 1
+        speedup = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        return {key: 1.0 if key == "dense" else 1.0 / speedup for key in sides}
+
+
+@pytest.fixture
+def scripted_speedups(monkeypatch):
+    import sparsekit.timing
+
+    scripted = ScriptedSpeedups()
+    monkeypatch.setattr(sparsekit.timing, "paired_ms", scripted)
+    return scripted

@@ -107,13 +107,14 @@ def test_gpu_suite_quick_mode_checks_and_times_every_side(tmp_path):
     assert any("torch_ms" in r for r in saved["results"])
 
 
-def test_plan_against_uniform_quick_mode_on_digits(tmp_path):
+def test_plan_against_uniform_quick_mode_on_digits(tmp_path, scripted_speedups):
+    scripted_speedups.script = [1.3]
     from bench import plan_vs_uniform
 
     (record,) = plan_vs_uniform.main(
         ["--quick", "--workload", "digits", "--speedup", "1.2", "--out", str(tmp_path)]
     )
-    assert record["speedup"] >= 1.2 and record["rounds"][-1]["speedup"] == record["speedup"]
+    assert record["speedup"] == 1.3 and record["rounds"][-1]["speedup"] == record["speedup"]
     assert [round(u["sparsity"], 3) for u in record["uniform"]] == [0.0, 0.4, 0.827, 0.95]
     assert (
         record["uniform"][0]["loss"] == 0
