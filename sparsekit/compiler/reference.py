@@ -15,14 +15,28 @@ from .. import masks as masks_lib
 
 
 def copy_model(model: nn.Module) -> nn.Module:
-    """deepcopy that also works on a freshly pruned model, whose ``weight`` is a non-leaf tensor
-    attribute (recomputed by the prune hook) that deepcopy refuses."""
+    """deepcopy that leaves ``model`` as it was whatever it carries: it also works on a freshly
+    pruned model, whose ``weight`` is a non-leaf tensor attribute (recomputed by the prune hook)
+    that deepcopy refuses, and a parametrized module of the copy gets a class of its own."""
     memo = {}
     for module in model.modules():
         for value in vars(module).values():
             if isinstance(value, torch.Tensor) and not value.is_leaf:
                 memo[id(value)] = value.detach().clone()
-    return copy.deepcopy(model, memo)
+    copied = copy.deepcopy(model, memo)
+    for module in copied.modules():
+        if parametrize.is_parametrized(module):
+            _own_class(module)
+    return copied
+
+
+def _own_class(module: nn.Module) -> None:
+    """torch gives each parametrized module a class holding its parametrized tensors as
+    properties, and deepcopy shares that class with the original: removing a parametrization
+    from the copy would delete the property from the original too."""
+    cls = type(module)
+    namespace = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, namespace)
 
 
 def make_dense_masked(model: nn.Module, layer_masks: dict) -> None:
