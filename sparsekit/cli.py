@@ -59,9 +59,10 @@ def compile_command(args) -> int:
 
 def inspect_command(args) -> int:
     meta = saving.read_meta(args.dir)
+    dense = sum(c.get("backend") == "dense" for c in meta["layers"].values())
     print(
-        f"{args.dir}: {len(meta['layers'])} sparse layers, folded BatchNorms: "
-        f"{len(meta['folded_batchnorms'])}"
+        f"{args.dir}: {len(meta['layers']) - dense} packed layers, {dense} run dense, folded "
+        f"BatchNorms: {len(meta['folded_batchnorms'])}"
     )
     print(f"{'layer':<28}{'type':<14}{'backend':<10}{'structure':<10}{'blocks':>7}{'stored':>10}")
     for name, c in meta["layers"].items():

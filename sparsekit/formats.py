@@ -122,8 +122,9 @@ class PackedWeight:
         return None
 
     def summary(self) -> dict:
-        """Structure, blocks, kept weights (nnz), stored values, density inside blocks and
-        FLOPs relative to the dense layer."""
+        """Structure, blocks, kept weights (nnz), stored values, density (kept weights over the
+        dense weight's), fill (kept weights over stored values: 1 when the blocks store no zero)
+        and FLOPs relative to the dense layer."""
         cols = math.prod(self.weight_shape[1:])
         stored, nnz = self.values.numel(), int(torch.count_nonzero(self.values))
         return {
@@ -133,7 +134,8 @@ class PackedWeight:
             "blocks": self.num_blocks,
             "nnz": nnz,
             "stored": stored,
-            "density": nnz / stored if stored else 1.0,
+            "density": nnz / (self.out_features * cols),
+            "fill": nnz / stored if stored else 1.0,
             "flops_ratio": stored / (self.out_features * cols),
         }
 
@@ -141,7 +143,7 @@ class PackedWeight:
         s = self.summary()
         return (
             f"PackedWeight(shape={self.weight_shape}, groups={self.groups}, "
-            f"structure={self.structure!r}, blocks={s['blocks']}, density={s['density']:.3f}, "
+            f"structure={self.structure!r}, blocks={s['blocks']}, fill={s['fill']:.3f}, "
             f"flops_ratio={s['flops_ratio']:.3f}, dtype={self.dtype})"
         )
 
@@ -181,35 +183,45 @@ def pack(
 
 def _from_plan(dense, pattern, block_plan, shape, groups, name) -> PackedWeight:
     device = dense.device
-    rows = [b.rows.to(device) for b in block_plan.blocks]
-    cols = [b.cols.to(device) for b in block_plan.blocks]
-    kept = torch.where(pattern, dense, torch.zeros((), dtype=dense.dtype, device=device))
-    tiles = [kept[r[:, None], c].flatten() for r, c in zip(rows, cols)]
-    covered = torch.zeros(pattern.shape, dtype=torch.int32, device=device)
-    for r, c in zip(rows, cols):
-        covered[r[:, None], c] += 1
-    if not torch.equal(covered[pattern], torch.ones_like(covered[pattern])):
+    blocks = block_plan.blocks
+    none = torch.zeros(0, dtype=torch.int64)
+    rows = torch.cat([b.rows for b in blocks] or [none]).to(device)
+    cols = torch.cat([b.cols for b in blocks] or [none]).to(device)
+    sizes = torch.tensor([[b.rows.numel(), b.cols.numel()] for b in blocks], dtype=torch.int64)
+    sizes = sizes.reshape(-1, 2)
+    block_ptr = torch.zeros(3, len(blocks) + 1, dtype=torch.int64)
+    block_ptr[:, 1:] = torch.stack([sizes[:, 0], sizes[:, 1], sizes.prod(1)]).cumsum(1)
+    r, c = _block_positions(block_ptr, rows.long(), cols.long())
+    # every kept weight covered exactly once, counted over all blocks at once
+    covered = torch.zeros(pattern.numel(), dtype=torch.int32, device=device)
+    covered.index_add_(0, r * pattern.shape[1] + c, torch.ones_like(r, dtype=torch.int32))
+    if not bool((covered[pattern.flatten()] == 1).all()):
         raise SparsekitError(
             f"{name}: planner {block_plan.structure!r} did not cover every kept weight exactly once"
         )
-    sizes = torch.tensor(
-        [[r.numel(), c.numel(), r.numel() * c.numel()] for r, c in zip(rows, cols)]
-    )
-    block_ptr = torch.zeros(3, len(rows) + 1, dtype=torch.int64)
-    if rows:
-        block_ptr[:, 1:] = sizes.T.cumsum(1)
-    cat = lambda ts, dtype: (  # noqa: E731
-        torch.cat(ts).to(dtype) if ts else torch.zeros(0, dtype=dtype, device=device)
-    )
+    kept = torch.where(pattern, dense, torch.zeros((), dtype=dense.dtype, device=device))
     return PackedWeight(
         weight_shape=shape,
         groups=groups,
-        values=cat(tiles, dense.dtype),
-        row_idx=cat(rows, torch.int32),
-        col_idx=cat(cols, torch.int32),
+        values=kept[r, c],
+        row_idx=rows.to(device=device, dtype=torch.int32),
+        col_idx=cols.to(device=device, dtype=torch.int32),
         block_ptr=block_ptr.to(device),
         structure=block_plan.structure,
     )
+
+
+def _block_positions(block_ptr, rows, cols) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) of every stored value, blocks in order, each block's tile row-major: the
+    gather that packs the values and the scatter that unpacks them."""
+    row_ptr, col_ptr, value_ptr = block_ptr.to(rows.device)
+    widths = col_ptr.diff()
+    block = torch.repeat_interleave(
+        torch.arange(widths.numel(), device=rows.device), value_ptr.diff()
+    )
+    within = torch.arange(int(value_ptr[-1]), device=rows.device) - value_ptr[block]
+    width = widths[block]
+    return rows[row_ptr[block] + within // width], cols[col_ptr[block] + within % width]
 
 
 def unpack(packed: PackedWeight) -> torch.Tensor:
@@ -219,6 +231,6 @@ def unpack(packed: PackedWeight) -> torch.Tensor:
     """
     cols = math.prod(packed.weight_shape[1:])
     dense = torch.zeros(packed.out_features, cols, dtype=packed.dtype, device=packed.device)
-    for rows, cols_b, tile in packed.blocks():
-        dense.index_put_((rows.long()[:, None], cols_b.long()), tile, accumulate=True)
+    positions = _block_positions(packed.block_ptr, packed.row_idx.long(), packed.col_idx.long())
+    dense.index_put_(positions, packed.values, accumulate=True)
     return dense.reshape(packed.weight_shape)

@@ -42,6 +42,11 @@ def check_mask(param: torch.Tensor, mask, name: str) -> None:
     """``mask`` is a tensor of ``param``'s shape holding only 0 and 1 (any dtype)."""
     if not isinstance(mask, torch.Tensor):
         raise SparsekitError(f"mask for {name}: expected a tensor, got {type(mask).__name__}")
+    if mask.is_meta:  # checked first: every test of its values below would need data
+        raise SparsekitError(
+            f"mask for {name}: is on the meta device, which holds no values; a mask must hold "
+            "real 0/1 values (make it on the CPU or the model's device)"
+        )
     if mask.shape != param.shape:
         raise SparsekitError(
             f"mask for {name}: shape {tuple(mask.shape)} does not match the parameter's "
@@ -55,7 +60,17 @@ def check_mask(param: torch.Tensor, mask, name: str) -> None:
 # ---- collecting masks from every source users have ----
 
 SPARSE_MODULES = (torch.nn.Conv2d, torch.nn.Linear)
-PARAMS = ("weight", "bias")
+LAYER_PARAMS = ("weight", "bias")
+# nn.MultiheadAttention's input projections are parameters of its own, not Linear layers: compile
+# packs them as layers of the module it puts in its place (compiler.attention)
+ATTENTION_PARAMS = (
+    "in_proj_weight",
+    "in_proj_bias",
+    "q_proj_weight",
+    "k_proj_weight",
+    "v_proj_weight",
+)
+PARAMS = LAYER_PARAMS + ATTENTION_PARAMS
 
 
 def live_masks(model: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
@@ -100,7 +115,9 @@ def collect_masks(model: torch.nn.Module, mask) -> dict[str, dict[str, torch.Ten
     the weights are then the mask); a dict keyed by parameter name (``"layer1.0.conv1.weight"``),
     module name (its weight), ``*_mask`` keys of a state_dict (other keys are ignored), or module
     name -> ``{"weight": m, "bias": m}``; a path to a ``.pt`` or ``.safetensors`` file of such a
-    dict. Only Conv2d and Linear layers can take masks; a key naming anything else is an error.
+    dict. Only Conv2d and Linear layers and ``nn.MultiheadAttention``'s input projections
+    (``"attn.in_proj_weight"``, ``ATTENTION_PARAMS``) can take masks; a key naming anything else
+    is an error.
     """
     if mask is None:
         return live_masks(model)
@@ -135,14 +152,20 @@ def collect_masks(model: torch.nn.Module, mask) -> dict[str, dict[str, torch.Ten
         module = modules.get(module_name)
         if module is None or param not in PARAMS or _param(module, param) is None:
             raise SparsekitError(f"mask: key {key!r} names no parameter of the model")
-        if not isinstance(module, SPARSE_MODULES):
+        if not _maskable(module, param):
             raise SparsekitError(
                 f"mask: key {key!r} masks a {type(module).__name__}; only Conv2d and Linear "
-                "layers can be made sparse"
+                "layers and nn.MultiheadAttention's input projections can be made sparse"
             )
         check_mask(_param(module, param), value, f"{module_name}.{param}")
         found.setdefault(module_name, {})[param] = value.detach()
     return found
+
+
+def _maskable(module: torch.nn.Module, param: str) -> bool:
+    if isinstance(module, torch.nn.MultiheadAttention):
+        return param in ATTENTION_PARAMS
+    return isinstance(module, SPARSE_MODULES) and param in LAYER_PARAMS
 
 
 def _param(module: torch.nn.Module, param: str):

@@ -71,6 +71,24 @@ class _SparseLayer(nn.Module):
     def backend(self) -> str:
         return self.config["backend"]
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weight's dtype: the layer computes in it, and its input must have it."""
+        return (self.weight if self.is_dense else self.values).dtype
+
+    def _label(self) -> str:
+        """The layer as errors name it: its type and, in a compiled model, the layer it replaced."""
+        name = self.config.get("source", {}).get("layer")
+        return type(self).__name__ + ("" if name is None else f" {name!r}")
+
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this on every module before compiling any: refusing here says
+        # why, where the compiler would fail deep inside on the config dict or the ops
+        raise SparsekitError(
+            f"{self._label()}: TorchScript (torch.jit.script) is not supported; use "
+            "torch.compile or torch.export instead"
+        )
+
     def packed(self) -> PackedWeight:
         return PackedWeight(
             self.weight_shape,
@@ -133,12 +151,23 @@ class _SparseLayer(nn.Module):
     def _apply(self, fn, recurse=True):
         self._drop_layout()  # built again from the moved pack, not moved itself
         super()._apply(fn, recurse)
+        # .half() and the like change the weight's dtype: the config, which save writes and from
+        # which load allocates the buffers, says the new one
+        self.config["dtype"] = str(self.dtype)
         return self.ready()
 
-    def _run(self):
-        """The backend's op, with this layer's layout as its first arguments after the input."""
+    def _run(self, x: torch.Tensor):
+        """The backend's op, with this layer's layout as its first arguments after the input
+        ``x``, which must have the weight's dtype (the one check a call makes)."""
         if self._op is None:
             raise SparsekitError(f"{type(self).__name__} cannot run: {self._not_ready}")
+        if x.dtype != self.values.dtype:  # said here, naming the layer, not deep in the op
+            raise SparsekitError(
+                f"{self._label()}: input dtype {x.dtype} differs from the weight's "
+                f"{self.values.dtype}; convert the module with .to({x.dtype}) (or .half(), "
+                f".bfloat16(), ...) to run it in {x.dtype}, or the input with "
+                f".to({self.values.dtype})"
+            )
         return self._op, [getattr(self, name) for name in self._layout_names], self._layout_ints
 
     def supports(self, backend: str) -> bool:
@@ -165,7 +194,8 @@ class _SparseLayer(nn.Module):
         return self.ready()
 
     def summary(self) -> dict:
-        """Structure, blocks, density inside blocks, FLOPs relative to dense, kept weights."""
+        """As ``PackedWeight.summary``: structure, blocks, kept weights, density (over the dense
+        weight's), fill (over stored values), FLOPs relative to dense."""
         if not self.is_dense:
             return self.packed().summary()
         nnz = int(torch.count_nonzero(self.weight))
@@ -177,6 +207,7 @@ class _SparseLayer(nn.Module):
             "nnz": nnz,
             "stored": self.weight.numel(),
             "density": nnz / self.weight.numel(),
+            "fill": nnz / self.weight.numel(),  # a dense layer stores every weight
             "flops_ratio": 1.0,
         }
 
@@ -184,7 +215,8 @@ class _SparseLayer(nn.Module):
         s = self.summary()
         return (
             f"{tuple(self.weight_shape)}, backend={self.backend!r}, structure={s['structure']!r}, "
-            f"blocks={s['blocks']}, density={s['density']:.3f}, flops_ratio={s['flops_ratio']:.3f}"
+            f"blocks={s['blocks']}, density={s['density']:.3f}, fill={s['fill']:.3f}, "
+            f"flops_ratio={s['flops_ratio']:.3f}"
         )
 
 
@@ -312,7 +344,7 @@ class SparseConv2d(_SparseLayer):
                 x, self.weight, self.bias, c["stride"], self._padding, c["dilation"], c["groups"]
             )
             return F.relu(y) if c["relu"] else y
-        op, layout, ints = self._run()
+        op, layout, ints = self._run(x)
         return op(
             x,
             layout,
@@ -366,7 +398,7 @@ class SparseLinear(_SparseLayer):
         if self.is_dense:
             y = F.linear(x, self.weight, self.bias)
             return F.relu(y) if self.config["relu"] else y
-        op, layout, ints = self._run()
+        op, layout, ints = self._run(x)
         return op(x, layout, ints, self.config["out_features"], self.bias, self.config["relu"])
 
 
@@ -378,6 +410,28 @@ def _ready_after_load(layer: _SparseLayer, incompatible_keys) -> None:
 
 
 LAYERS = {"SparseConv2d": SparseConv2d, "SparseLinear": SparseLinear}
+
+
+def geometry(module: nn.Module) -> dict:
+    """The config entries that the Conv2d or Linear ``module`` fixes for a sparse layer replacing
+    it, as ``from_conv`` / ``from_linear`` write them: its sizes, its op's arguments, its bias."""
+    if isinstance(module, nn.Conv2d):
+        return {
+            "in_channels": module.in_channels,
+            "out_channels": module.out_channels,
+            "kernel_size": list(module.kernel_size),
+            "stride": list(module.stride),
+            "dilation": list(module.dilation),
+            "groups": module.groups,
+            "padding_mode": module.padding_mode,
+            "pad": list(_pad_amounts(module.padding, module.kernel_size, module.dilation)),
+            "bias": module.bias is not None,
+        }
+    return {
+        "in_features": module.in_features,
+        "out_features": module.out_features,
+        "bias": module.bias is not None,
+    }
 
 
 def from_config(config: dict, device=None) -> _SparseLayer:

@@ -4,13 +4,16 @@ On CPU ``torch.utils.benchmark`` times on all of torch's threads; on CUDA
 ``triton.testing.do_bench`` (CUDA events) gives the median when triton is installed. compile(),
 verify() and the bench suites time through it; ``paired_ms`` times several sides of one ratio in
 alternation, so that a burst of load on the machine cannot skew one side; ``one_call_seconds`` is
-the cheap first look that spares a hopeless candidate the full timing; ``in_faster_format``
+the cheap first look that spares a hopeless candidate the full timing; ``compare`` decides
+whether one side is faster than another with confidence, in paired rounds; ``in_faster_format``
 runs a side in whichever of NCHW and channels_last is faster for its shapes (a ratio is read
 against dense at its best); ``device_name`` names the machine a time was measured on.
 """
 
+import math
 import platform
 import time
+from dataclasses import dataclass
 
 import torch
 from torch.utils.benchmark import Timer
@@ -66,6 +69,100 @@ def paired_ms(sides: dict, min_run_time: float, rounds: int = 3, device: str = "
                 best[key], 1e3 * median_seconds(fn, min_run_time=min_run_time, device=device)
             )
     return best
+
+
+CONFIDENCE = 0.95  # of the interval around a comparison's median ratio
+BLOCK_SECONDS = 2e-3  # a round times each side for at least this long
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``candidate`` time / ``baseline`` time over paired rounds: the median of the rounds'
+    ratios and a distribution-free ``CONFIDENCE`` interval of it (by the sign test: order
+    statistics of the ratios, so a burst of load that skews a few rounds cannot move it)."""
+
+    ratio: float
+    low: float
+    high: float
+    rounds: int
+    candidate_seconds: float  # median per call
+    baseline_seconds: float
+
+    def faster(self, margin: float = 1.0) -> bool:
+        """Whether the candidate is faster with confidence, its median ratio below ``margin``."""
+        return self.high < 1.0 and self.ratio < margin
+
+    def resolved(self, margin: float = 1.0) -> bool:
+        """Whether more rounds cannot change the verdict of ``faster(margin)``."""
+        return self.faster(margin) or self.low >= margin
+
+
+def compare(
+    candidate,
+    baseline,
+    *args,
+    margin: float = 1.0,
+    min_rounds: int = 7,
+    max_rounds: int = 31,
+    device: str | None = None,
+) -> Comparison:
+    """``candidate(*args)`` against ``baseline(*args)`` in rounds, each timing one side then the
+    other for ``BLOCK_SECONDS`` or more (which side goes first alternates, so that a drift of
+    the machine's speed favours neither), until the verdict of ``faster(margin)`` is resolved
+    or ``max_rounds`` have run (an unresolved comparison is not faster)."""
+    cuda = (device or _device_of(args)) == "cuda"
+    with torch.no_grad():
+        candidate(*args), baseline(*args)  # warm-up
+        calls = max(1, math.ceil(BLOCK_SECONDS / max(1e-7, _block(baseline, args, 1, cuda))))
+        pairs = []
+        while True:
+            sides = (candidate, baseline) if len(pairs) % 2 == 0 else (baseline, candidate)
+            first, second = (_block(fn, args, calls, cuda) for fn in sides)
+            pairs.append((first, second) if len(pairs) % 2 == 0 else (second, first))
+            if len(pairs) >= min_rounds:
+                result = _comparison(pairs)
+                if result.resolved(margin) or len(pairs) >= max_rounds:
+                    return result
+
+
+def _block(fn, args, calls: int, cuda: bool) -> float:
+    """Seconds per call of ``fn(*args)`` over ``calls`` calls."""
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn(*args)
+    if cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / calls
+
+
+def _comparison(pairs) -> Comparison:
+    ratios = sorted(c / b for c, b in pairs)
+    n = len(ratios)
+    # the widest k with P(Binomial(n, 1/2) < k) <= (1 - CONFIDENCE) / 2: ratios[k-1] and
+    # ratios[n-k] bound the median with CONFIDENCE
+    k, tail = 0, 0.0
+    while k < n // 2:
+        tail += math.comb(n, k) / 2**n
+        if tail > (1 - CONFIDENCE) / 2:
+            break
+        k += 1
+    k = max(k, 1)
+    return Comparison(
+        ratio=_median(ratios),
+        low=ratios[k - 1],
+        high=ratios[n - k],
+        rounds=n,
+        candidate_seconds=_median([c for c, _ in pairs]),
+        baseline_seconds=_median([b for _, b in pairs]),
+    )
+
+
+def _median(values) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 MEMORY_FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}

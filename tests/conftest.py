@@ -77,3 +77,37 @@ def scripted_speedups(monkeypatch):
     scripted = ScriptedSpeedups()
     monkeypatch.setattr(sparsekit.timing, "paired_ms", scripted)
     return scripted
+
+
+def flop_seconds(fn) -> float:
+    """A deterministic stand-in for a measured time: a sparse layer takes its FLOP ratio in ms, a
+    dense Conv2d / Linear 1 ms, a model the sum of its layers; anything else 1 ms."""
+    from torch import nn
+
+    from sparsekit.nn import SparseConv2d, SparseLinear
+
+    def layer_ms(m):
+        if isinstance(m, (SparseConv2d, SparseLinear)):
+            return m.summary()["flops_ratio"]
+        return 1.0 if isinstance(m, (nn.Conv2d, nn.Linear)) else 0.0
+
+    if isinstance(fn, nn.Module):
+        return 1e-3 * (sum(layer_ms(m) for m in fn.modules()) or 1.0)
+    return 1e-3
+
+
+@pytest.fixture
+def flop_timing(monkeypatch):
+    """Every timing that plan choice, timing tables and verify branch on made deterministic by
+    ``flop_seconds``: a plan is faster exactly when it runs fewer multiply-adds."""
+    import sparsekit.timing as timing
+
+    def compare(candidate, baseline, *args, **kwargs):
+        ratio = flop_seconds(candidate) / flop_seconds(baseline)
+        return timing.Comparison(
+            ratio, ratio, ratio, 7, flop_seconds(candidate), flop_seconds(baseline)
+        )
+
+    monkeypatch.setattr(timing, "median_seconds", lambda fn, *a, **k: flop_seconds(fn))
+    monkeypatch.setattr(timing, "one_call_seconds", lambda fn, *a, **k: flop_seconds(fn))
+    monkeypatch.setattr(timing, "compare", compare)

@@ -86,10 +86,12 @@ def dense_masked(model, masks: dict):
     return reference
 
 
-def assert_model_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    """compile()'s tolerance, on a reference whose output spreads across the batch far above it
-    (else a wrong kernel could pass: the check itself is checked)."""
-    error, bound = tolerance.max_error(actual, expected), tolerance.bound(expected)
+def assert_model_close(actual: torch.Tensor, expected: torch.Tensor, reductions=()) -> None:
+    """compile()'s tolerance (``reductions``: of the layers behind the output, as verify() passes
+    them; none, the table's bound), on a reference whose output spreads across the batch far above
+    it (else a wrong kernel could pass: the check itself is checked)."""
+    error = tolerance.max_error(actual, expected)
+    bound = tolerance.bound(expected, reductions=reductions)
     spread = tolerance.batch_spread(expected)
     assert spread is not None and spread >= tolerance.MIN_SPREAD * bound, (
         f"degenerate reference: its output spreads {spread} across the batch, bound {bound:.3e}"

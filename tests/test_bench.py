@@ -107,7 +107,7 @@ def test_gpu_suite_quick_mode_checks_and_times_every_side(tmp_path):
     assert any("torch_ms" in r for r in saved["results"])
 
 
-def test_plan_against_uniform_quick_mode_on_digits(tmp_path, scripted_speedups):
+def test_plan_against_uniform_quick_mode_on_digits(tmp_path, scripted_speedups, flop_timing):
     scripted_speedups.script = [1.3]
     from bench import plan_vs_uniform
 

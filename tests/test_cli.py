@@ -19,7 +19,7 @@ def test_structure_lth_pruning_reaches_the_sparsity_and_spares_the_first_conv():
     assert not any(hasattr(m, "weight_mask") for m in model.modules())
 
 
-def test_demo_compiles_verifies_and_saves(capsys, tmp_path):
+def test_demo_compiles_verifies_and_saves(capsys, tmp_path, flop_timing):
     assert main(["demo", "--model", "wrn32_2", "--batch", "2", "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "after refill" in out and "end to end" in out and "; ok (bound" in out
@@ -27,7 +27,7 @@ def test_demo_compiles_verifies_and_saves(capsys, tmp_path):
     assert "verified on cpu" in capsys.readouterr().out
 
 
-def test_compile_command_and_errors(capsys, tmp_path):
+def test_compile_command_and_errors(capsys, tmp_path, flop_timing):
     model, masks = calibrated_zoo_model("resnet18")
     save_file({k: m.float() for k, m in masks.items()}, str(tmp_path / "masks.safetensors"))
     save_file(model.state_dict(), str(tmp_path / "weights.safetensors"))
@@ -61,7 +61,9 @@ def test_compile_command_and_errors(capsys, tmp_path):
     )
 
 
-def test_plan_command_meets_the_target_and_saves_what_it_chose(capsys, tmp_path, scripted_speedups):
+def test_plan_command_meets_the_target_and_saves_what_it_chose(
+    flop_timing, capsys, tmp_path, scripted_speedups
+):
     scripted_speedups.script = [1.3]
     args = [
         "plan",

@@ -1,5 +1,6 @@
 import copy
 import functools
+import warnings
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from sparsekit import (
     SparsekitWarning,
     SparseLinear,
     backends,
+    timing,
     zoo,
 )
 from sparsekit.backends import Backend
@@ -163,22 +165,62 @@ def choose(conv, weight, structure, competitors, x):
     return choice.choose(FoldedLayer("conv", conv, weight, None, None), structure, competitors, x)
 
 
+def timed_by(monkeypatch, seconds, interval=0.0):
+    """compile's timing made deterministic: a call of ``layer`` takes ``seconds(layer)``, and a
+    comparison's confidence interval spans ``interval`` either side of its ratio."""
+    monkeypatch.setattr(timing, "median_seconds", lambda layer, *a, **k: seconds(layer))
+    monkeypatch.setattr(timing, "one_call_seconds", lambda layer, *a, **k: seconds(layer))
+
+    def compare(candidate, baseline, *args, **kwargs):
+        ratio = seconds(candidate) / seconds(baseline)
+        return timing.Comparison(
+            ratio, ratio - interval, ratio + interval, 7, seconds(candidate), seconds(baseline)
+        )
+
+    monkeypatch.setattr(timing, "compare", compare)
+
+
 def test_plan_choice_follows_measured_time(monkeypatch):
-    """A packed plan is kept only when measured faster than dense (by the margin)."""
+    """A packed plan is kept only when measured faster than dense by the margin, with
+    confidence."""
     conv = nn.Conv2d(16, 32, 3)
     mask = torch.zeros_like(conv.weight)
     mask[:4] = 1
     weight = conv.weight.detach() * mask
     x = torch.randn(1, 16, 8, 8)
 
-    def with_times(dense_time, packed_time):
-        fake = lambda layer, *a, **k: dense_time if layer.is_dense else packed_time  # noqa: E731
-        monkeypatch.setattr(choice.timing, "median_seconds", fake)
+    def with_times(dense_time, packed_time, interval=0.0):
+        timed_by(monkeypatch, lambda layer: dense_time if layer.is_dense else packed_time, interval)
         return choose(conv, weight, "channel", [backends.get("cpu")], x)
 
     assert with_times(1.0, 0.5).backend == "cpu"
     assert with_times(1.0, 0.99).backend == "dense"  # within the margin: not kept
     assert with_times(1.0, 2.0).backend == "dense"
+    assert with_times(1.0, 0.9, interval=0.05).backend == "cpu"
+    assert with_times(1.0, 0.9, interval=0.2).backend == "dense"  # maybe slower: not kept
+
+
+def test_a_comparison_is_paired_and_its_interval_holds_the_median(monkeypatch):
+    ratios = iter([1.0, 1.1, 0.5, 0.9, 0.8, 1.2, 0.7])  # seven rounds: the interval is min-max
+    order = []
+
+    def sparse():
+        pass
+
+    def dense():
+        pass
+
+    def block(fn, args, calls, cuda):  # seconds per call: dense takes 1, sparse each ratio
+        order.append(fn.__name__)
+        return next(ratios) if fn is sparse else 1.0
+
+    monkeypatch.setattr(timing, "_block", block)
+    result = timing.compare(sparse, dense, min_rounds=7, max_rounds=7)
+    assert order[1:5] == ["sparse", "dense", "dense", "sparse"]  # which goes first alternates
+    assert result.rounds == 7 and result.ratio == 0.9 and (result.low, result.high) == (0.5, 1.2)
+    assert not result.faster() and not result.resolved()
+    assert timing.Comparison(0.8, 0.7, 0.95, 9, 0.8, 1.0).faster(0.97)
+    assert timing.Comparison(1.2, 1.1, 1.3, 9, 1.2, 1.0).resolved(0.97)
 
 
 def test_plan_choice_compares_backends(monkeypatch):
@@ -187,12 +229,7 @@ def test_plan_choice_compares_backends(monkeypatch):
     weight = conv.weight.detach() * (torch.arange(32) < 4).view(-1, 1, 1, 1)  # whole channels
     x = torch.randn(1, 16, 8, 8)
     times = {"dense": 1.0, "cpu": 0.6, "torch": 0.4}
-    monkeypatch.setattr(
-        choice.timing, "median_seconds", lambda layer, *a, **k: times[layer.backend]
-    )
-    monkeypatch.setattr(
-        choice.timing, "one_call_seconds", lambda layer, *a, **k: times[layer.backend]
-    )
+    timed_by(monkeypatch, lambda layer: times[layer.backend])
     both = [backends.get("cpu"), backends.get("torch")]
     chosen = choose(conv, weight, "channel", both, x)
     assert chosen.backend == "torch"
@@ -214,6 +251,7 @@ def test_plan_choice_times_only_candidates_whose_first_call_is_close_to_the_best
     x = torch.randn(1, 16, 8, 8)
     first = {"cpu": 1.0, "torch": 1.0}
     timed = []
+    timed_by(monkeypatch, lambda layer: 10.0 if layer.is_dense else 1.0)
     monkeypatch.setattr(
         choice.timing, "one_call_seconds", lambda layer, *a, **k: first[layer.backend]
     )
@@ -233,16 +271,59 @@ def test_plan_choice_times_only_candidates_whose_first_call_is_close_to_the_best
         assert (slow in timed) == (factor < choice.SCREEN), (slow, factor, timed)
 
 
-def test_measured_compile_is_never_slower_than_its_dense_plan_by_construction():
+def test_a_measured_compile_reports_paired_figures_for_its_packed_layers():
     model, masks = calibrated("vgg16_bn")
     x = torch.randn(4, 3, 32, 32)
-    compiled = sparsekit.compile(model, masks, x)
+    with warnings.catch_warnings():  # whether it wins end to end is the machine's, not a test's
+        warnings.filterwarnings("ignore", "sparsekit.compile: the compiled model was not measured")
+        compiled = sparsekit.compile(model, masks, x)
     report = compiled.sparsekit_report
     assert report.ok and report.discriminating and report.dense_ms > 0 and report.sparse_ms > 0
-    assert all(layer.dense_ms > 0 and layer.sparse_ms > 0 for layer in report.layers)
+    low, high = report.speedup_interval
+    assert low <= report.speedup <= high
+    for layer in report.layers:  # packed layers timed against dense, dense ones not at all
+        assert (layer.dense_ms is None) == (layer.structure == "dense") == (layer.speedup is None)
+        assert layer.flops_ratio == 1 or layer.structure != "dense"
     text = str(report)
-    assert "end to end" in text and "features.3" in text
+    assert "end to end" in text and "features.3" in text and "compile took" in text
+    assert set(report.stage_seconds) >= {"reference", "choice", "building", "verification"}
     assert report.to_dict()["layers"][0]["name"] == report.layers[0].name
+
+
+def test_a_model_not_faster_end_to_end_returns_the_layers_that_saved_least_to_dense(monkeypatch):
+    model, masks = calibrated("vgg16_bn")
+    x = torch.randn(4, 3, 32, 32)
+
+    def seconds(layer):  # a packed layer saves time in proportion to its output channels
+        return layer.weight_shape[0] / (100 if layer.is_dense else 200)
+
+    verdicts = [(1.05, 1.0, 1.1), (0.8, 0.7, 0.9)]  # the model: not faster, then faster
+    packed_at_first = []
+
+    def compare(candidate, baseline, *args, **kwargs):
+        if isinstance(candidate, (SparseConv2d, SparseLinear)):  # every packed layer wins alone
+            return timing.Comparison(0.5, 0.45, 0.55, 7, 1.0, 2.0)
+        if not packed_at_first:
+            packed_at_first.extend(
+                n
+                for n, m in candidate.named_modules()
+                if isinstance(m, (SparseConv2d, SparseLinear)) and not m.is_dense
+            )
+        ratio, low, high = verdicts.pop(0) if len(verdicts) > 1 else verdicts[0]
+        return timing.Comparison(ratio, low, high, 7, ratio, 1.0)
+
+    monkeypatch.setattr(timing, "median_seconds", lambda layer, *a, **k: seconds(layer))
+    monkeypatch.setattr(timing, "one_call_seconds", lambda layer, *a, **k: seconds(layer))
+    monkeypatch.setattr(timing, "compare", compare)
+    with pytest.warns(SparsekitWarning, match="returned to dense .*now measured faster"):
+        compiled = sparsekit.compile(model, masks, x, backend="cpu")
+    layers = dict(compiled.named_modules())
+    by_saving = sorted(packed_at_first, key=lambda n: layers[n].weight_shape[0])
+    half = len(by_saving) // 2
+    assert half >= 2 and all(layers[n].is_dense for n in by_saving[:half])
+    assert not any(layers[n].is_dense for n in by_saving[half:])
+    report = compiled.sparsekit_report
+    assert report.faster and report.ok and "returning to dense" in report.stage_seconds
 
 
 def test_inplace_replaces_layers_in_the_given_model():

@@ -3,6 +3,7 @@ import torch
 import torch.nn.utils.prune as prune
 from torch import nn
 
+import sparsekit
 from sparsekit import SparsekitError
 from sparsekit.masks import collect_masks, live_masks
 
@@ -57,3 +58,10 @@ def test_live_prune_masks_are_found_and_nothing_changes():
 def test_bad_mask_keys_and_values(mask, message):
     with pytest.raises(SparsekitError, match=message):
         collect_masks(small_model(), mask)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bool])
+def test_a_mask_on_the_meta_device_is_refused_by_name(dtype):
+    mask = {"0.weight": torch.ones(4, 2, 3, 3, dtype=dtype, device="meta")}
+    with pytest.raises(SparsekitError, match="mask for 0.weight: is on the meta device"):
+        sparsekit.compile(small_model().eval(), mask, torch.randn(2, 2, 3, 3), measure=False)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsekit import SparseConv2d, SparsekitError, SparseLinear, backends
+from sparsekit import SparseConv2d, SparsekitError, SparseLinear, backends, compile
 from sparsekit.backends import Backend
 from sparsekit.geometry import is_channels_last, output_memory_format
 from sparsekit.nn import from_config
@@ -189,3 +189,46 @@ def test_a_packed_layer_pickles_and_deep_copies_with_its_layout():
     twin = copy.deepcopy(layer)
     assert torch.equal(loaded(x), layer(x)) and torch.equal(twin(x), layer(x))
     assert twin.layout_0.data_ptr() != layer.layout_0.data_ptr()  # a layout of its own
+
+
+def compiled_model() -> nn.Module:
+    """A small model compiled with every layer packed on the C++ backend (three quarters of
+    each layer's output rows pruned)."""
+    model = nn.Sequential(
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 4 * 4, 8)
+    ).eval()
+    with torch.no_grad():
+        for layer in (model[0], model[3]):
+            layer.weight[layer.weight.shape[0] // 4 :] = 0
+    compiled = compile(model, None, backend="cpu", measure=False, verify=False)
+    assert compiled[0].backend == compiled[3].backend == "cpu"
+    return compiled
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_an_input_of_another_dtype_is_refused_with_how_to_convert_the_layer(backend):
+    conv = SparseConv2d.from_conv(nn.Conv2d(4, 8, 3), structure="channel", backend=backend)
+    linear = SparseLinear.from_weight(torch.randn(6, 4), structure="channel", backend=backend)
+    for layer, x in ((conv, torch.randn(1, 4, 5, 5)), (linear, torch.randn(2, 4))):
+        expected = layer(x)
+        with pytest.raises(
+            SparsekitError,
+            match=r"input dtype torch.float16 differs from the weight's torch.float32; convert "
+            r"the module with \.to\(torch.float16\)",
+        ):
+            layer(x.half())
+        assert layer.half().config["dtype"] == "torch.float16"  # what save writes
+        assert_matches(layer(x.half()), expected.double(), torch.float16)
+
+
+def test_a_compiled_layer_names_the_layer_it_replaced_on_a_wrong_dtype():
+    with pytest.raises(SparsekitError, match="SparseConv2d '0': input dtype torch.float64"):
+        compiled_model()(torch.randn(2, 16, 4, 4, dtype=torch.float64))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_torchscript_is_refused_with_what_to_use_instead():
+    compiled = compiled_model()
+    for module in (compiled, compiled[0], compiled[3]):
+        with pytest.raises(SparsekitError, match="TorchScript .* use torch.compile or torch.expo"):
+            torch.jit.script(module)

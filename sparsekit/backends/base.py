@@ -35,6 +35,10 @@ class Backend:
     # whether its ops never wait on the host (no reading of tables there), so a CUDA graph can
     # hold them
     graph_safe = False
+    # packs of more blocks than this do not compete in compile's plan choice (None: no limit): a
+    # backend that makes one library call per block cannot win with many, and running such a
+    # pack once to check it costs seconds on a large layer
+    max_competing_blocks: int | None = None
     op_prefix: str = ""
     unsupported_reason = ""  # what supports() asks of a pack, for error messages
 
@@ -47,6 +51,11 @@ class Backend:
     def supports(self, packed: PackedWeight) -> bool:
         """Whether this backend can run ``packed`` at all (devices and dtypes aside)."""
         return True
+
+    def competes(self, packed: PackedWeight) -> bool:
+        """Whether compile's plan choice tries ``packed`` on this backend."""
+        limit = self.max_competing_blocks
+        return self.supports(packed) and (limit is None or packed.num_blocks <= limit)
 
     def prepack(self, packed: PackedWeight) -> Layout:
         """This backend's own layout of ``packed`` (a checked pack, on the device and in the

@@ -1,14 +1,16 @@
 """Stage 4 of compile: each layer's plan, dense or a packed plan on a backend, as a plain value.
 
 Candidates are every planner's plan (or the one asked for) on every competing backend that
-supports it. With the layer's real input each candidate first runs on it and is compared with
-the dense layer: one that differs or raises is dropped with a warning naming layer, plan and
-backend, so a wrong kernel costs speed, never correctness. The survivors are timed against the
-dense layer (one call each first: one ``SCREEN`` times slower than the dense median or another
-candidate's call is not timed further) and the fastest is kept if it beats dense by
-``KEEP_MARGIN``. With ``measure=False``, or no input, the cost models of the candidates'
-backends rank them (a backend without one is chosen by measurement only) and a plan is kept if
-its estimated cost is below dense.
+supports it (and whose ``max_competing_blocks`` it does not exceed). With the layer's real
+input each candidate first runs on it and is compared with the dense layer: one that differs
+or raises is dropped with a warning naming layer, plan and backend, so a wrong kernel costs
+speed, never correctness. The survivors are timed against the dense layer (one call each
+first: one ``SCREEN`` times slower than the dense median or another candidate's call is not
+timed further); the fastest is then compared with the dense layer in alternated rounds
+(``timing.compare``) and kept only if it beats dense by ``KEEP_MARGIN`` with confidence. With
+``measure=False``, or no input, the cost models of the candidates' backends rank them (a
+backend without one is chosen by measurement only) and a plan is kept if its estimated cost is
+below dense.
 
 The result is a ``LayerChoice``; the modules are built from it by ``building``.
 """
@@ -88,7 +90,7 @@ def choose(
         build_layer(layer.module, layer.weight, layer.bias, b.name, packed=plan, name=layer.name)
         for b in competitors
         for plan in plans
-        if b.supports(plan)
+        if b.competes(plan)
     ]
     dropped = []
     if layer_input is not None:
@@ -113,7 +115,8 @@ def _problem(candidate, layer_input, expected) -> str | None:
             actual = candidate(layer_input)
     except Exception as error:  # noqa: BLE001 - a failing backend costs speed, never correctness
         return f"raised {type(error).__name__}: {error}"
-    error, limit = tolerance.max_error(actual, expected), tolerance.bound(expected)
+    error = tolerance.max_error(actual, expected)
+    limit = tolerance.bound(expected, reductions=[tolerance.reduction(candidate.weight_shape)])
     return (
         None
         if error <= limit
@@ -159,13 +162,18 @@ def _fastest(dense, candidates, layer_input, dense_seconds, min_run_time):
     ]  # each ran in _checked
     bar = SCREEN * min([dense_seconds] + [seconds for seconds, _ in firsts])
     contenders = [layer for seconds, layer in firsts if seconds < bar]
-    timed = [
-        (timing.median_seconds(layer, layer_input, min_run_time=min_run_time), i, layer)
-        for i, layer in enumerate(contenders)
-    ]
-    if not timed:
+    if len(contenders) > 1:  # ranked by their medians; ties go to the earlier candidate
+        timed = [
+            (timing.median_seconds(layer, layer_input, min_run_time=min_run_time), i, layer)
+            for i, layer in enumerate(contenders)
+        ]
+        contenders = [layer for _, _, layer in sorted(timed, key=lambda t: t[:2])]
+    if not contenders:
         return dense, dense_seconds, dense_seconds
-    best_time, _, best = min(timed)  # ties go to the earlier candidate
-    if best_time < KEEP_MARGIN * dense_seconds:
-        return best, best_time, dense_seconds
+    # the fastest is kept only if it beats dense by the margin with confidence, in rounds
+    # alternated with the dense layer: a burst of load cannot make it look faster
+    best = contenders[0]
+    comparison = timing.compare(best, dense, layer_input, margin=KEEP_MARGIN)
+    if comparison.faster(KEEP_MARGIN):
+        return best, dense_seconds * comparison.ratio, dense_seconds
     return dense, dense_seconds, dense_seconds

@@ -4,6 +4,7 @@ pipeline with choices made elsewhere (SPDY's timing tables)."""
 
 import copy
 import sys
+import time
 import warnings
 from collections.abc import Callable
 
@@ -12,8 +13,10 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import masks as masks_lib
+from .. import timing
 from ..errors import SparsekitError, SparsekitWarning
 from ..planners import STRUCTURES
+from .attention import compile_targets, rebuild_attention
 from .batchnorm import FoldedLayer, folded_layers
 from .building import build_model
 from .choice import LayerChoice, choose, competing_backends
@@ -63,7 +66,8 @@ def compile(  # noqa: A001 - the package's verb, as in torch.compile
         if reached and layer_input is None:  # no input to check a plan on
             warnings.warn(
                 f"sparsekit.compile: the example inputs never reach layer {layer.name!r}, so "
-                "it stays dense",
+                "it stays dense: nothing called it on them (a branch they do not take, or a "
+                "parent that reads its weights instead of calling it)",
                 SparsekitWarning,
                 stacklevel=4,
             )  # compile's caller
@@ -99,34 +103,45 @@ def compile_choices(
     reference (stage 1), BatchNorm folded (2), the layers' inputs recorded (3), their choices
     (4), the modules built (5), the result verified (6)."""
     _check_model(model)
+    clock = _StageClock()
     inputs = as_input_tuple(example_inputs)
     checked = verify and bool(inputs)
     layer_masks = masks_lib.collect_masks(model, mask)
-    targets = [  # the masked layers, or every Conv2d / Linear when no mask is given
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, masks_lib.SPARSE_MODULES) and (not layer_masks or name in layer_masks)
-    ]
+    # the masked layers (every one when no mask is given) that their parents call, and the
+    # attention modules rebuilt so that their projections are such layers
+    targets, attentions = compile_targets(model, layer_masks)
 
-    reference = dense_masked_copy(model, layer_masks)
+    reference = rebuild_attention(dense_masked_copy(model, layer_masks), attentions)
     if inplace:
         make_dense_masked(model, layer_masks)
-        compiled = model
+        compiled = rebuild_attention(model, attentions)
     else:  # built on a copy of the reference, or on the reference itself when nothing checks it
         compiled = copy.deepcopy(reference) if checked else reference
+    clock.stage("reference")
     layers = folded_layers(reference, targets, fold=fold_bn)
+    clock.stage("batchnorm")
     layer_inputs = record_inputs(reference, targets, inputs) if inputs else {}
+    clock.stage("recording")
     if progress is None:
         progress = sys.stderr.isatty()
     choices = {}
     for layer in tqdm(layers, desc="sparsekit.compile", unit="layer", disable=not progress):
         choices[layer.name] = decide(layer, layer_inputs.get(layer.name))
+    clock.stage("choice")
     build_model(compiled, layers, choices)
+    clock.stage("building")
 
     if checked:
         report = verify_model(compiled, reference, inputs, measure=measure)
-        compiled.sparsekit_report = report
         report.raise_on_mismatch()
+        clock.stage("verification")
+        if measure and not report.faster and any(c.backend != "dense" for c in choices.values()):
+            returned = _return_to_dense(compiled, reference, inputs, layers, choices)
+            report = verify_model(compiled, reference, inputs, measure=measure)
+            clock.stage("returning to dense")
+            _warn_not_faster(report, returned)
+        report.stage_seconds = clock.seconds
+        compiled.sparsekit_report = report
     elif verify:
         warnings.warn(
             "sparsekit.compile: no example_inputs, so no candidate plan was checked, plans follow "
@@ -135,6 +150,68 @@ def compile_choices(
             stacklevel=3,
         )
     return compiled
+
+
+class _StageClock:
+    """Seconds spent in each stage, for the report."""
+
+    def __init__(self):
+        self.seconds, self._last = {}, time.perf_counter()
+
+    def stage(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self._last
+        self._last = now
+
+
+def _return_to_dense(compiled, reference, inputs, layers, choices) -> list[str]:
+    """Packed layers of ``compiled`` returned to dense, those whose choice saved the least time
+    first, half of those left at a time, until it is measured faster than ``reference`` with
+    confidence (or none is left); the names of those returned. A model's speed is not the sum
+    of its layers' alone (a layer's input comes out of cache or not, formats change between
+    layers), so a plan that wins alone can lose in the model."""
+    packed = sorted(
+        (layer for layer in layers if choices[layer.name].backend != "dense"),
+        key=lambda layer: _saved_seconds(choices[layer.name]),
+    )
+    returned = []
+    while packed:
+        half, packed = packed[: max(1, len(packed) // 2)], packed[max(1, len(packed) // 2) :]
+        for layer in half:
+            choices[layer.name] = LayerChoice(dense_seconds=choices[layer.name].dense_seconds)
+        build_model(compiled, half, choices)
+        returned += [layer.name for layer in half]
+        if timing.compare(compiled, reference, *inputs).faster():
+            break
+    return returned
+
+
+def _saved_seconds(choice: LayerChoice) -> float:
+    if choice.seconds is None or choice.dense_seconds is None:
+        return 0.0
+    return choice.dense_seconds - choice.seconds
+
+
+def _warn_not_faster(report, returned: list[str]) -> None:
+    interval = report.speedup_interval
+    measured = "" if interval is None else f" (speedup {interval[0]:.2f}-{interval[1]:.2f}x)"
+    if returned:
+        what = f"{len(returned)} packed layers returned to dense ({', '.join(returned)})"
+    else:
+        what = "no packed layer to return to dense"
+    if report.faster:
+        reason = f"now measured faster{measured}"
+    else:
+        reason = (
+            f"still not measured faster{measured}: its layers run dense and the rest of the "
+            "model sets its speed, or the machine's timing is unsteady"
+        )
+    warnings.warn(
+        "sparsekit.compile: the compiled model was not measured faster than the dense model end "
+        f"to end on the example inputs, although each packed layer was alone; {what}; {reason}",
+        SparsekitWarning,
+        stacklevel=4,
+    )
 
 
 def _check_model(model) -> None:

@@ -2,13 +2,16 @@
 check against the dense reference (also public: ``sparsekit.verify``).
 
 Per sparse layer: the reference's input to that layer is fed to the compiled layer and its
-output compared with the reference's (the BatchNorm's output where one was folded in); dense
-latency is the reference's conv (+ BatchNorm) on that input, sparse latency the compiled layer's.
-End to end: both models on the example inputs. Errors are held to the bounds of ``tolerance``
-(``atol + rtol * max|ref|`` by precision). The report also gives the spread of the reference's
-output across the batch: a spread that is not far above the bound means the output barely
-depends on the input, so the comparison cannot tell a wrong kernel from a right one (a warning
-says so).
+output compared with the reference's (the BatchNorm's output where one was folded in). Latency
+is measured for packed layers only (a dense one runs the reference's own op): the compiled layer
+against the reference's conv (+ BatchNorm) on that input, in alternated rounds
+(``timing.compare``). End to end: both models on the example inputs, the same way, with the
+speedup's confidence interval. A speedup beyond the FLOP limit (dense multiply-adds over those
+run) is measured again with more rounds and, if it stays beyond, marked unreliable. Errors are
+held to the bounds of ``tolerance`` (by precision, grown with the layers' reductions and, for
+the model, their number). The report also gives the spread of the reference's output across
+the batch: a spread that is not far above the bound means the output barely depends on the
+input, so the comparison cannot tell a wrong kernel from a right one (a warning says so).
 """
 
 import json
@@ -24,7 +27,7 @@ from ..geometry import output_memory_format
 from ..nn import SparseConv2d, SparseLinear
 from .recording import run_recording
 
-MIN_RUN_TIME = 0.2  # seconds of timing per layer and side (the model: four times that)
+MIN_ROUNDS = 7  # of the paired comparison (timing.compare) of a layer or the model with dense
 
 
 @dataclass
@@ -34,18 +37,25 @@ class LayerReport:
     structure: str
     backend: str
     blocks: int
-    density: float
-    flops_ratio: float
+    density: float  # kept weights over the dense weight's
+    fill: float  # kept weights over stored values (zeros stored inside blocks lower it)
+    flops_ratio: float  # multiply-adds run over the dense layer's: 1 for a dense layer
     macs: int  # of the dense layer on the example input
     max_error: float
     bound: float
     dense_ms: float | None = None
     sparse_ms: float | None = None
     note: str = ""
+    # a speedup beyond the FLOP limit, measured twice: the machine's timing was not reliable
+    unreliable: bool = False
 
     @property
     def ok(self) -> bool:
         return self.max_error <= self.bound
+
+    @property
+    def flop_limit(self) -> float:
+        return 1 / self.flops_ratio if self.flops_ratio else math.inf
 
     @property
     def speedup(self) -> float | None:
@@ -67,6 +77,23 @@ class Report:
     spread: float | None = (
         None  # of the reference's output across the batch (tolerance.batch_spread)
     )
+    # the end-to-end speedup's confidence interval (timing.compare), and whether it lay beyond
+    # the FLOP limit when measured twice
+    speedup_interval: tuple[float, float] | None = None
+    unreliable: bool = False
+    stage_seconds: dict = field(default_factory=dict)  # compile's, by stage (set by compile)
+
+    @property
+    def faster(self) -> bool:
+        """Whether the compiled model was measured faster than dense with confidence."""
+        return self.speedup_interval is not None and self.speedup_interval[0] > 1
+
+    @property
+    def flop_limit(self) -> float:
+        """Dense multiply-adds over those run, over the layers compared (the others' are not
+        counted: the model's true limit is lower)."""
+        kept = sum(layer.macs * layer.flops_ratio for layer in self.layers)
+        return sum(layer.macs for layer in self.layers) / kept if kept else math.inf
 
     @property
     def ok(self) -> bool:
@@ -96,13 +123,24 @@ class Report:
             )
 
     def to_dict(self) -> dict:
-        derived = {"ok": self.ok, "speedup": self.speedup, "discriminating": self.discriminating}
+        derived = {
+            "ok": self.ok,
+            "speedup": self.speedup,
+            "discriminating": self.discriminating,
+            "faster": self.faster,
+            "flop_limit": _finite(self.flop_limit),
+        }
         return (
             asdict(self)
             | derived
             | {
                 "layers": [
-                    asdict(layer) | {"ok": layer.ok, "speedup": layer.speedup}
+                    asdict(layer)
+                    | {
+                        "ok": layer.ok,
+                        "speedup": layer.speedup,
+                        "flop_limit": _finite(layer.flop_limit),
+                    }
                     for layer in self.layers
                 ]
             }
@@ -119,6 +157,7 @@ class Report:
             "backend",
             "blocks",
             "density",
+            "fill",
             "flops",
             "MMACs",
             "dense ms",
@@ -135,11 +174,12 @@ class Report:
                 layer.backend,
                 str(layer.blocks),
                 f"{layer.density:.3f}",
+                f"{layer.fill:.3f}",
                 f"{layer.flops_ratio:.3f}",
                 f"{layer.macs / 1e6:.1f}",
                 _ms(layer.dense_ms),
                 _ms(layer.sparse_ms),
-                _x(layer.speedup),
+                _x(layer.speedup) + (" ?" if layer.unreliable else ""),
                 f"{layer.max_error:.1e}" + ("" if layer.ok else " !"),
                 layer.note,
             )
@@ -155,18 +195,19 @@ class Report:
                 "",
                 "",
                 "",
+                "",
                 f"{kept / total_macs:.3f}" if total_macs else "",
                 f"{total_macs / 1e6:.1f}",
                 _ms(self.dense_ms),
                 _ms(self.sparse_ms),
-                _x(self.speedup),
+                _x(self.speedup) + (" ?" if self.unreliable else ""),
                 f"{self.max_error:.1e}" + ("" if self.ok else " !"),
-                "",
+                _interval(self.speedup_interval),
             )
         )
         widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
         line = lambda cells: "  ".join(  # noqa: E731
-            c.ljust(w) if i in (0, 1, 2, 3, 12) else c.rjust(w)
+            c.ljust(w) if i in (0, 1, 2, 3, 13) else c.rjust(w)
             for i, (c, w) in enumerate(zip(cells, widths))
         ).rstrip()
         head = (
@@ -174,7 +215,21 @@ class Report:
             f"{self.input_shapes} ({self.memory_format}); {'ok' if self.ok else 'MISMATCH'} "
             f"(bound {self.bound:.1e})"
         )
-        return "\n".join([head, line(columns), *map(line, rows[:-1]), line(rows[-1])])
+        lines = [head, line(columns), *map(line, rows[:-1]), line(rows[-1])]
+        if self.stage_seconds:
+            stages = ", ".join(f"{name} {s:.1f} s" for name, s in self.stage_seconds.items())
+            lines.append(f"compile took {sum(self.stage_seconds.values()):.1f} s: {stages}")
+        if self.unreliable or any(layer.unreliable for layer in self.layers):
+            lines.append(
+                "?: faster than its FLOP limit allows, measured twice: the machine's timing was "
+                "not reliable (another load on it?)"
+            )
+        return "\n".join(lines)
+
+
+def _finite(value: float) -> float | None:
+    """``value``, or None for infinity (a layer that runs nothing), which JSON cannot hold."""
+    return value if math.isfinite(value) else None
 
 
 def _ms(seconds_ms):
@@ -183,6 +238,10 @@ def _ms(seconds_ms):
 
 def _x(ratio):
     return "" if ratio is None else f"{ratio:.2f}x"
+
+
+def _interval(speedups):
+    return "" if speedups is None else f"speedup {speedups[0]:.2f}-{speedups[1]:.2f}x (95%)"
 
 
 def verify(compiled, reference, example_inputs, *, measure: bool = True) -> Report:
@@ -232,29 +291,28 @@ def verify(compiled, reference, example_inputs, *, measure: bool = True) -> Repo
             backend=layer.backend,
             blocks=s["blocks"],
             density=s["density"],
+            fill=s["fill"],
             flops_ratio=s["flops_ratio"],
             macs=math.prod(layer.weight_shape) * positions,
             max_error=tolerance.max_error(actual, expected),
-            bound=tolerance.bound(expected),
+            bound=tolerance.bound(expected, reductions=[tolerance.reduction(layer.weight_shape)]),
             note="; ".join(_notes(layer, s)),
         )
-        if measure:
+        if measure and not layer.is_dense:  # a dense layer runs the reference's own op
             dense = [reference.get_submodule(source["layer"])]
             if source.get("batchnorm"):
                 dense.append(reference.get_submodule(source["batchnorm"]))
-            report.dense_ms = 1e3 * timing.median_seconds(
-                _chain(dense), x, min_run_time=MIN_RUN_TIME
-            )
-            report.sparse_ms = 1e3 * timing.median_seconds(layer, x, min_run_time=MIN_RUN_TIME)
+            comparison, report.unreliable = _measured(layer, _chain(dense), (x,), report.flop_limit)
+            report.dense_ms, report.sparse_ms = _ms_pair(comparison)
         layers.append(report)
 
     first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else out
     result = Report(
         layers=layers,
         max_error=tolerance.max_error(out, ref_out),
-        bound=tolerance.bound(ref_out),
-        dense_ms=_model_ms(reference, inputs) if measure else None,
-        sparse_ms=_model_ms(compiled, inputs) if measure else None,
+        bound=tolerance.bound(ref_out, reductions=_reductions(sparse_layers, layers)),
+        dense_ms=None,
+        sparse_ms=None,
         device=_device_name(first.device),
         dtype=str(out.dtype).removeprefix("torch."),
         threads=torch.get_num_threads(),
@@ -264,6 +322,10 @@ def verify(compiled, reference, example_inputs, *, measure: bool = True) -> Repo
         else "contiguous",
         spread=tolerance.batch_spread(ref_out),
     )
+    if measure:
+        comparison, result.unreliable = _measured(compiled, reference, inputs, result.flop_limit)
+        result.dense_ms, result.sparse_ms = _ms_pair(comparison)
+        result.speedup_interval = (1 / comparison.high, 1 / comparison.low)
     if result.spread is not None and not result.discriminating:
         warnings.warn(
             f"verify: the reference's output barely depends on the input (spread across the batch "
@@ -275,13 +337,31 @@ def verify(compiled, reference, example_inputs, *, measure: bool = True) -> Repo
     return result
 
 
+def _reductions(sparse_layers: dict, reports: list) -> list[int]:
+    """The reductions of the layers the inputs reached: every one adds its error to the model's
+    output (see tolerance.growth)."""
+    return [tolerance.reduction(sparse_layers[r.name].weight_shape) for r in reports]
+
+
 def _notes(layer, summary: dict) -> list[str]:
     notes = ["all weights pruned: outputs its bias"] if summary["nnz"] == 0 else []
     return notes + [f"dropped {d}" for d in layer.config.get("dropped", [])]
 
 
-def _model_ms(model, inputs) -> float:
-    return 1e3 * timing.median_seconds(model, *inputs, min_run_time=4 * MIN_RUN_TIME)
+def _ms_pair(comparison: timing.Comparison) -> tuple[float, float]:
+    """(dense ms, sparse ms): the dense median, and the sparse time its ratio gives (the median
+    of the paired rounds' ratios), so that their ratio is the comparison's."""
+    return 1e3 * comparison.baseline_seconds, 1e3 * comparison.baseline_seconds * comparison.ratio
+
+
+def _measured(sparse, dense, inputs, flop_limit) -> tuple[timing.Comparison, bool]:
+    """``sparse`` against ``dense`` on ``inputs`` in paired rounds, and whether its speedup lay
+    beyond ``flop_limit`` even when measured again with more rounds (unreliable)."""
+    comparison = timing.compare(sparse, dense, *inputs, min_rounds=MIN_ROUNDS)
+    if 1 / comparison.ratio <= flop_limit:
+        return comparison, False
+    comparison = timing.compare(sparse, dense, *inputs, min_rounds=3 * MIN_ROUNDS)
+    return comparison, 1 / comparison.ratio > flop_limit
 
 
 def _chain(modules):

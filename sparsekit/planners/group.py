@@ -17,7 +17,7 @@ from . import cost
 from .blocks import Block
 
 PART_ROWS = (8, 16, 32, 64, 128)
-NEIGHBOURS = 32
+NEIGHBOURS = 16
 SPLIT_FILL = 0.5  # columns used by fewer than this fraction of a part's rows may split off
 
 
@@ -39,21 +39,43 @@ def similarity_graph(pattern: torch.Tensor) -> tuple[pymetis.CSRAdjacency, list[
     return graph, shared[src, dst].tolist()
 
 
-def _part_blocks(pattern: torch.Tensor, rows: torch.Tensor) -> list[Block]:
-    """One block for the part, or a core and a residual block if that is cheaper."""
+def _partition_blocks(pattern: torch.Tensor, rows: torch.Tensor, part_of_row) -> list[Block]:
+    """The blocks of ``rows`` (of ``pattern``) split into parts by ``part_of_row``: per part one
+    block (its rows x the union of their columns), or a core of the columns most of its rows use
+    and a residual block of the rest if that is cheaper. Column use is counted for all parts at
+    once."""
     sub = pattern[rows]
-    used = sub.sum(0)
-    cols = used.nonzero().flatten()
-    whole = [Block(rows, cols)]
-    core = (used >= SPLIT_FILL * rows.numel()).nonzero().flatten()
-    rest = ((used > 0) & (used < SPLIT_FILL * rows.numel())).nonzero().flatten()
-    if not core.numel() or not rest.numel():
-        return whole
-    rest_rows = rows[sub[:, rest].any(1)]
-    split = [Block(rows, core), Block(rest_rows, rest)]
-    if _cost(split) < _cost(whole):
-        return split
-    return whole
+    parts = int(part_of_row.max()) + 1
+    members = torch.nn.functional.one_hot(part_of_row, parts).T.to(torch.float32)
+    used = members @ sub.to(torch.float32)  # [parts, cols] rows using each column; exact
+    size = members.sum(1, keepdim=True)
+    core = used >= SPLIT_FILL * size
+    rest = (used > 0) & ~core
+    reads_rest = (sub & rest[part_of_row]).any(1)
+    order = torch.argsort(part_of_row, stable=True)
+    members_of = order.split(size.flatten().long().tolist())
+    blocks = []
+    for part_rows, cols, core_cols, rest_cols, members in zip(
+        (rows[m] for m in members_of),
+        _columns(used > 0),
+        _columns(core),
+        _columns(rest),
+        members_of,
+    ):
+        if not members.numel():  # METIS may leave a part empty
+            continue
+        whole = [Block(part_rows, cols)]
+        if not core_cols.numel() or not rest_cols.numel():
+            blocks += whole
+            continue
+        split = [Block(part_rows, core_cols), Block(part_rows[reads_rest[members]], rest_cols)]
+        blocks += split if _cost(split) < _cost(whole) else whole
+    return blocks
+
+
+def _columns(selected: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each row's selected columns, found by one nonzero over all rows."""
+    return selected.nonzero()[:, 1].split(selected.sum(1).tolist())
 
 
 def _cost(blocks: list[Block]) -> float:
@@ -65,7 +87,7 @@ def plan_row_groups(pattern: torch.Tensor, part_rows=PART_ROWS, seed: int = 0) -
     active = pattern.any(1).nonzero().flatten()
     if active.numel() == 0:
         return []
-    best = _part_blocks(pattern, active)
+    best = _partition_blocks(pattern, active, torch.zeros_like(active))
     distinct, vertex_of_row, counts = pattern[active].unique(
         dim=0, return_inverse=True, return_counts=True
     )
@@ -84,10 +106,7 @@ def plan_row_groups(pattern: torch.Tensor, part_rows=PART_ROWS, seed: int = 0) -
                     parts, graph, vweights=counts.tolist(), eweights=edge_weights, options=options
                 ).vertex_part
             )
-        part_of_row = membership[vertex_of_row]
-        blocks = []
-        for part in part_of_row.unique():
-            blocks += _part_blocks(pattern, active[part_of_row == part])
+        blocks = _partition_blocks(pattern, active, membership[vertex_of_row])
         if _cost(blocks) < _cost(best):
             best = blocks
     return best
