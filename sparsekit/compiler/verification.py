@@ -5,7 +5,8 @@ Per sparse layer: the reference's input to that layer is fed to the compiled lay
 output compared with the reference's (the BatchNorm's output where one was folded in). Latency
 is measured for packed layers only (a dense one runs the reference's own op): the compiled layer
 against the reference's conv (+ BatchNorm) on that input, in alternated rounds
-(``timing.compare``). End to end: both models on the example inputs, the same way, with the
+(``timing.compare``; compile passes the figures its plan choice measured so, and those are not
+measured again). End to end: both models on the example inputs, the same way, with the
 speedup's confidence interval. A speedup beyond the FLOP limit (dense multiply-adds over those
 run) is measured again with more rounds and, if it stays beyond, marked unreliable. Errors are
 held to the bounds of ``tolerance`` (by precision, grown with the layers' reductions and, for
@@ -244,8 +245,14 @@ def _interval(speedups):
     return "" if speedups is None else f"speedup {speedups[0]:.2f}-{speedups[1]:.2f}x (95%)"
 
 
-def verify(compiled, reference, example_inputs, *, measure: bool = True) -> Report:
-    """Compare ``compiled`` with the dense ``reference`` on ``example_inputs`` (see module doc)."""
+def verify(
+    compiled, reference, example_inputs, *, measure: bool = True, layer_seconds=None
+) -> Report:
+    """Compare ``compiled`` with the dense ``reference`` on ``example_inputs`` (see module doc).
+    ``layer_seconds``: ``{layer: (dense seconds, sparse seconds)}`` already measured on these
+    inputs the same way (compile's plan choice): those layers are not timed again, unless their
+    speedup lies beyond the FLOP limit."""
+    layer_seconds = layer_seconds or {}
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     sparse_layers = {
         name: m
@@ -298,12 +305,18 @@ def verify(compiled, reference, example_inputs, *, measure: bool = True) -> Repo
             bound=tolerance.bound(expected, reductions=[tolerance.reduction(layer.weight_shape)]),
             note="; ".join(_notes(layer, s)),
         )
+        known = layer_seconds.get(name)
         if measure and not layer.is_dense:  # a dense layer runs the reference's own op
-            dense = [reference.get_submodule(source["layer"])]
-            if source.get("batchnorm"):
-                dense.append(reference.get_submodule(source["batchnorm"]))
-            comparison, report.unreliable = _measured(layer, _chain(dense), (x,), report.flop_limit)
-            report.dense_ms, report.sparse_ms = _ms_pair(comparison)
+            if known is not None and known[0] / known[1] <= report.flop_limit:
+                report.dense_ms, report.sparse_ms = 1e3 * known[0], 1e3 * known[1]
+            else:
+                dense = [reference.get_submodule(source["layer"])]
+                if source.get("batchnorm"):
+                    dense.append(reference.get_submodule(source["batchnorm"]))
+                comparison, report.unreliable = _measured(
+                    layer, _chain(dense), (x,), report.flop_limit
+                )
+                report.dense_ms, report.sparse_ms = _ms_pair(comparison)
         layers.append(report)
 
     first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else out
