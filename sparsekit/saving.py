@@ -233,8 +233,8 @@ def _check_entries(config: dict, module: nn.Module, where: str) -> None:
         raise SparsekitError(f"{where}: a packed layer's config needs its sizes")
     for key in SIZES:
         size = sizes.get(key)
-        # a pack stores each weight of the dense layer at most once (its blocks' rows are
-        # disjoint), so none of its tensors outgrows the dense weight
+        # a pack stores each weight of the dense layer at most once (its blocks cover disjoint
+        # positions), so none of its tensors outgrows the dense weight
         if type(size) is not int or not 0 <= size <= limit:
             raise SparsekitError(
                 f"{where}: sizes.{key} is {size!r}, not an int in [0, {limit}] (the dense "
@@ -258,8 +258,8 @@ def _load_state(model: nn.Module, state: dict, file: Path) -> None:
             named = repr(name) in str(error)  # the pack check names a compiled layer itself
             detail = error if named else f"layer {name!r}: {error}"
             raise SparsekitError(f"load: {file}: {detail}") from error
-    try:
-        result = model.load_state_dict(state, strict=False)
+    try:  # assigned, not copied: a model converted before saving (.half()) keeps that dtype
+        result = model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as error:
         raise SparsekitError(
             f"load: {file}: the saved tensors do not fit the model: {error}"

@@ -200,8 +200,35 @@ def test_plan_choice_follows_measured_time(monkeypatch):
     assert with_times(1.0, 0.9, interval=0.2).backend == "dense"  # maybe slower: not kept
 
 
+@pytest.mark.parametrize(
+    ("first", "again", "unreliable"),
+    [
+        ((0.5, 0.4, 0.6), None, False),  # 2x within a 4x limit: measured once
+        ((0.2, 0.15, 0.3), (0.2, 0.15, 0.22), True),  # 5x, then its whole interval beyond 4x
+        ((0.2, 0.15, 0.3), (0.24, 0.2, 0.3), False),  # measured again: the limit in the interval
+    ],
+)
+def test_a_speedup_beyond_the_flop_limit_is_measured_again(monkeypatch, first, again, unreliable):
+    from sparsekit.compiler import verification
+
+    calls = []
+
+    def compare(candidate, baseline, *args, min_rounds, **kwargs):
+        calls.append(min_rounds)
+        ratio, low, high = first if len(calls) == 1 else again
+        return timing.Comparison(ratio, low, high, min_rounds, ratio, 1.0)
+
+    monkeypatch.setattr(timing, "compare", compare)
+    comparison, flagged = verification._measured(None, None, (), flop_limit=4.0)
+    assert flagged == unreliable and len(calls) == (1 if again is None else 2)
+    assert calls[1:] == ([] if again is None else [3 * timing.MIN_ROUNDS])
+    calls.clear()
+    _, flagged = verification._measured(None, None, (), flop_limit=1.0)  # same work both sides
+    assert not flagged and len(calls) == 1
+
+
 def test_a_comparison_is_paired_and_its_interval_holds_the_median(monkeypatch):
-    ratios = iter([1.0, 1.1, 0.5, 0.9, 0.8, 1.2, 0.7])  # seven rounds: the interval is min-max
+    ratios = iter([1.0, 1.1, 0.5, 0.9, 0.8, 1.2, 0.7, 0.9])  # eight rounds: the interval is min-max
     order = []
 
     def sparse():
@@ -215,10 +242,17 @@ def test_a_comparison_is_paired_and_its_interval_holds_the_median(monkeypatch):
         return next(ratios) if fn is sparse else 1.0
 
     monkeypatch.setattr(timing, "_block", block)
-    result = timing.compare(sparse, dense, min_rounds=7, max_rounds=7)
+    result = timing.compare(sparse, dense, min_rounds=8, max_rounds=8)
     assert order[1:5] == ["sparse", "dense", "dense", "sparse"]  # which goes first alternates
-    assert result.rounds == 7 and result.ratio == 0.9 and (result.low, result.high) == (0.5, 1.2)
+    assert result.rounds == 8 and result.ratio == 0.9 and (result.low, result.high) == (0.5, 1.2)
     assert not result.faster() and not result.resolved()
+    ratios = iter([0.5] * 100)  # clearly faster: settled at the first look
+    assert timing.compare(sparse, dense, max_rounds=31).rounds == timing.MIN_ROUNDS
+    ratios = iter([0.5, 2.0] * 50)  # never settled: runs to the last round, not faster
+    undecided = timing.compare(sparse, dense, max_rounds=31)
+    assert undecided.rounds == 31 and not undecided.faster()
+    with pytest.raises(ValueError, match="min_rounds"):
+        timing.compare(sparse, dense, min_rounds=5)
     assert timing.Comparison(0.8, 0.7, 0.95, 9, 0.8, 1.0).faster(0.97)
     assert timing.Comparison(1.2, 1.1, 1.3, 9, 1.2, 1.0).resolved(0.97)
 
@@ -375,6 +409,12 @@ def test_bad_masks_name_the_layer_and_leave_the_model(mask, message):
     with pytest.raises(SparsekitError, match=message):
         sparsekit.compile(model, mask, torch.randn(1, 3, 32, 32))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_bare_layer_is_refused_as_a_model():
+    for layer in (nn.Linear(4, 4), nn.Conv2d(3, 4, 3), nn.MultiheadAttention(8, 2)):
+        with pytest.raises(SparsekitError, match="is the model itself: wrap it"):
+            sparsekit.compile(layer.eval(), None, verify=False)
 
 
 def test_training_mode_and_bad_inputs_are_errors():

@@ -255,3 +255,17 @@ def test_a_converted_model_loads_in_the_dtype_it_was_saved_in(small_compiled, tm
     loaded = sparsekit.load(tmp_path, small_model())
     assert loaded[2].values.dtype == loaded[2].bias.dtype == torch.float16
     assert torch.equal(loaded(x.half()), half(x.half()))
+
+
+def test_a_converted_model_keeps_its_dtype_in_the_layers_left_as_they_were(tmp_path):
+    torch.manual_seed(0)
+    model = small_model()
+    mask = (torch.arange(32) < 8).view(-1, 1, 1, 1).expand_as(model[2].weight).float()
+    compiled = sparsekit.compile(model, {"2.weight": mask}, backend="cpu", verify=False)
+    assert isinstance(compiled[0], nn.Conv2d) and isinstance(compiled[4], nn.Linear)
+    half = compiled.half()
+    sparsekit.save(half, tmp_path)
+    loaded = sparsekit.load(tmp_path, small_model())
+    assert loaded[0].weight.dtype == loaded[4].weight.dtype == torch.float16
+    x = torch.randn(2, 16, 5, 5).half()
+    assert torch.equal(loaded(x), half(x))

@@ -65,7 +65,7 @@ def test_levels_and_their_masks():
         spdy.timing_table(small_cnn(), torch.randn(2, 3, 16, 16), levels=LEVELS, transform="prune")
 
 
-def test_timing_table_times_what_compile_builds_and_is_cached(tmp_path, monkeypatch):
+def test_timing_table_times_what_compile_builds_and_is_cached(tmp_path, monkeypatch, flop_timing):
     model, x = small_cnn(), torch.randn(8, 3, 16, 16)
     cache = tmp_path / "tables.json"
     table = spdy.timing_table(model, x, LEVELS, cache=cache, min_run_time=0.01)

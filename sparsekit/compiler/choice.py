@@ -7,10 +7,10 @@ or raises is dropped with a warning naming layer, plan and backend, so a wrong k
 speed, never correctness. The survivors are timed against the dense layer (one call each
 first: one ``SCREEN`` times slower than the dense median or another candidate's call is not
 timed further); the fastest is then compared with the dense layer in alternated rounds
-(``timing.compare``) and kept only if it beats dense by ``KEEP_MARGIN`` with confidence. With
-``measure=False``, or no input, the cost models of the candidates' backends rank them (a
-backend without one is chosen by measurement only) and a plan is kept if its estimated cost is
-below dense.
+(``timing.compare``) and kept only if faster with confidence and its median ratio beats
+``KEEP_MARGIN``. With ``measure=False``, or no input, the cost models of the candidates'
+backends rank them (a backend without one is chosen by measurement only) and a plan is kept if
+its estimated cost is below dense.
 
 The result is a ``LayerChoice``; the modules are built from it by ``building``.
 """
@@ -44,7 +44,8 @@ class LayerChoice:
 
     structure: str = "dense"
     backend: str = "dense"
-    seconds: float | None = None  # the chosen layer's median time
+    # the chosen layer's time: the dense median times the paired ratio that decided (compare)
+    seconds: float | None = None
     dense_seconds: float | None = None
     dropped: tuple[str, ...] = ()
     packed: PackedWeight | None = field(default=None, compare=False, repr=False)

@@ -185,8 +185,8 @@ def _return_to_dense(compiled, reference, inputs, layers, choices) -> list[str]:
             choices[layer.name] = LayerChoice(dense_seconds=choices[layer.name].dense_seconds)
         build_model(compiled, half, choices)
         returned += [layer.name for layer in half]
-        if timing.compare(compiled, reference, *inputs).faster():
-            break
+        if not packed or timing.compare(compiled, reference, *inputs).faster():
+            break  # none left: the final verification measures what remains
     return returned
 
 
@@ -209,10 +209,7 @@ def _saved_seconds(choice: LayerChoice) -> float:
 def _warn_not_faster(report, returned: list[str]) -> None:
     interval = report.speedup_interval
     measured = "" if interval is None else f" (speedup {interval[0]:.2f}-{interval[1]:.2f}x)"
-    if returned:
-        what = f"{len(returned)} packed layers returned to dense ({', '.join(returned)})"
-    else:
-        what = "no packed layer to return to dense"
+    what = f"{len(returned)} packed layers returned to dense ({', '.join(returned)})"
     if report.faster:
         reason = f"now measured faster{measured}"
     else:
@@ -231,6 +228,12 @@ def _warn_not_faster(report, returned: list[str]) -> None:
 def _check_model(model) -> None:
     if not isinstance(model, nn.Module):
         raise SparsekitError(f"model: expected an nn.Module, got {type(model).__name__}")
+    if isinstance(model, (*masks_lib.SPARSE_MODULES, nn.MultiheadAttention)):
+        raise SparsekitError(
+            f"model: compile replaces the layers inside a model, and this {type(model).__name__} "
+            "is the model itself: wrap it (nn.Sequential(layer)), or build its sparse twin "
+            "directly (SparseConv2d.from_weight / SparseLinear.from_weight)"
+        )
     if model.training:
         raise SparsekitError(
             "model is in training mode: compile builds an inference model with eval semantics "

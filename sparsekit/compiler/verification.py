@@ -28,7 +28,7 @@ from ..geometry import output_memory_format
 from ..nn import SparseConv2d, SparseLinear
 from .recording import run_recording
 
-MIN_ROUNDS = 7  # of the paired comparison (timing.compare) of a layer or the model with dense
+MIN_ROUNDS = timing.MIN_ROUNDS  # of the paired comparison of a layer or the model with dense
 
 
 @dataclass
@@ -242,7 +242,11 @@ def _x(ratio):
 
 
 def _interval(speedups):
-    return "" if speedups is None else f"speedup {speedups[0]:.2f}-{speedups[1]:.2f}x (95%)"
+    return (
+        ""
+        if speedups is None
+        else f"speedup {speedups[0]:.2f}-{speedups[1]:.2f}x ({timing.CONFIDENCE:.0%})"
+    )
 
 
 def verify(
@@ -307,7 +311,7 @@ def verify(
         )
         known = layer_seconds.get(name)
         if measure and not layer.is_dense:  # a dense layer runs the reference's own op
-            if known is not None and known[0] / known[1] <= report.flop_limit:
+            if known is not None and min(known[0] / known[1], 1) <= report.flop_limit:
                 report.dense_ms, report.sparse_ms = 1e3 * known[0], 1e3 * known[1]
             else:
                 dense = [reference.get_submodule(source["layer"])]
@@ -368,13 +372,15 @@ def _ms_pair(comparison: timing.Comparison) -> tuple[float, float]:
 
 
 def _measured(sparse, dense, inputs, flop_limit) -> tuple[timing.Comparison, bool]:
-    """``sparse`` against ``dense`` on ``inputs`` in paired rounds, and whether its speedup lay
-    beyond ``flop_limit`` even when measured again with more rounds (unreliable)."""
+    """``sparse`` against ``dense`` on ``inputs`` in paired rounds, and whether it is unreliable:
+    its median speedup beyond ``flop_limit``, measured again with more rounds, and then its whole
+    interval beyond it. Where the limit is 1 (nothing skipped) the two run the same work, and a
+    speedup on either side of 1 is noise, not an impossible figure."""
     comparison = timing.compare(sparse, dense, *inputs, min_rounds=MIN_ROUNDS)
-    if 1 / comparison.ratio <= flop_limit:
+    if flop_limit <= 1 or 1 / comparison.ratio <= flop_limit:
         return comparison, False
     comparison = timing.compare(sparse, dense, *inputs, min_rounds=3 * MIN_ROUNDS)
-    return comparison, 1 / comparison.ratio > flop_limit
+    return comparison, 1 / comparison.high > flop_limit
 
 
 def _chain(modules):
