@@ -143,7 +143,9 @@ def compile_choices(
                 compiled, reference, inputs, measure=measure, layer_seconds=_measured(choices)
             )
             clock.stage("returning to dense")
-            _warn_not_faster(report, returned)
+            _warn_not_faster(
+                report, returned, [n for n, c in choices.items() if c.backend != "dense"]
+            )
         report.stage_seconds = clock.seconds
         compiled.sparsekit_report = report
     elif verify:
@@ -206,16 +208,21 @@ def _saved_seconds(choice: LayerChoice) -> float:
     return choice.dense_seconds - choice.seconds
 
 
-def _warn_not_faster(report, returned: list[str]) -> None:
+def _warn_not_faster(report, returned: list[str], packed: list[str]) -> None:
     interval = report.speedup_interval
     measured = "" if interval is None else f" (speedup {interval[0]:.2f}-{interval[1]:.2f}x)"
     what = f"{len(returned)} packed layers returned to dense ({', '.join(returned)})"
     if report.faster:
         reason = f"now measured faster{measured}"
+    elif not packed:
+        reason = (
+            f"still not measured faster{measured} with every layer dense: the rest of the model "
+            "sets its speed, or the machine's timing is unsteady"
+        )
     else:
         reason = (
-            f"still not measured faster{measured}: its layers run dense and the rest of the "
-            "model sets its speed, or the machine's timing is unsteady"
+            f"not measured faster again{measured} with {len(packed)} packed layers left, after a "
+            "comparison that found it faster: the machine's timing is unsteady"
         )
     warnings.warn(
         "sparsekit.compile: the compiled model was not measured faster than the dense model end "
