@@ -353,7 +353,7 @@ def test_a_model_not_faster_end_to_end_returns_the_layers_that_saved_least_to_de
     monkeypatch.setattr(timing, "median_seconds", lambda layer, *a, **k: seconds(layer))
     monkeypatch.setattr(timing, "one_call_seconds", lambda layer, *a, **k: seconds(layer))
     monkeypatch.setattr(timing, "compare", compare)
-    outcome = "now measured faster" if later == "faster" else "still not .* with every layer dense"
+    outcome = "then measured faster" if later == "faster" else "still not .* with every layer dense"
     with pytest.warns(SparsekitWarning, match=f"returned to dense .*{outcome}"):
         compiled = sparsekit.compile(model, masks, x, backend="cpu")
     layers = dict(compiled.named_modules())

@@ -13,7 +13,6 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import masks as masks_lib
-from .. import timing
 from ..errors import SparsekitError, SparsekitWarning
 from ..planners import STRUCTURES
 from .attention import compile_targets, rebuild_attention
@@ -137,15 +136,23 @@ def compile_choices(
         )
         report.raise_on_mismatch()
         clock.stage("verification")
-        if measure and not report.faster and any(c.backend != "dense" for c in choices.values()):
-            returned = _return_to_dense(compiled, reference, inputs, layers, choices)
-            report = verify_model(
-                compiled, reference, inputs, measure=measure, layer_seconds=_measured(choices)
-            )
+        if measure and not report.faster and _packed(choices):
+            returned = []
+            for half in _least_saving_halves(layers, choices):
+                for layer in half:
+                    choices[layer.name] = LayerChoice(
+                        dense_seconds=choices[layer.name].dense_seconds
+                    )
+                build_model(compiled, half, choices)
+                returned += [layer.name for layer in half]
+                # the report's own end-to-end comparison decides: what is reported is what decided
+                report = verify_model(
+                    compiled, reference, inputs, measure=measure, layer_seconds=_measured(choices)
+                )
+                if report.faster:
+                    break
             clock.stage("returning to dense")
-            _warn_not_faster(
-                report, returned, [n for n, c in choices.items() if c.backend != "dense"]
-            )
+            _warn_not_faster(report, returned)
         report.stage_seconds = clock.seconds
         compiled.sparsekit_report = report
     elif verify:
@@ -170,26 +177,24 @@ class _StageClock:
         self._last = now
 
 
-def _return_to_dense(compiled, reference, inputs, layers, choices) -> list[str]:
-    """Packed layers of ``compiled`` returned to dense, those whose choice saved the least time
-    first, half of those left at a time, until it is measured faster than ``reference`` with
-    confidence (or none is left); the names of those returned. A model's speed is not the sum
-    of its layers' alone (a layer's input comes out of cache or not, formats change between
-    layers), so a plan that wins alone can lose in the model."""
+def _least_saving_halves(layers, choices):
+    """The packed layers, those whose choice saved the least time first, in halves of those
+    left (a half, a quarter, ... then the last one): compile returns them to dense half by half
+    until the model is measured faster than dense. A model's speed is not the sum of its layers'
+    alone (a layer's input comes out of cache or not, formats change between layers), so a plan
+    that wins alone can lose in the model."""
     packed = sorted(
         (layer for layer in layers if choices[layer.name].backend != "dense"),
         key=lambda layer: _saved_seconds(choices[layer.name]),
     )
-    returned = []
     while packed:
-        half, packed = packed[: max(1, len(packed) // 2)], packed[max(1, len(packed) // 2) :]
-        for layer in half:
-            choices[layer.name] = LayerChoice(dense_seconds=choices[layer.name].dense_seconds)
-        build_model(compiled, half, choices)
-        returned += [layer.name for layer in half]
-        if not packed or timing.compare(compiled, reference, *inputs).faster():
-            break  # none left: the final verification measures what remains
-    return returned
+        cut = max(1, len(packed) // 2)
+        yield packed[:cut]
+        packed = packed[cut:]
+
+
+def _packed(choices: dict) -> list[str]:
+    return [name for name, c in choices.items() if c.backend != "dense"]
 
 
 def _measured(choices: dict) -> dict:
@@ -208,25 +213,20 @@ def _saved_seconds(choice: LayerChoice) -> float:
     return choice.dense_seconds - choice.seconds
 
 
-def _warn_not_faster(report, returned: list[str], packed: list[str]) -> None:
+def _warn_not_faster(report, returned: list[str]) -> None:
     interval = report.speedup_interval
     measured = "" if interval is None else f" (speedup {interval[0]:.2f}-{interval[1]:.2f}x)"
-    what = f"{len(returned)} packed layers returned to dense ({', '.join(returned)})"
     if report.faster:
-        reason = f"now measured faster{measured}"
-    elif not packed:
-        reason = (
+        outcome = f"then measured faster{measured}"
+    else:  # every packed layer returned
+        outcome = (
             f"still not measured faster{measured} with every layer dense: the rest of the model "
             "sets its speed, or the machine's timing is unsteady"
         )
-    else:
-        reason = (
-            f"not measured faster again{measured} with {len(packed)} packed layers left, after a "
-            "comparison that found it faster: the machine's timing is unsteady"
-        )
     warnings.warn(
         "sparsekit.compile: the compiled model was not measured faster than the dense model end "
-        f"to end on the example inputs, although each packed layer was alone; {what}; {reason}",
+        "to end on the example inputs, although each packed layer was alone; "
+        f"{len(returned)} packed layers returned to dense ({', '.join(returned)}), {outcome}",
         SparsekitWarning,
         stacklevel=4,
     )
