@@ -100,14 +100,6 @@ def flop_seconds(fn) -> float:
 def flop_timing(monkeypatch):
     """Every timing that plan choice, timing tables and verify branch on made deterministic by
     ``flop_seconds``: a plan is faster exactly when it runs fewer multiply-adds."""
-    import sparsekit.timing as timing
+    from .helpers import timed_by  # here, not above: sparsekit is imported after the settings
 
-    def compare(candidate, baseline, *args, **kwargs):
-        ratio = flop_seconds(candidate) / flop_seconds(baseline)
-        return timing.Comparison(
-            ratio, ratio, ratio, 7, flop_seconds(candidate), flop_seconds(baseline)
-        )
-
-    monkeypatch.setattr(timing, "median_seconds", lambda fn, *a, **k: flop_seconds(fn))
-    monkeypatch.setattr(timing, "one_call_seconds", lambda fn, *a, **k: flop_seconds(fn))
-    monkeypatch.setattr(timing, "compare", compare)
+    timed_by(monkeypatch, flop_seconds)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsekit import backends, pack, tolerance, unpack, zoo
+from sparsekit import backends, pack, timing, tolerance, unpack, zoo
 
 # Backends that run on this machine's CPU without an interpreter (the Triton kernels, which run
 # on CPU only under TRITON_INTERPRET=1 and slowly, have tests of their own).
@@ -173,3 +173,23 @@ CONV_CASES = [
     (1, 4, 8, (8, 8), (3, 3), 2, 0, 2, 1),
     (2, 1, 5, (6, 6), (3, 3), 1, 1, 1, 1),  # one input channel: its strides say its format
 ]
+
+
+def timed_by(monkeypatch, seconds, interval=0.0):
+    """compile's timing made deterministic: a call of ``layer`` takes ``seconds(layer)``, and a
+    comparison's confidence interval spans ``interval`` either side of its ratio."""
+    monkeypatch.setattr(timing, "median_seconds", lambda layer, *a, **k: seconds(layer))
+    monkeypatch.setattr(timing, "one_call_seconds", lambda layer, *a, **k: seconds(layer))
+
+    def compare(candidate, baseline, *args, **kwargs):
+        ratio = seconds(candidate) / seconds(baseline)
+        return timing.Comparison(
+            ratio,
+            ratio - interval,
+            ratio + interval,
+            timing.MIN_ROUNDS,
+            seconds(candidate),
+            seconds(baseline),
+        )
+
+    monkeypatch.setattr(timing, "compare", compare)

@@ -24,7 +24,13 @@ from sparsekit.backends import Backend
 from sparsekit.compiler import choice
 from sparsekit.compiler.batchnorm import FoldedLayer
 
-from .helpers import assert_model_close, calibrated_zoo_model, dense_masked, structured_masks
+from .helpers import (
+    assert_model_close,
+    calibrated_zoo_model,
+    dense_masked,
+    structured_masks,
+    timed_by,
+)
 
 SOURCES = [
     "param_dict",
@@ -163,21 +169,6 @@ def test_all_pruned_layer_is_valid_and_flagged():
 def choose(conv, weight, structure, competitors, x):
     """The plan compile's choice stage makes for ``conv`` with ``weight`` on input ``x``."""
     return choice.choose(FoldedLayer("conv", conv, weight, None, None), structure, competitors, x)
-
-
-def timed_by(monkeypatch, seconds, interval=0.0):
-    """compile's timing made deterministic: a call of ``layer`` takes ``seconds(layer)``, and a
-    comparison's confidence interval spans ``interval`` either side of its ratio."""
-    monkeypatch.setattr(timing, "median_seconds", lambda layer, *a, **k: seconds(layer))
-    monkeypatch.setattr(timing, "one_call_seconds", lambda layer, *a, **k: seconds(layer))
-
-    def compare(candidate, baseline, *args, **kwargs):
-        ratio = seconds(candidate) / seconds(baseline)
-        return timing.Comparison(
-            ratio, ratio - interval, ratio + interval, 7, seconds(candidate), seconds(baseline)
-        )
-
-    monkeypatch.setattr(timing, "compare", compare)
 
 
 def test_plan_choice_follows_measured_time(monkeypatch):

@@ -132,7 +132,7 @@ def compile_choices(
 
     if checked:
         report = verify_model(
-            compiled, reference, inputs, measure=measure, layer_seconds=_measured(choices)
+            compiled, reference, inputs, measure=measure, layer_seconds=_choice_seconds(choices)
         )
         report.raise_on_mismatch()
         clock.stage("verification")
@@ -147,7 +147,11 @@ def compile_choices(
                 returned += [layer.name for layer in half]
                 # the report's own end-to-end comparison decides: what is reported is what decided
                 report = verify_model(
-                    compiled, reference, inputs, measure=measure, layer_seconds=_measured(choices)
+                    compiled,
+                    reference,
+                    inputs,
+                    measure=measure,
+                    layer_seconds=_choice_seconds(choices),
                 )
                 if report.faster:
                     break
@@ -197,7 +201,7 @@ def _packed(choices: dict) -> list[str]:
     return [name for name, c in choices.items() if c.backend != "dense"]
 
 
-def _measured(choices: dict) -> dict:
+def _choice_seconds(choices: dict) -> dict:
     """{layer: (dense seconds, its plan's seconds)} as the choices measured them (paired, on the
     example inputs): the report gives these rather than timing each layer again."""
     return {
