@@ -246,7 +246,14 @@ def model_cases(models, dtypes, quick: bool, gen):
                 dtype_name == "tf32"
             )  # compile measures and checks plans in the part's precision
             # the dense side is the masked model with its BatchNorm folded, as compile folds it
-            folded = sparsekit.compile(model, masks, inputs["nchw"], backend="dense", measure=False)
+            folded = sparsekit.compile(
+                model,
+                masks,
+                inputs["nchw"],
+                backend="dense",
+                measure=False,
+                compact_channels=False,
+            )
             dense = {
                 fmt: (lambda m=copy.deepcopy(folded).to(memory_format=f), x=inputs[fmt]: m(x))
                 for fmt, f in FORMATS.items()
@@ -256,6 +263,7 @@ def model_cases(models, dtypes, quick: bool, gen):
                 masks,
                 inputs["channels_last"],
                 measure=not quick,
+                compact_channels=False,  # the layers' kernels, each at full width
             )
             report = compiled.sparsekit_report
             if not (report.ok and report.discriminating):

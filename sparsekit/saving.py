@@ -1,9 +1,11 @@
 """save(compiled, path) / load(path, model): safetensors for tensors, JSON for structure.
 
 A saved model is a directory holding ``model.safetensors`` (the compiled model's whole
-state_dict) and ``sparsekit.json`` (each sparse layer's config and the BatchNorms folded away).
-Loading never unpickles nor runs code from the files: it rebuilds the sparse layers into a copy
-of a fresh instance of the same architecture, then loads the tensors strictly.
+state_dict) and ``sparsekit.json`` (each sparse layer's config, the BatchNorms folded away and,
+for a compacted model, its channel plan). Loading never unpickles nor runs code from the files:
+it rebuilds the sparse layers into a copy of a fresh instance of the same architecture (its
+dataflow compacted again from the saved plan: the same graph, narrow layers and channel maps),
+then loads the tensors strictly.
 
 ``sparsekit.json`` holds the SHA-256 of its own description (every entry but ``sha256``, as
 canonical JSON: sorted keys, no spaces, ASCII) and of the bytes of ``model.safetensors``, so
@@ -23,8 +25,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .compiler.attention import attention_of_layers, rebuild_attention
+from .compiler.batchnorm import fold_batchnorms
+from .compiler.compaction import CompactionUnavailable, compact
 from .compiler.reference import copy_model
 from .errors import SparsekitError, SparsekitWarning
+from .graph import conv_bn_pairs
 from .nn import DTYPES, LAYERS, SparseConv2d, SparseLinear, from_config, geometry
 
 FORMAT = "sparsekit.compiled"
@@ -51,6 +56,7 @@ def save(compiled: nn.Module, path) -> Path:
         "version": VERSION,
         "layers": configs,
         "folded_batchnorms": folded,
+        "compaction": getattr(compiled, "sparsekit_compaction", None),
         "report": report.to_dict() if report is not None else None,
     }
     path.mkdir(parents=True, exist_ok=True)
@@ -91,6 +97,8 @@ def load(path, model: nn.Module) -> nn.Module:
     rebuilt = copy_model(model)
     # the attention modules compile rebuilt, so that their projections are layers to replace
     rebuild_attention(rebuilt, attention_of_layers(rebuilt, meta["layers"]))
+    if meta.get("compaction") is not None:
+        rebuilt = _compacted(rebuilt, meta["compaction"], path / META)
     for name in meta["folded_batchnorms"]:
         _module(rebuilt, name, nn.BatchNorm2d, path / META)
         rebuilt.set_submodule(name, nn.Identity())
@@ -99,6 +107,29 @@ def load(path, model: nn.Module) -> nn.Module:
         rebuilt.set_submodule(name, layer)
     _load_state(rebuilt, state, path / TENSORS)
     return rebuilt.eval().requires_grad_(False)  # as compile() returns it: an inference model
+
+
+def _compacted(model: nn.Module, compaction, file: Path) -> nn.Module:
+    """``model`` with its BatchNorms folded (their values come with the tensors) and its
+    dataflow compacted by the saved plan."""
+    if not isinstance(compaction, dict) or not isinstance(compaction.get("plan"), dict):
+        raise SparsekitError(f"load: {file}: the compaction entry lacks its plan")
+    pairs = sorted(bn for _, bn in conv_bn_pairs(model))
+    if pairs != compaction.get("folded_batchnorms"):
+        raise SparsekitError(
+            f"load: {file}: the model's BatchNorms that follow a conv are {pairs}, the saved "
+            f"model folded {compaction.get('folded_batchnorms')}; is it the same architecture?"
+        )
+    fold_batchnorms(model)
+    try:
+        compacted = compact(model, plan=compaction["plan"])
+    except (CompactionUnavailable, KeyError, ValueError, TypeError, IndexError) as error:
+        raise SparsekitError(
+            f"load: {file}: the saved channel plan does not fit the model ({error!r}); is it "
+            "the same architecture?"
+        ) from error
+    compacted.module.sparsekit_compaction = compaction
+    return compacted.module
 
 
 def _sparse_layers(model: nn.Module) -> dict:

@@ -47,9 +47,10 @@ def test_reproduce_quick_mode_measures_against_the_flop_limit(tmp_path):
         assert r["dense_quartiles_ms"][0] <= r["dense_ms"] <= r["dense_quartiles_ms"][1]
         assert abs(r["saving"] - (1 - r["compiled_ms"] / r["dense_ms"])) < 1e-9
         assert abs(r["limit_saving"] - (1 - 1 / r["flop_limit"])) < 1e-9
-        assert any(
-            layer["structure"] != "dense" for layer in r["layers"]
-        )  # 80%: the per-layer breakdown
+        # 80%: the per-layer breakdown; refill's channels leave the dataflow (narrow dense
+        # layers), kernel masks are packed
+        packed = any(layer["structure"] != "dense" for layer in r["layers"])
+        assert packed or r["compacted_flop_limit"] > r["flop_limit"]
     refill, kernel = saved["results"]
     assert reproduce.paper_row(refill)["paper"] == "Structure-LTH"
     assert kernel["acceleration_rate"] >= 1

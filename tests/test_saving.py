@@ -17,9 +17,39 @@ def compiled_resnet():
     torch.manual_seed(0)
     model, masks = calibrated_zoo_model("resnet18")
     x = torch.randn(2, 3, 32, 32)
-    compiled = sparsekit.compile(model, masks, x, measure=False)
+    # the model's own structure (the compacted one has tests of its own below)
+    compiled = sparsekit.compile(model, masks, x, measure=False, compact_channels=False)
     assert compiled.sparsekit_report.discriminating  # a wrong load would show in the output
     return compiled, x
+
+
+@pytest.fixture(scope="module")
+def compacted_resnet():
+    torch.manual_seed(0)
+    model, masks = calibrated_zoo_model("resnet18")
+    x = torch.randn(2, 3, 32, 32)
+    compiled = sparsekit.compile(model, masks, x, measure=False)
+    assert compiled.sparsekit_report.discriminating and compiled.sparsekit_report.compaction
+    return compiled, x
+
+
+def test_a_compacted_model_round_trips_bit_identically(compacted_resnet, tmp_path):
+    compiled, x = compacted_resnet
+    sparsekit.save(compiled, tmp_path / "model")
+    meta = json.loads((tmp_path / "model" / "sparsekit.json").read_text())
+    assert meta["compaction"]["plan"]["nodes"] and meta["compaction"]["folded_batchnorms"]
+    loaded = sparsekit.load(tmp_path / "model", zoo.create("resnet18"))
+    assert type(loaded).__name__ == "CompactedModel"
+    fresh = torch.randn(3, 3, 40, 24)  # another batch and size than the example's
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), compiled(x)) and torch.equal(loaded(fresh), compiled(fresh))
+    assert loaded.state_dict().keys() == compiled.state_dict().keys()
+
+
+def test_a_compacted_model_refuses_another_architecture(compacted_resnet, tmp_path):
+    sparsekit.save(compacted_resnet[0], tmp_path)
+    with pytest.raises(SparsekitError, match="same architecture"):
+        sparsekit.load(tmp_path, zoo.create("wrn32_2"))
 
 
 def test_round_trip_is_bit_identical(compiled_resnet, tmp_path):

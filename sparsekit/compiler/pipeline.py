@@ -14,13 +14,15 @@ from tqdm import tqdm
 
 from .. import masks as masks_lib
 from ..errors import SparsekitError, SparsekitWarning
+from ..graph import conv_bn_pairs
 from ..planners import STRUCTURES
 from .attention import compile_targets, rebuild_attention
-from .batchnorm import FoldedLayer, folded_layers
+from .batchnorm import FoldedLayer, fold_batchnorms, folded_layers
 from .building import build_model
 from .choice import LayerChoice, choose, competing_backends
+from .compaction import CompactionUnavailable, compact
 from .recording import as_input_tuple, record_inputs
-from .reference import dense_masked_copy, make_dense_masked
+from .reference import copy_model, dense_masked_copy, make_dense_masked
 from .verification import verify as verify_model
 
 # (a layer, the input it receives on the example inputs or None) -> its plan
@@ -37,6 +39,7 @@ def compile(  # noqa: A001 - the package's verb, as in torch.compile
     inplace: bool = False,
     verify: bool = True,
     fold_bn: bool = True,
+    compact_channels: bool = True,
     measure: bool = True,
     progress: bool | None = None,
 ) -> nn.Module:
@@ -51,8 +54,13 @@ def compile(  # noqa: A001 - the package's verb, as in torch.compile
     and attaches the report as ``compiled.sparsekit_report``, raising ``SparsekitError`` on a
     mismatch. Without them plans follow the cost models and nothing is checked (a warning says
     so). ``backend``: ``"auto"``, ``"dense"`` or a name of ``sparsekit.backends``.
-    ``inplace=True`` modifies ``model`` itself instead of a copy; ``progress`` shows a progress
-    bar over the layers (default: when stderr is a terminal).
+    ``compact_channels`` (with example inputs): pruned channels leave the network's dataflow
+    (``compiler.compaction``): every layer runs as a narrow layer of its live rows and inputs,
+    constants folded exactly, and the result is a ``torch.fx.GraphModule``; ``False`` keeps the
+    model's own structure, each layer at full width. ``inplace=True`` modifies ``model`` itself
+    instead of a copy (with compaction the result is still a new GraphModule, built on the
+    model's modules); ``progress`` shows a progress bar over the layers (default: when stderr
+    is a terminal).
     """
     _check_model(model)
     if structure not in STRUCTURES:
@@ -81,6 +89,7 @@ def compile(  # noqa: A001 - the package's verb, as in torch.compile
         inplace=inplace,
         verify=verify,
         fold_bn=fold_bn,
+        compact_channels=compact_channels,
         measure=measure,
         progress=progress,
     )
@@ -95,12 +104,14 @@ def compile_choices(
     inplace: bool = False,
     verify: bool = True,
     fold_bn: bool = True,
+    compact_channels: bool = True,
     measure: bool = True,
     progress: bool | None = None,
 ) -> nn.Module:
     """``compile``'s pipeline with each layer's plan given by ``decide(layer, its input)``: the
-    reference (stage 1), BatchNorm folded (2), the layers' inputs recorded (3), their choices
-    (4), the modules built (5), the result verified (6)."""
+    reference (stage 1), BatchNorm folded (2), the dataflow compacted (2b, with example inputs),
+    the layers' inputs recorded (3), their choices (4), the modules built (5), the result
+    verified (6)."""
     _check_model(model)
     clock = _StageClock()
     inputs = as_input_tuple(example_inputs)
@@ -117,9 +128,18 @@ def compile_choices(
     else:  # built on a copy of the reference, or on the reference itself when nothing checks it
         compiled = copy.deepcopy(reference) if checked else reference
     clock.stage("reference")
-    layers = folded_layers(reference, targets, fold=fold_bn)
-    clock.stage("batchnorm")
-    layer_inputs = record_inputs(reference, targets, inputs) if inputs else {}
+    compaction, layer_reference = None, reference
+    if compact_channels and inputs:
+        compiled, targets, compaction = _compacted(compiled, targets, inputs, fold_bn)
+    if compaction is not None and compaction["applied"]:
+        layers = folded_layers(compiled, targets, fold=False)
+        if checked:  # each packed layer is checked against its narrow dense layer
+            layer_reference = copy.deepcopy(compiled)
+        clock.stage("compaction")
+    else:
+        layers = folded_layers(reference, targets, fold=fold_bn)
+        clock.stage("batchnorm")
+    layer_inputs = record_inputs(layer_reference, targets, inputs) if inputs else {}
     clock.stage("recording")
     if progress is None:
         progress = sys.stderr.isatty()
@@ -131,8 +151,14 @@ def compile_choices(
     clock.stage("building")
 
     if checked:
+        check = {"layer_reference": layer_reference, "compaction": compaction}
         report = verify_model(
-            compiled, reference, inputs, measure=measure, layer_seconds=_choice_seconds(choices)
+            compiled,
+            reference,
+            inputs,
+            measure=measure,
+            layer_seconds=_choice_seconds(choices),
+            **check,
         )
         report.raise_on_mismatch()
         clock.stage("verification")
@@ -152,6 +178,7 @@ def compile_choices(
                     inputs,
                     measure=measure,
                     layer_seconds=_choice_seconds(choices),
+                    **check,
                 )
                 if report.faster:
                     break
@@ -167,6 +194,30 @@ def compile_choices(
             stacklevel=3,
         )
     return compiled
+
+
+def _compacted(base: nn.Module, targets: list, inputs: tuple, fold_bn: bool):
+    """(the compacted model, the layers it still calls, the compaction's summary for the
+    report), built on a BN-folded copy of ``base``; ``base`` itself when it cannot be compacted
+    (the summary says why)."""
+    folded = copy_model(base)
+    pairs = dict(conv_bn_pairs(folded)) if fold_bn else {}
+    if fold_bn:
+        fold_batchnorms(folded)
+    try:
+        compacted = compact(folded, inputs)
+    except CompactionUnavailable as error:
+        return base, targets, {"applied": False, "why": str(error)}
+    if not compacted.narrowed:  # the model's own structure serves as well
+        return base, targets, {"applied": False, "why": "no channel to remove"}
+    module = compacted.module
+    module.sparsekit_compaction = {
+        "plan": compacted.plan,
+        "folded_batchnorms": sorted(pairs.values()),
+    }
+    names = {name for name, _ in module.named_modules()}
+    kept = [name for name in targets if name in names]
+    return module, kept, {"applied": True, **compacted.summary()}
 
 
 class _StageClock:

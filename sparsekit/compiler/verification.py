@@ -49,6 +49,12 @@ class LayerReport:
     note: str = ""
     # a speedup beyond the FLOP limit, measured twice: the machine's timing was not reliable
     unreliable: bool = False
+    # with compaction: channels the narrow layer reads and computes ("held/of"), and the FLOP
+    # limit of the mask alone (dense MACs over the mask's non-zeros); macs and flops_ratio are
+    # then the dense layer's and those run over them, the narrowing included
+    channels_in: str = ""
+    channels_out: str = ""
+    mask_flop_limit: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -83,6 +89,10 @@ class Report:
     speedup_interval: tuple[float, float] | None = None
     unreliable: bool = False
     stage_seconds: dict = field(default_factory=dict)  # compile's, by stage (set by compile)
+    # compile's dataflow compaction: applied (or why not), the ops it stopped at, the layers it
+    # removed, and over every conv and linear layer of the model the dense MACs, the mask's
+    # and those run (``compaction_macs``)
+    compaction: dict | None = None
 
     @property
     def faster(self) -> bool:
@@ -91,10 +101,23 @@ class Report:
 
     @property
     def flop_limit(self) -> float:
-        """Dense multiply-adds over those run, over the layers compared (the others' are not
-        counted: the model's true limit is lower)."""
+        """Dense multiply-adds over those run: with compaction over every conv and linear
+        layer, else over the layers compared (the others' are not counted: the model's true
+        limit is lower)."""
+        if self.compaction and "macs" in self.compaction:
+            macs = self.compaction["macs"]
+            return macs["dense"] / macs["run"] if macs["run"] else math.inf
         kept = sum(layer.macs * layer.flops_ratio for layer in self.layers)
         return sum(layer.macs for layer in self.layers) / kept if kept else math.inf
+
+    @property
+    def mask_flop_limit(self) -> float | None:
+        """Dense multiply-adds over the mask's non-zeros (what packing alone could reach), with
+        compaction."""
+        if not (self.compaction and "macs" in self.compaction):
+            return None
+        macs = self.compaction["macs"]
+        return macs["dense"] / macs["mask"] if macs["mask"] else math.inf
 
     @property
     def ok(self) -> bool:
@@ -130,6 +153,9 @@ class Report:
             "discriminating": self.discriminating,
             "faster": self.faster,
             "flop_limit": _finite(self.flop_limit),
+            "mask_flop_limit": None
+            if self.mask_flop_limit is None
+            else _finite(self.mask_flop_limit),
         }
         return (
             asdict(self)
@@ -159,6 +185,8 @@ class Report:
             "blocks",
             "density",
             "fill",
+            "in",
+            "out",
             "flops",
             "MMACs",
             "dense ms",
@@ -176,6 +204,8 @@ class Report:
                 str(layer.blocks),
                 f"{layer.density:.3f}",
                 f"{layer.fill:.3f}",
+                layer.channels_in,
+                layer.channels_out,
                 f"{layer.flops_ratio:.3f}",
                 f"{layer.macs / 1e6:.1f}",
                 _ms(layer.dense_ms),
@@ -197,6 +227,8 @@ class Report:
                 "",
                 "",
                 "",
+                "",
+                "",
                 f"{kept / total_macs:.3f}" if total_macs else "",
                 f"{total_macs / 1e6:.1f}",
                 _ms(self.dense_ms),
@@ -208,7 +240,7 @@ class Report:
         )
         widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
         line = lambda cells: "  ".join(  # noqa: E731
-            c.ljust(w) if i in (0, 1, 2, 3, 13) else c.rjust(w)
+            c.ljust(w) if i in (0, 1, 2, 3, 15) else c.rjust(w)
             for i, (c, w) in enumerate(zip(cells, widths))
         ).rstrip()
         head = (
@@ -217,6 +249,7 @@ class Report:
             f"(bound {self.bound:.1e})"
         )
         lines = [head, line(columns), *map(line, rows[:-1]), line(rows[-1])]
+        lines += self._compaction_lines()
         if self.stage_seconds:
             stages = ", ".join(f"{name} {s:.1f} s" for name, s in self.stage_seconds.items())
             lines.append(f"compile took {sum(self.stage_seconds.values()):.1f} s: {stages}")
@@ -226,6 +259,22 @@ class Report:
                 "not reliable (another load on it?)"
             )
         return "\n".join(lines)
+
+    def _compaction_lines(self) -> list[str]:
+        if not self.compaction:
+            return []
+        if not self.compaction["applied"]:
+            return [f"channel compaction not applied: {self.compaction['why']}"]
+        lines = [
+            f"channel compaction: FLOP limit of the mask {self.mask_flop_limit:.2f}x, run "
+            f"{self.flop_limit:.2f}x (dense MACs over those run, every conv and linear layer)"
+        ]
+        if self.compaction["stopped"]:
+            stops = ", ".join(f"{n} ({why})" for n, why in self.compaction["stopped"].items())
+            lines.append(f"compaction stopped at (full-width inputs): {stops}")
+        if self.compaction["removed"]:
+            lines.append(f"removed (nothing reads them): {', '.join(self.compaction['removed'])}")
+        return lines
 
 
 def _finite(value: float) -> float | None:
@@ -250,13 +299,24 @@ def _interval(speedups):
 
 
 def verify(
-    compiled, reference, example_inputs, *, measure: bool = True, layer_seconds=None
+    compiled,
+    reference,
+    example_inputs,
+    *,
+    measure: bool = True,
+    layer_seconds=None,
+    layer_reference=None,
+    compaction: dict | None = None,
 ) -> Report:
     """Compare ``compiled`` with the dense ``reference`` on ``example_inputs`` (see module doc).
     ``layer_seconds``: ``{layer: (dense seconds, sparse seconds)}`` already measured on these
     inputs the same way (compile's plan choice): those layers are not timed again, unless their
-    speedup lies beyond the FLOP limit."""
+    speedup lies beyond the FLOP limit. ``layer_reference``: the dense model whose layers the
+    sparse ones are compared with, when not ``reference`` (compile's compacted model before
+    packing: its layers are narrow); ``compaction``: the compaction's summary, for the report."""
     layer_seconds = layer_seconds or {}
+    layer_reference = reference if layer_reference is None else layer_reference
+    narrowed = (compaction or {}).get("layers", {})
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     sparse_layers = {
         name: m
@@ -270,12 +330,14 @@ def verify(
     )
     for name in watched:
         try:
-            reference.get_submodule(name)
+            layer_reference.get_submodule(name)
         except AttributeError as error:
             raise SparsekitError(f"verify: the reference model has no layer {name!r}") from error
     with tolerance.matching_precision():
-        layer_in, layer_out, ref_out = run_recording(reference, inputs, watched, outputs=True)
+        layer_in, layer_out, ref_out = run_recording(layer_reference, inputs, watched, outputs=True)
         with torch.inference_mode():
+            if layer_reference is not reference:
+                ref_out = reference(*inputs)
             out = compiled(*inputs)  # its dense layers too in the reference's precision
     if not isinstance(out, torch.Tensor) or not isinstance(ref_out, torch.Tensor):
         raise SparsekitError("verify: the models must return a tensor")
@@ -309,14 +371,16 @@ def verify(
             bound=tolerance.bound(expected, reductions=[tolerance.reduction(layer.weight_shape)]),
             note="; ".join(_notes(layer, s)),
         )
+        if name in narrowed:
+            _narrowing(report, narrowed[name])
         known = layer_seconds.get(name)
         if measure and not layer.is_dense:  # a dense layer runs the reference's own op
             if known is not None and min(known[0] / known[1], 1) <= report.flop_limit:
                 report.dense_ms, report.sparse_ms = 1e3 * known[0], 1e3 * known[1]
             else:
-                dense = [reference.get_submodule(source["layer"])]
+                dense = [layer_reference.get_submodule(source["layer"])]
                 if source.get("batchnorm"):
-                    dense.append(reference.get_submodule(source["batchnorm"]))
+                    dense.append(layer_reference.get_submodule(source["batchnorm"]))
                 comparison, report.unreliable = _measured(
                     layer, _chain(dense), (x,), report.flop_limit
                 )
@@ -327,7 +391,7 @@ def verify(
     result = Report(
         layers=layers,
         max_error=tolerance.max_error(out, ref_out),
-        bound=tolerance.bound(ref_out, reductions=_reductions(sparse_layers, layers)),
+        bound=tolerance.bound(ref_out, reductions=_reductions(sparse_layers, layers, narrowed)),
         dense_ms=None,
         sparse_ms=None,
         device=_device_name(first.device),
@@ -338,6 +402,7 @@ def verify(
         if output_memory_format(first) == torch.channels_last
         else "contiguous",
         spread=tolerance.batch_spread(ref_out),
+        compaction=_compaction_summary(compaction, layers),
     )
     if measure:
         comparison, result.unreliable = _measured(compiled, reference, inputs, result.flop_limit)
@@ -354,10 +419,47 @@ def verify(
     return result
 
 
-def _reductions(sparse_layers: dict, reports: list) -> list[int]:
+def _reductions(sparse_layers: dict, reports: list, narrowed: dict) -> list[int]:
     """The reductions of the layers the inputs reached: every one adds its error to the model's
-    output (see tolerance.growth)."""
-    return [tolerance.reduction(sparse_layers[r.name].weight_shape) for r in reports]
+    output (see tolerance.growth); a narrowed layer's are the dense layer's, which the
+    reference sums."""
+    return [
+        narrowed[r.name]["reduction"]
+        if r.name in narrowed
+        else tolerance.reduction(sparse_layers[r.name].weight_shape)
+        for r in reports
+    ]
+
+
+def _narrowing(report: LayerReport, row: dict) -> None:
+    """``report`` (of a narrow layer) restated against the dense layer it narrows."""
+    run = row["macs"] * report.flops_ratio
+    report.flops_ratio = run / row["dense_macs"] if row["dense_macs"] else 0.0
+    report.macs = row["dense_macs"]
+    report.channels_in = "{}/{}".format(*row["in"])
+    report.channels_out = "{}/{}".format(*row["out"])
+    report.mask_flop_limit = _finite(
+        row["dense_macs"] / row["mask_macs"] if row["mask_macs"] else math.inf
+    )
+
+
+def _compaction_summary(compaction: dict | None, reports: list) -> dict | None:
+    """The compaction's summary with the MACs of the whole model: dense, the mask's, and run
+    (each narrow layer's times the share its packed plan runs; a removed layer runs none)."""
+    if not compaction or not compaction.get("applied"):
+        return compaction
+    ratios = {r.name: r.flops_ratio * r.macs for r in reports}
+    rows = compaction["layers"]
+    macs = {
+        "dense": sum(row["dense_macs"] for row in rows.values()),
+        "mask": sum(row["mask_macs"] for row in rows.values()),
+        "run": sum(
+            ratios.get(name, row["macs"])
+            for name, row in rows.items()
+            if name not in compaction["removed"]
+        ),
+    }
+    return {**{k: v for k, v in compaction.items() if k != "layers"}, "macs": macs}
 
 
 def _notes(layer, summary: dict) -> list[str]:
