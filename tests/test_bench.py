@@ -131,3 +131,16 @@ def test_plan_against_uniform_quick_mode_on_digits(tmp_path, scripted_speedups, 
     saved = json.loads((tmp_path / "plan-vs-uniform-cpu-quick.json").read_text())
     assert saved["results"][0]["workload"] == "digits"
     assert (tmp_path / "plan-vs-uniform-cpu-quick-digits.png").stat().st_size > 1000
+
+
+def test_compaction_quick_mode_times_both_sides_against_dense(tmp_path):
+    from bench import compaction
+
+    (record,) = compaction.main(["--quick", "--out", str(tmp_path)])
+    assert record["max_error"] <= record["bound"]
+    assert record["compacted_flop_limit"] > record["mask_flop_limit"] > 1
+    for side in ("compacted", "uncompacted"):
+        assert abs(record[f"{side}_speedup"] - record["dense_ms"] / record[f"{side}_ms"]) < 1e-9
+    (json_file,) = tmp_path.glob("compaction-cpu-*-quick.json")
+    assert json.loads(json_file.read_text())["results"][0]["model"] == "resnet18"
+    assert "| resnet18 |" in json_file.with_suffix(".md").read_text()
