@@ -150,16 +150,19 @@ def compile_choices(
     build_model(compiled, layers, choices)
     clock.stage("building")
 
-    if checked:
-        check = {"layer_reference": layer_reference, "compaction": compaction}
-        report = verify_model(
+    def verified():  # the model as built now, with the figures its choices measured
+        return verify_model(
             compiled,
             reference,
             inputs,
             measure=measure,
             layer_seconds=_choice_seconds(choices),
-            **check,
+            layer_reference=layer_reference,
+            compaction=compaction,
         )
+
+    if checked:
+        report = verified()
         report.raise_on_mismatch()
         clock.stage("verification")
         if measure and not report.faster and _packed(choices):
@@ -172,14 +175,7 @@ def compile_choices(
                 build_model(compiled, half, choices)
                 returned += [layer.name for layer in half]
                 # the report's own end-to-end comparison decides: what is reported is what decided
-                report = verify_model(
-                    compiled,
-                    reference,
-                    inputs,
-                    measure=measure,
-                    layer_seconds=_choice_seconds(choices),
-                    **check,
-                )
+                report = verified()
                 if report.faster:
                     break
             clock.stage("returning to dense")
