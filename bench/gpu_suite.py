@@ -10,8 +10,8 @@ timed. Times are ``triton.testing.do_bench`` medians (CUDA events; warm-up and a
 of each side in NCHW and channels_last, the faster counting (do_bench clears the L2 cache before
 each call); on a GPU each side is timed again replayed from a CUDA graph (``graph``, its own faster
 format), which leaves out the host's launch cost and runs the calls back to back, so weights and
-inputs that fit the L2 stay there (dense and the backends marked ``graph_safe``: the torch backend
-and torch's BSR read tables on the host).
+inputs that fit the L2 stay there (dense and the backends marked ``graph_safe``: torch's BSR
+reads tables on the host).
 
     python -m bench.gpu_suite            # on a GPU: writes bench/results/gpu-<device>-<date>.json
     python -m bench.gpu_suite --quick    # tiny shapes; without a GPU it runs under

@@ -28,13 +28,29 @@ PyObject* phase_profile(PyObject*, PyObject* arg) {
                        "pair_calls", (long long)t.pair_calls);
 }
 
+// refuse_gradient(op: str): sparsekit::<op>'s Autograd kernel, in C++ (see ops.h).
+PyObject* refuse_gradient(PyObject*, PyObject* arg) {
+  const char* op = PyUnicode_AsUTF8(arg);
+  if (op == nullptr) return nullptr;
+  try {
+    sparsekit::refuse_gradient(op);
+  } catch (const std::exception& error) {
+    PyErr_SetString(PyExc_RuntimeError, error.what());
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
 PyMethodDef methods[] = {
     {"phase_profile", phase_profile, METH_O, "CPU kernel phase totals; profiling on or off."},
+    {"refuse_gradient", refuse_gradient, METH_O,
+     "Registers the C++ Autograd kernel that refuses gradients for sparsekit::<op>."},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace
 
-// Importing sparsekit._C runs the registrations above; the module holds the phase profile.
+// Importing sparsekit._C runs the registrations above; the module holds the phase profile and
+// refuse_gradient.
 PyMODINIT_FUNC PyInit__C(void) {
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module);

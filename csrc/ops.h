@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
 
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -24,6 +25,11 @@ at::Tensor block_conv2d_cpu(const at::Tensor& input, at::TensorList layout,
 at::Tensor block_linear_cpu(const at::Tensor& input, at::TensorList layout,
                             at::IntArrayRef layout_ints, int64_t out_features,
                             const std::optional<at::Tensor>& bias, bool relu);
+
+// Registers no_gradient.cpp's Autograd kernel for sparsekit::<op> (an op of any backend, defined
+// in C++ or Python): a call recording no gradient goes straight to the device kernel; a backward
+// pass through one is refused.
+void refuse_gradient(const std::string& op);
 
 // Phase profile of the CPU kernels, for the bench's breakdown: set_phase_profile(true) zeroes
 // the totals and starts adding every call's; set_phase_profile(false) stops. pack and tiles

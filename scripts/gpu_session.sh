@@ -5,8 +5,8 @@
 #                                                # .whl/ (pymetis from ../shared/device-wheels,
 #                                                # nvidia-cutlass for the CUDA kernels' headers)
 #   bash scripts/gpu_session.sh build [OUT]      # there: installs them into build/site, builds
-#   bash scripts/gpu_session.sh test [OUT]       #   the GPU tests (Triton and the cuda backend
-#                                                #   against fp64 references)
+#   bash scripts/gpu_session.sh test [OUT]       #   the GPU tests (Triton, the cuda backend
+#                                                #   against fp64 references, CUDA graph capture)
 #   bash scripts/gpu_session.sh sanitize [OUT]   #   compute-sanitizer memcheck and racecheck on
 #                                                #   the cuda backend's small cases
 #   bash scripts/gpu_session.sh bench PART [OUT] #   one part of bench.gpu_suite: bfloat16, float32,
@@ -48,7 +48,8 @@ case "$step" in
     python3 -c "import sparsekit, pymetis; print('sparsekit', sparsekit.__version__, 'ready')"
     ;;
   test)
-    python3 -m pytest tests/test_triton.py tests/test_cuda_backend.py -q -n 8 --junitxml="$out/tests.xml" 2>&1 \
+    python3 -m pytest tests/test_triton.py tests/test_cuda_backend.py tests/test_graph_capture.py -q -n 8 \
+      --junitxml="$out/tests.xml" 2>&1 \
       | tee "$out/tests.log" | tail -15
     exit "${PIPESTATUS[0]}"
     ;;

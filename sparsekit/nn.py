@@ -14,11 +14,18 @@ resolves the backend and builds the layout: at build, after ``load_state_dict`` 
 of the pack, no backend lookup, no layout built. A layer whose backend cannot run where it
 now lies (a ``"cpu"`` layer moved to a GPU) keeps no layout and says so when called; after
 changing the packed buffers in place, call ``ready()``.
+
+``ready()`` also fixes the op's arguments once (``_fast``): an eager call whose input has the
+layer's dtype passes them to the op as they are, the whole call a few attribute reads from
+the op, while torch.compile and torch.export trace the full path, which reads the buffers by
+name so that they lift them as the module's state. Assigning a buffer drops the fixed arguments
+until the next ``ready()``; the full path reads the new one.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.compiler import is_compiling
 
 from . import backends, ops
 from .errors import SparsekitError
@@ -60,6 +67,7 @@ class _SparseLayer(nn.Module):
         self._layout_names: tuple[str, ...] = ()
         self._layout_ints: list[int] = []
         self._op = None  # the backend's op, once ready()
+        self._fast = None  # (dtype, op, its arguments after the input), once ready()
         self._not_ready = "its buffers were not loaded yet (load_state_dict, or sparsekit.load)"
         self.register_load_state_dict_post_hook(_ready_after_load)
 
@@ -128,7 +136,19 @@ class _SparseLayer(nn.Module):
             self.register_buffer(name, tensor, persistent=False)
         self._layout_ints = list(layout.ints)
         self._op = self._backend_op()
+        self._fast = self._fast_call()
         return self
+
+    def _fast_call(self):
+        """(dtype, op, the op's arguments after the input) of an eager call, or None where the
+        layer takes its full path on every call (no layout, or input padding of its own)."""
+        layout = [getattr(self, name) for name in self._layout_names]
+        return self.values.dtype, self._op, self._op_args(layout, self._layout_ints)
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name in self.__dict__.get("_buffers", ()):  # the fixed arguments may hold the old one
+            self.__dict__["_fast"] = None
 
     def _backend_op(self):
         backend = backends.get(self.backend)
@@ -136,17 +156,18 @@ class _SparseLayer(nn.Module):
 
     def __getstate__(self):
         # torch's op objects do not pickle: the op is found again when the layer is unpickled
-        return {**super().__getstate__(), "_op": None}
+        return {**super().__getstate__(), "_op": None, "_fast": None}
 
     def __setstate__(self, state):
         super().__setstate__(state)
         if self._layout_names:
             self._op = self._backend_op()
+            self._fast = self._fast_call()
 
     def _drop_layout(self) -> None:
         for name in self._layout_names:
             delattr(self, name)
-        self._layout_names, self._layout_ints, self._op = (), [], None
+        self._layout_names, self._layout_ints, self._op, self._fast = (), [], None, None
 
     def _apply(self, fn, recurse=True):
         self._drop_layout()  # built again from the moved pack, not moved itself
@@ -169,6 +190,10 @@ class _SparseLayer(nn.Module):
                 f".to({self.values.dtype})"
             )
         return self._op, [getattr(self, name) for name in self._layout_names], self._layout_ints
+
+    def _op_args(self, layout: list, layout_ints: list) -> tuple:
+        """The op's arguments after the input, on ``layout``."""
+        raise NotImplementedError
 
     def supports(self, backend: str) -> bool:
         """Whether this layer's pack can run on ``backend`` (see ``ops.supports``)."""
@@ -329,7 +354,30 @@ class SparseConv2d(_SparseLayer):
             **kwargs,
         )
 
+    def _fast_call(self):
+        return None if self._pre_pad is not None else super()._fast_call()
+
+    def _op_args(self, layout, layout_ints):
+        c = self.config
+        return (
+            layout,
+            layout_ints,
+            c["out_channels"],
+            c["kernel_size"],
+            c["stride"],
+            self._padding,
+            c["dilation"],
+            c["groups"],
+            self.bias,
+            c["relu"],
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fast = self._fast
+        if fast is not None and x.dtype is fast[0] and x.dim() == 4 and not is_compiling():
+            if self.config.get("channels_last"):
+                x = x.contiguous(memory_format=torch.channels_last)
+            return fast[1](x, *fast[2])
         c = self.config
         if c.get("channels_last") and x.dim() == 4:  # (.get: a model saved before the key existed)
             x = x.contiguous(memory_format=torch.channels_last)
@@ -345,19 +393,7 @@ class SparseConv2d(_SparseLayer):
             )
             return F.relu(y) if c["relu"] else y
         op, layout, ints = self._run(x)
-        return op(
-            x,
-            layout,
-            ints,
-            c["out_channels"],
-            c["kernel_size"],
-            c["stride"],
-            self._padding,
-            c["dilation"],
-            c["groups"],
-            self.bias,
-            c["relu"],
-        )
+        return op(x, *self._op_args(layout, ints))
 
 
 class SparseLinear(_SparseLayer):
@@ -394,12 +430,18 @@ class SparseLinear(_SparseLayer):
         bias = None if linear.bias is None else linear.bias.detach()
         return cls.from_weight(linear.weight.detach(), bias, **kwargs)
 
+    def _op_args(self, layout, layout_ints):
+        return layout, layout_ints, self.config["out_features"], self.bias, self.config["relu"]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fast = self._fast
+        if fast is not None and x.dtype is fast[0] and not is_compiling():
+            return fast[1](x, *fast[2])
         if self.is_dense:
             y = F.linear(x, self.weight, self.bias)
             return F.relu(y) if self.config["relu"] else y
         op, layout, ints = self._run(x)
-        return op(x, layout, ints, self.config["out_features"], self.bias, self.config["relu"])
+        return op(x, *self._op_args(layout, ints))
 
 
 def _ready_after_load(layer: _SparseLayer, incompatible_keys) -> None:

@@ -7,7 +7,8 @@ alternation, so that a burst of load on the machine cannot skew one side; ``one_
 the cheap first look that spares a hopeless candidate the full timing; ``compare`` decides
 whether one side is faster than another with confidence, in paired rounds; ``in_faster_format``
 runs a side in whichever of NCHW and channels_last is faster for its shapes (a ratio is read
-against dense at its best); ``device_name`` names the machine a time was measured on.
+against dense at its best); ``captured`` records calls into a CUDA graph, to time or check
+replays; ``device_name`` names the machine a time was measured on.
 """
 
 import math
@@ -199,6 +200,24 @@ def in_faster_format(fn, *args, min_run_time: float = 0.05):
     faster = min(times, key=times.get)
     fn, args = in_memory_format(fn, args, MEMORY_FORMATS[faster])
     return (lambda: fn(*args)), faster, times[faster]
+
+
+def captured(fn, *args, calls: int = 1):
+    """(a ``torch.cuda.CUDAGraph`` of ``calls`` calls of ``fn(*args)``, the last call's output),
+    recorded after warm-up calls on a side stream (as torch's CUDA graph docs ask; a first call
+    may also tune or build what a capture could not hold). Replays read ``args``' memory: copy
+    new inputs into it."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn(*args)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            out = fn(*args)
+    return graph, out
 
 
 def device_name(device: torch.device | str = "cpu") -> str:

@@ -144,3 +144,21 @@ def test_compaction_quick_mode_times_both_sides_against_dense(tmp_path):
     (json_file,) = tmp_path.glob("compaction-cpu-*-quick.json")
     assert json.loads(json_file.read_text())["results"][0]["model"] == "resnet18"
     assert "| resnet18 |" in json_file.with_suffix(".md").read_text()
+
+
+def test_host_overhead_quick_mode_times_every_side_per_backend_and_mode(tmp_path):
+    from bench import host_overhead
+
+    records = host_overhead.main(["--quick", "--out", str(tmp_path)])
+    cases = {(r["case"], r["mask"], r["backend"], r["mode"]) for r in records}
+    cpu_backends = host_overhead.case_backends("cpu")
+    assert "cpu" in cpu_backends
+    assert len(cases) == len(records) == 2 * 2 * len(cpu_backends) * 2
+    for r in records:
+        assert all(r[f"{side}_us"] > 0 for side in ("dense", "dense_layer", "layer", "op"))
+        assert r["ratio"] == r["layer_us"] / r["dense_us"]
+    # the group mask's blocks: two for the linear, whatever plan the conv got
+    assert {r["blocks"] for r in records if r["case"] == "linear" and r["mask"] == "group"} == {2}
+    (json_file,) = tmp_path.glob("host-overhead-cpu-*-quick.json")
+    saved = json.loads(json_file.read_text())
+    assert saved["environment"]["threads"] == 1 and len(saved["results"]) == len(records)

@@ -189,6 +189,47 @@ def test_a_packed_layer_pickles_and_deep_copies_with_its_layout():
     twin = copy.deepcopy(layer)
     assert torch.equal(loaded(x), layer(x)) and torch.equal(twin(x), layer(x))
     assert twin.layout_0.data_ptr() != layer.layout_0.data_ptr()  # a layout of its own
+    for copied in (loaded, twin):  # and the arguments an eager call passes are its own tensors
+        assert copied._fast[2][0][0] is copied.layout_0 and copied._fast[2][8] is copied.bias
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_an_eager_call_passes_arguments_fixed_once_and_an_assigned_buffer_is_read(backend, kind):
+    torch.manual_seed(0)
+    if kind == "conv":
+        weight = torch.randn(8, 4, 3, 3) * (torch.rand(8, 4, 1, 1) < 0.5)
+        layer = SparseConv2d.from_weight(weight, torch.randn(8), padding=1, backend=backend)
+        x = conv_input((2, 4, 5, 5), torch.float32, "channels_last")
+        dense = lambda bias: F.conv2d(x.double(), weight.double(), bias.double(), 1, 1)  # noqa: E731
+    else:
+        weight = torch.randn(8, 12) * (torch.rand(1, 12) < 0.5)
+        layer = SparseLinear.from_weight(weight, torch.randn(8), backend=backend)
+        x = torch.randn(3, 12)
+        dense = lambda bias: F.linear(x.double(), weight.double(), bias.double())  # noqa: E731
+    assert layer._fast is not None
+    fast = layer(x)
+    layer._fast = None  # the full path: what torch.compile and torch.export trace
+    assert torch.equal(layer(x), fast)
+    assert_matches(fast, dense(layer.bias), torch.float32)
+    layer.ready()
+    layer.bias = torch.zeros(8)  # an assigned buffer, not one changed in place
+    assert layer._fast is None
+    assert_matches(layer(x), dense(torch.zeros(8)), torch.float32)
+    assert layer.ready()._fast is not None
+    assert_matches(layer(x), dense(torch.zeros(8)), torch.float32)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_an_exported_layer_lifts_its_buffers_and_bakes_in_no_tensor(strict):
+    weight = torch.randn(8, 4, 3, 3) * (torch.rand(8, 4, 3, 3) < 0.5)
+    layer = SparseConv2d.from_weight(weight, torch.randn(8), padding=1, backend="cpu")
+    x = torch.randn(2, 4, 5, 5)
+    signature = (exported := torch.export.export(layer, (x,), strict=strict)).graph_signature
+    assert not signature.lifted_tensor_constants  # no tensor of the eager arguments baked in
+    assert {"bias", "layout_0"} <= set(signature.buffers)
+    assert list(signature.non_persistent_buffers) == ["layout_0"]
+    assert torch.equal(exported.module()(x), layer(x))
 
 
 def compiled_model() -> nn.Module:

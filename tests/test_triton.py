@@ -302,6 +302,21 @@ def test_traces_under_torch_compile():
     assert torch.equal(compiled(x), layer(x))
 
 
+def test_a_chosen_config_is_launched_directly_on_later_calls(monkeypatch):
+    tuner = block_conv.tile_conv_kernel
+    monkeypatch.setattr(block_conv, "_CHOSEN", {})
+    tuned, run = [], tuner.run
+    monkeypatch.setattr(tuner, "run", lambda *a, **k: tuned.append(1) or run(*a, **k))
+    weight = torch.randn(8, 4, 3, 3, device=DEVICE) * (torch.rand(8, 4, 3, 3, device=DEVICE) < 0.5)
+    layer = sparsekit.SparseConv2d.from_weight(weight, padding=1, backend="triton")
+    x = torch.randn(2, 4, 6, 6, device=DEVICE)
+    first = layer(x)
+    assert tuned == [1] and len(block_conv._CHOSEN) == 1
+    assert torch.equal(layer(x), first) and tuned == [1]  # launched past the autotuner
+    layer(x.contiguous(memory_format=torch.channels_last))
+    assert tuned == [1, 1] and len(block_conv._CHOSEN) == 2  # another key: tuned for itself
+
+
 @pytest.mark.skipif(not GPU, reason="a layer's device matters where the weight is not on the CPU")
 def test_layers_and_their_twins_live_on_the_weights_device():
     weight = torch.randn(8, 8, 3, 3, device=DEVICE) * (torch.rand(8, 8, 3, 3, device=DEVICE) < 0.3)

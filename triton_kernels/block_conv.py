@@ -15,6 +15,7 @@ fp32 inputs use strict fp32 products unless ``torch.get_float32_matmul_precision
 TF32. Under ``TRITON_INTERPRET=1`` (CPU tests) one small config runs.
 """
 
+import functools
 import os
 
 import torch
@@ -141,19 +142,23 @@ def _input_tile(
     return tl.load(x_image[:, None] + (at[:, None] + channel[None, :] * sxc), mask=x_ok, other=0.0)
 
 
+# what the autotuner tunes per (with the tensors' dtypes); ``_launch`` keeps its choices by it too
+TUNING_KEY = [
+    "ROWS",
+    "KW",
+    "channels",
+    "size_class",
+    "INPUT_PRECISION",
+    "CONSECUTIVE",
+    "WIDE",
+    "X_CHANNELS_INNER",
+    "OUT_CHANNELS_INNER",
+]
+
+
 @triton.autotune(
     configs=INTERPRETER_CONFIGS if INTERPRETED else GPU_CONFIGS,
-    key=[
-        "ROWS",
-        "KW",
-        "channels",
-        "size_class",
-        "INPUT_PRECISION",
-        "CONSECUTIVE",
-        "WIDE",
-        "X_CHANNELS_INNER",
-        "OUT_CHANNELS_INNER",
-    ],
+    key=TUNING_KEY,
     prune_configs_by={"early_config_prune": _prune},
 )
 @triton.jit
@@ -374,12 +379,35 @@ def _tiles(
     return RowTiles.of(layout_tensors, bool(layout_ints[5]))
 
 
+@functools.cache
+def _sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def programs(work_items: int, device: torch.device) -> int:
     """Programs of the persistent launch: every work item under the interpreter, else up to
     four per SM (the loop strides over the rest)."""
     if INTERPRETED or device.type != "cuda":
         return work_items
-    return min(work_items, 4 * torch.cuda.get_device_properties(device).multi_processor_count)
+    return min(work_items, 4 * _sms(device))
+
+
+# The config the autotuner chose, per key of its (with the tensors' dtypes and the device, as
+# its own cache has them): later calls of that key launch the kernel with it directly, past the
+# autotuner's per-call work, and never tune again, which a CUDA graph capture could not hold.
+_CHOSEN: dict[tuple, triton.Config] = {}
+
+
+def _launch(work, args: tuple, constexprs: dict, key: tuple) -> None:
+    """``tile_conv_kernel`` on ``args``, with ``programs(work(BLOCK_M))`` programs: through the
+    autotuner the first time ``key`` is seen, then with the config it chose."""
+    config = _CHOSEN.get(key)
+    if config is None:
+        tile_conv_kernel[lambda meta: (work(meta["BLOCK_M"]),)](*args, **constexprs)
+        _CHOSEN[key] = tile_conv_kernel.best_config
+        return
+    grid = (work(config.kwargs["BLOCK_M"]),)
+    tile_conv_kernel.fn[grid](*args, **constexprs, **config.all_kwargs())
 
 
 def _run(x, strides, geometry, tiles: RowTiles, out_channels, bias, relu, memory_format):
@@ -398,10 +426,7 @@ def _run(x, strides, geometry, tiles: RowTiles, out_channels, bias, relu, memory
         (c - 1) * strides[1] + (h - 1) * strides[2] + (w - 1) * strides[3],
         (out_channels - 1) * out.stride(1) + (oh * ow - 1) * out.stride(3),
     )
-    grid = lambda meta: (  # noqa: E731
-        programs(triton.cdiv(positions, meta["BLOCK_M"]) * tiles.num_tiles, x.device),
-    )
-    tile_conv_kernel[grid](
+    args = (
         x,
         out,
         bias if bias is not None else tiles.weights,
@@ -425,17 +450,26 @@ def _run(x, strides, geometry, tiles: RowTiles, out_channels, bias, relu, memory
         *stride,
         *padding,
         *dilation,
-        KW=kw,
-        WIDE=reach >= 2**31,
-        HAS_BIAS=bias is not None,
-        RELU=relu,
-        CONSECUTIVE=tiles.consecutive,
-        X_CHANNELS_INNER=strides[1] == 1,
-        OUT_CHANNELS_INNER=out.stride(1) == 1,
-        INPUT_PRECISION=_input_precision(x.dtype),
-        ROWS=tiles.rows,
-        K_TILE=K_TILE,
     )
+    constexprs = {
+        "KW": kw,
+        "WIDE": reach >= 2**31,
+        "HAS_BIAS": bias is not None,
+        "RELU": relu,
+        "CONSECUTIVE": tiles.consecutive,
+        "X_CHANNELS_INNER": strides[1] == 1,
+        "OUT_CHANNELS_INNER": out.stride(1) == 1,
+        "INPUT_PRECISION": _input_precision(x.dtype),
+        "ROWS": tiles.rows,
+        "K_TILE": K_TILE,
+    }
+    named = constexprs | {"channels": c, "size_class": args[11]}
+    key = (*(named[k] for k in TUNING_KEY), x.dtype, args[2].dtype, tiles.weights.dtype, x.device)
+
+    def work(block_m: int) -> int:
+        return programs(triton.cdiv(positions, block_m) * tiles.num_tiles, x.device)
+
+    _launch(work, args, constexprs, key)
     return out
 
 

@@ -10,13 +10,13 @@ import torch
 from . import schema
 from .base import Layout, pack_geometry
 
-schema.define_ops("")  # no Python implementation: the extension registers its kernels
 # the pack's tensors and its layer's geometry -> the layout's tensors and ints
 torch.library.define(
     "sparsekit::prepack",
     "(Tensor values, Tensor row_idx, Tensor col_idx, Tensor block_ptr, int out_channels, "
     "int in_channels, int[2] kernel_size, int groups) -> (Tensor[], int[])",
 )
+schema.define_ops("")  # no Python implementation: the extension registers its kernels
 
 try:
     from .. import _C  # registers the kernels

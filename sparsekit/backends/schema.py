@@ -8,8 +8,10 @@ they are (the pack was checked when the layout was built). ``define_ops`` define
 ``SCHEMAS``, registers the
 backend's Python implementations (a C++ backend registers its kernels itself, per dispatch key,
 with ``TORCH_LIBRARY_IMPL``: the dispatcher then checks their C++ signatures against the schema),
-the one fake (meta) implementation of each op, and an autograd formula that refuses to
-differentiate: the ops are for inference.
+the one fake (meta) implementation of each op, and an Autograd kernel that refuses to
+differentiate: the ops are for inference. That kernel is the C++ extension's where it is built
+(``refuse_gradient``: a call that records no gradient then costs no Python there), else a
+Python autograd formula that raises.
 """
 
 from collections.abc import Callable
@@ -68,16 +70,33 @@ def _no_context(ctx, inputs, output):
     return None
 
 
+# sparsekit::<prefix><op> -> its Python implementation, for the ops that have one (read by the
+# tests of what a CUDA graph needs of them)
+PYTHON_IMPLS: dict[str, Callable] = {}
+
+
+def _refuse_gradient(name: str) -> None:
+    try:
+        from .. import _C
+    except ImportError:  # a source checkout that was not built: the Python formula
+        torch.library.register_autograd(name, _no_gradient, setup_context=_no_context)
+    else:
+        _C.refuse_gradient(name.removeprefix("sparsekit::"))
+
+
 def define_ops(
     prefix: str, impls: dict[str, Callable] | None = None, device_types="default"
 ) -> None:
     """Defines ``sparsekit::<prefix><op>`` for every op of ``SCHEMAS``, with ``impls[op]`` for
     ``device_types`` (``"default"``: every device) when given, the op's fake and the refusing
-    autograd."""
-    for op, schema in SCHEMAS.items():
-        name = f"sparsekit::{prefix}{op}"
-        torch.library.define(name, schema)
+    Autograd kernel. All are defined before any is registered: the first registration may load
+    the extension, whose C++ kernels the dispatcher checks against the schemas."""
+    names = {op: f"sparsekit::{prefix}{op}" for op in SCHEMAS}
+    for op, name in names.items():
+        torch.library.define(name, SCHEMAS[op])
+    for op, name in names.items():
         if impls is not None:
             torch.library.impl(name, device_types, impls[op])
+            PYTHON_IMPLS[name] = impls[op]
         torch.library.register_fake(name, FAKES[op])
-        torch.library.register_autograd(name, _no_gradient, setup_context=_no_context)
+        _refuse_gradient(name)

@@ -136,6 +136,7 @@ class TorchBackend(Backend):
     devices = ("cpu", "cuda")
     dtypes = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
     auto_on = ("cpu",)
+    graph_safe = True  # its block table is host ints in the layout: the ops read no tensor there
     max_competing_blocks = 32
     op_prefix = "torch_"
     unsupported_reason = WHOLE_KERNELS_ONLY
