@@ -73,9 +73,11 @@ def extension():
         glob.glob("csrc/cuda/**/*.cu", recursive=True)
         + glob.glob("csrc/cuda/**/*.cpp", recursive=True)
     )
+    # the CUDA sources first: with no build log to go by (a fresh machine) ninja starts ready jobs
+    # in the order listed, and the CuTe kernels take the longest, so they must not start last
     return CUDAExtension(
         "sparsekit._C",
-        cpu_sources + cuda_sources,
+        cuda_sources + cpu_sources,
         include_dirs=[cutlass_include()],
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17"]},
         extra_link_args=link_flags,

@@ -19,6 +19,8 @@ reads tables on the host).
                                          # (a plumbing check)
     python -m bench.gpu_suite --part bfloat16   # one part: a dtype's convs, "linear" or "models"
                                                 # (each fits a 10-minute call)
+    python -m bench.gpu_suite --part headline   # the GPU session's: group 50/80% convs in bf16 and
+                                                # strict fp32, the 4096x4096 linear
     SPARSEKIT_BENCH_ALSO=cuda python -m bench.gpu_suite --part bfloat16   # also time a backend
                                                 # not yet benchmarked (opt-in ones)
 """
@@ -55,6 +57,10 @@ FULL_CONVS = [
 ]
 QUICK_CONVS = [(32, 4, 2, "tiny")]
 MASKS = [("group", 0.5), ("group", 0.8), ("channel", 0.8), ("kernel", 0.9)]
+# the GPU session's part (bench/gpu_session.py): every conv at the group masks that channel
+# compaction cannot narrow, in bf16 and strict fp32, and the 4096x4096 linear
+HEADLINE_MASKS = [("group", 0.5), ("group", 0.8)]
+HEADLINE_DTYPES = ["bfloat16", "float32"]
 # "float32" is strict (TF32 off for cuDNN and Triton alike); "tf32" is float32 with TF32 on for both
 FULL_DTYPES = ["bfloat16", "float32", "tf32"]
 QUICK_DTYPES = ["float32"]
@@ -158,13 +164,13 @@ def backend_sides(layer_on, packed, inputs: dict) -> dict:
     }
 
 
-def conv_cases(convs, dtypes, gen):
+def conv_cases(convs, dtypes, gen, masks=MASKS):
     for channels, size, batch, origin in convs:
         for dtype_name in dtypes:
             dtype = torch.float32 if dtype_name == "tf32" else getattr(torch, dtype_name)
             x = torch.randn(batch, channels, size, size, generator=gen).to(DEVICE, dtype)
             inputs = {fmt: x.contiguous(memory_format=f) for fmt, f in FORMATS.items()}
-            for structure, sparsity in MASKS:
+            for structure, sparsity in masks:
                 weight = torch.randn(channels, channels, 3, 3, generator=gen)
                 weight = (weight * conv_mask(structure, channels, sparsity, gen)).to(DEVICE, dtype)
                 packed = sparsekit.pack(weight, structure=structure)
@@ -360,14 +366,19 @@ HEADER = (
 )
 
 
-PARTS = [*FULL_DTYPES, "linear", "models"]
+PARTS = [*FULL_DTYPES, "linear", "models", "headline"]
 
 
-def run(quick: bool, parts=PARTS, seed: int = 0) -> list[dict]:
+def run(quick: bool, parts=PARTS, seed: int = 0, done=lambda records: None) -> list[dict]:
+    """The records of ``parts`` (``quick``: the tiny cases), each passed to ``done`` with those
+    before it as it is measured."""
     gen = torch.Generator().manual_seed(seed)
     records = []
     dtypes = [d for d in (QUICK_DTYPES if quick else FULL_DTYPES) if quick or d in parts]
     cases = [conv_cases(QUICK_CONVS if quick else FULL_CONVS, dtypes, gen)]
+    if not quick and "headline" in parts:
+        cases.append(conv_cases(FULL_CONVS, HEADLINE_DTYPES, gen, HEADLINE_MASKS))
+        cases.append(linear_cases(FULL_LINEARS[:1], gen))
     if quick or "linear" in parts:
         cases.append(linear_cases(QUICK_LINEARS if quick else FULL_LINEARS, gen))
     if quick or "models" in parts:
@@ -385,6 +396,7 @@ def run(quick: bool, parts=PARTS, seed: int = 0) -> list[dict]:
             use_tf32(dtype == "tf32")
             records.append(time_case(record, dense, sides, dtype))
             print(_row(record), flush=True)
+            done(records)
     finally:
         torch.backends.cudnn.allow_tf32 = previous[0]
         torch.set_float32_matmul_precision(previous[1])
@@ -397,7 +409,8 @@ def main(argv=None) -> list[dict]:
             "--part",
             action="append",
             choices=PARTS,
-            help="only these parts (default: all; --quick runs its own tiny cases)",
+            help="only these parts (default: all but headline, a subset of the others; --quick "
+            "runs its own tiny cases)",
         )
 
     args, command = suite_arguments(
@@ -410,11 +423,15 @@ def main(argv=None) -> list[dict]:
     env = environment(command)
     title = f"{env['device']}, torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}"
     print(f"{title}\n{HEADER}")
-    records = run(args.quick, args.part or PARTS)
     device = env["device"].split(" (")[0].replace(" ", "-")
     suffix = "-quick" if args.quick else "".join(f"-{p}" for p in args.part or [])
     stem = args.out / f"gpu-{device}-{env['date']}{suffix}"
-    write_results(stem, env, title, HEADER, list(map(_row, records)), records)
+
+    def write(records):  # after every case: a run stopped at a time limit keeps what it measured
+        write_results(stem, env, title, HEADER, list(map(_row, records)), records)
+
+    records = run(args.quick, args.part or [p for p in PARTS if p != "headline"], done=write)
+    write(records)
     return records
 
 

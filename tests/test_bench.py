@@ -1,6 +1,10 @@
 import json
 
+import pytest
+import torch
+
 from bench import cpu_suite as suite
+from bench import reproduce
 
 
 def test_cpu_suite_quick_mode_writes_results(tmp_path):
@@ -31,8 +35,6 @@ def test_cpu_suite_quick_mode_writes_results(tmp_path):
 
 
 def test_reproduce_quick_mode_measures_against_the_flop_limit(tmp_path):
-    from bench import reproduce
-
     records = reproduce.main(["--quick", "--out", str(tmp_path)])
     (json_file,) = tmp_path.glob("reproduce-cpu-*-quick.json")
     saved = json.loads(json_file.read_text())
@@ -70,9 +72,6 @@ def test_reproduce_quick_mode_measures_against_the_flop_limit(tmp_path):
 def test_the_papers_ticket_keeps_its_blocks_and_flop_limit():
     """The regrouped ResNet-18 ticket as masks: about 65% sparse, and its convolutions' FLOP limit
     end to end is 1.41x (layer1 and layer2 stay dense), the figure its savings are read against."""
-    import torch
-
-    from bench import reproduce
     from bench.masks import flop_limit
     from sparsekit import zoo
 
@@ -162,3 +161,87 @@ def test_host_overhead_quick_mode_times_every_side_per_backend_and_mode(tmp_path
     (json_file,) = tmp_path.glob("host-overhead-cpu-*-quick.json")
     saved = json.loads(json_file.read_text())
     assert saved["environment"]["threads"] == 1 and len(saved["results"]) == len(records)
+
+
+def test_reproduce_on_cuda_without_a_gpu_stops_before_any_work(tmp_path, monkeypatch):
+
+    if torch.cuda.is_available():
+        pytest.skip("checks what a machine without a GPU gets")
+
+    def measured(*args, **kwargs):
+        raise AssertionError("a case was run")
+
+    monkeypatch.setattr(reproduce, "run_case", measured)
+    with pytest.raises(SystemExit, match="needs a CUDA GPU, and none was found"):
+        reproduce.main(["--device", "cuda", "--out", str(tmp_path)])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reproduce_runs_each_devices_default_cases_unless_told_otherwise():
+    def cases(*argv):
+        return reproduce.grid(reproduce.arguments(list(argv))[0])
+
+    # CPU: every model, mask (the ticket on resnet18 only), sparsity, dtype and batch
+    assert len(cases()) == 5 * 2 * 2 * 5 * 6 + 2 * 2
+    # GPU: the papers' GPU rows, every model's float32 first
+    gpu = cases("--device", "cuda")
+    assert len(gpu) == 3 * 3 * 2 and [c[3] for c in gpu] == ["float32"] * 9 + ["bfloat16"] * 9
+    assert {(c[0], c[1]) for c in gpu} == {
+        (m, t)
+        for m in ("resnet18", "vgg16_bn", "resnet50")
+        for t in ("refill", "regroup", "kernel")
+    }
+    assert {(c[2], c[4]) for c in gpu} == {(0.8, 64)}
+    assert cases(
+        "--device", "cuda", "--model", "resnet50", "--dtype", "bfloat16", "--batch", "8"
+    ) == [("resnet50", t, 0.8, "bfloat16", 8) for t in ("refill", "regroup", "kernel")]
+    assert cases("--device", "cuda", "--quick") == [("wrn32_2", "refill", 0.8, "float32", 2)]
+
+
+def test_reproduce_gpu_table_shows_a_record_eager_and_replayed():
+    """The GPU table's row of a record made by the shared code, from a case measured on CPU with
+    graph times set by hand (a CUDA graph needs a GPU): 1.5 ms dense, 0.5 ms compiled replayed."""
+
+    measured = reproduce.run_case(
+        "wrn32_2", "refill", 0.8, "float32", 2, quick=True, gen=torch.Generator().manual_seed(0)
+    )
+    cpu_row = reproduce._row(measured)
+    assert f"| {measured['speedup']:.2f}x |" in cpu_row
+    assert cpu_row.count("|") == reproduce.HEADERS["cpu"].splitlines()[0].count("|")
+
+    eager = {key: measured[key] for key in ("dense_ms", "compiled_ms")}
+    derived = ("ms", "saving", "speedup")  # the times and what with_savings derives from them
+    record = {k: v for k, v in measured.items() if not any(word in k for word in derived)}
+    record = reproduce.with_savings(
+        record | eager | {"dense_graph_ms": 1.5, "compiled_graph_ms": 0.5}
+    )
+    assert record["graph_speedup"] == 3.0 and abs(record["graph_saving"] - 2 / 3) < 1e-12
+    assert record["speedup"] == measured["speedup"] and record["saving"] == measured["saving"]
+    row = reproduce._row(record)
+    header = reproduce.HEADERS["cuda"].splitlines()[0]
+    assert row.count("|") == header.count("|") > cpu_row.count("|")
+    cells = dict(zip(header.strip("| ").split(" | "), row.strip("| ").split(" | ")))
+    assert cells["dense graph ms"] == "1.500" and cells["compiled graph ms"] == "0.500"
+    assert cells["graph speedup"] == "3.00x" and cells["graph saving"] == "66.7%"
+    assert cells["compiled ms"] == f"{measured['compiled_ms']:.3f}"
+    assert cells["time saving"] == f"{measured['saving']:.1%}"
+    assert cells["paper's figure"].startswith("53.8%-64.9% (Structure-LTH")
+
+
+def test_reproduce_strict_fp32_turns_tf32_off_and_restores_it(monkeypatch):
+
+    if not torch.cuda.is_available():  # importing gpu_suite then sets it: undone after the test
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    previous = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+    try:
+        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")
+        with pytest.raises(RuntimeError, match="inside"), reproduce.strict_fp32():
+            assert torch.backends.cudnn.allow_tf32 is False
+            assert torch.get_float32_matmul_precision() == "highest"
+            raise RuntimeError("inside")
+        assert torch.backends.cudnn.allow_tf32 is True
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.backends.cudnn.allow_tf32 = previous[0]
+        torch.set_float32_matmul_precision(previous[1])
