@@ -111,12 +111,13 @@ def conv_input(shape, dtype, layout, gen=None):
 
 
 def pack_for(backend: str | None, weight, mask=None, structure="auto", groups=1):
-    """``pack`` with ``structure``, or with whole kernels (the kernel planner's plans, which every
-    backend runs) when ``backend`` does not take that plan."""
-    packed = pack(weight, mask, structure=structure, groups=groups)
-    if backend is None or backends.get(backend).supports(packed):
-        return packed
-    return pack(weight, mask, structure="kernel", groups=groups)
+    """``pack`` with ``structure``, else with whole kernels (the kernel planner's plans), else in
+    one dense block (which every backend runs): the first that ``backend`` takes."""
+    for plan in (structure, "kernel"):
+        packed = pack(weight, mask, structure=plan, groups=groups)
+        if backend is None or backends.get(backend).supports(packed):
+            return packed
+    return pack(weight, mask, structure="dense", groups=groups)
 
 
 def packed_conv(

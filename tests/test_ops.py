@@ -193,7 +193,8 @@ def test_block_linear_property(
 ):
     gen = torch.Generator().manual_seed(seed)
     weight = torch.randn(out_features, in_features, generator=gen).to(dtype)
-    packed = pack(weight, torch.rand(weight.shape, generator=gen) < density, structure=structure)
+    mask = torch.rand(weight.shape, generator=gen) < density
+    packed = pack_for(backend, weight, mask, structure)
     if transposed:  # non-contiguous: features are not the innermost stride
         x = torch.randn(in_features, *lead, generator=gen).to(dtype).movedim(0, -1)
     else:

@@ -1,9 +1,12 @@
 """Ahead-of-time compilation of the Triton kernels for GPU targets, on any machine: every
 autotune config x row-tile height x dtype x load path, compiled to a cubin (ptxas and cuobjdump
-ship with triton), with each cubin's registers, shared memory and spills.
+ship with triton), with each cubin's registers, shared memory and spills, and what its SASS says
+of its K loop and residency (``sass``): instructions an iteration, MMAs, the async copies' wait
+depth, global loads by width, thread blocks per SM.
 
     python -m sparsekit.triton_kernels.aot     # the table for sm_90a and sm_80 (exit 1 if a
                                                # kernel spills or overflows shared memory)
+    python -m sparsekit.triton_kernels.aot --target sm_90a --markdown table.md --json table.json
 
 It needs a process without ``TRITON_INTERPRET=1``, under which triton's own functions are
 interpreted ones.
@@ -15,6 +18,7 @@ each (1x1 kernels and the other flags are not compiled separately here).
 """
 
 import argparse
+import datetime
 import json
 import os
 import re
@@ -28,7 +32,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from . import block_conv
+from . import block_conv, sass
 from .row_tiles import K_TILE, ROW_TILES
 
 TARGETS = {"sm_90a": GPUTarget("cuda", 90, 32), "sm_80": GPUTarget("cuda", 80, 32)}
@@ -122,19 +126,21 @@ def _cuobjdump() -> str:
     return os.path.join(os.path.dirname(nvidia.__file__), "bin", "cuobjdump")
 
 
+def cuobjdump(cubin: bytes, flag: str) -> str:
+    """What ``cuobjdump flag`` prints of ``cubin``."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run(
+            [_cuobjdump(), flag, f.name], check=True, capture_output=True, text=True
+        ).stdout
+
+
 def resource_usage(cubin: bytes) -> dict:
     """``{"registers", "local", "static_shared"}`` of the one kernel in ``cubin``, from
     ``cuobjdump --dump-resource-usage``; ``local`` counts the stack frame too, where ptxas puts
     spilled registers (the kernel has no calls or local arrays, so any is a spill)."""
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        text = subprocess.run(
-            [_cuobjdump(), "--dump-resource-usage", f.name],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
+    text = cuobjdump(cubin, "--dump-resource-usage")
     found = dict(re.findall(r"\b(REG|STACK|LOCAL|SHARED):(\d+)", text))
     if "REG" not in found:
         raise RuntimeError(f"cuobjdump printed no resource usage:\n{text}")
@@ -162,11 +168,49 @@ def compile_variant(target: str, v: Variant) -> dict:
         "spill_bytes": usage["local"],
         "shared_bytes": shared,
         "fits": usage["local"] == 0 and shared <= SHARED_LIMIT[gpu.arch],
+        **sass.loop_report(cuobjdump(kernel.asm["cubin"], "-sass")),
+        "ctas_per_sm": sass.ctas_per_sm(usage["registers"], v.config.num_warps, shared, gpu.arch),
     }
 
 
 def _compile_job(job) -> dict:
     return compile_variant(*job)
+
+
+COLUMNS = (
+    ("target", "target"),
+    ("kernel", "kernel"),
+    ("registers", "regs"),
+    ("spill_bytes", "spill B"),
+    ("shared_bytes", "shared B"),
+    ("ctas_per_sm", "CTAs/SM"),
+    ("loop_instructions", "K-loop instrs"),
+    ("mma", "MMAs"),
+    ("ffma", "FFMAs"),
+    ("wait_depth", "copy wait depth"),
+    ("global_loads", "global loads (bits: count)"),
+)
+
+
+def _cell(row: dict, key: str) -> str:
+    value = row.get(key)
+    if isinstance(value, dict):
+        return " ".join(f"{bits}:{count}" for bits, count in value.items())
+    return "-" if value is None else str(value)
+
+
+def markdown(rows: list[dict], command: str) -> str:
+    """The rows as a markdown table, under a line naming the compiler and ``command``."""
+    head = "| " + " | ".join(title for _, title in COLUMNS) + " |"
+    lines = [
+        f"Triton kernels compiled ahead of time with triton {triton.__version__}, K loop read from "
+        f"the SASS (`sparsekit/triton_kernels/sass.py`); `{command}`",
+        "",
+        head,
+        "| --- " * len(COLUMNS) + "|",
+    ]
+    lines += ["| " + " | ".join(_cell(r, key) for key, _ in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
@@ -175,23 +219,32 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--target", action="append", choices=list(TARGETS), help="default: all")
     parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="compiler processes")
-    parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument(
+        "--json", help="also write the rows to this file (with the compiler's version)"
+    )
+    parser.add_argument("--markdown", help="also write the table to this file")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("TRITON_INTERPRET=1 makes triton's own functions uncompilable: unset it")
     jobs = [(t, v) for t in args.target or TARGETS for v in variants()]
     with ProcessPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(_compile_job, jobs))
-    print(f"{'target':8} {'kernel':50} {'regs':>5} {'spill':>6} {'shared':>8}")
+    command = " ".join(["python -m sparsekit.triton_kernels.aot", *(argv or sys.argv[1:])])
+    print(markdown(rows, command))
     for r in rows:
-        flag = "" if r["fits"] else "  DOES NOT FIT"
-        print(
-            f"{r['target']:8} {r['kernel']:50} {r['registers']:5} {r['spill_bytes']:6} "
-            f"{r['shared_bytes']:8}{flag}"
-        )
+        if not r["fits"]:
+            print(f"DOES NOT FIT: {r['target']} {r['kernel']}")
     if args.json:
+        environment = {
+            "triton": triton.__version__,
+            "date": datetime.date.today().isoformat(),
+            "command": command,
+        }
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump({"environment": environment, "results": rows}, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown(rows, command))
     return 0 if all(r["fits"] for r in rows) else 1
 
 

@@ -1,7 +1,8 @@
 """The backend registry: every way of running the packed ops, and the one ``auto`` policy.
 
 One module per backend (``cpu`` and ``cuda``: the C++ kernels of ``extension``;
-``torch_blocks``: blocks as torch's dense conv / linear; ``triton``: Triton kernels;
+``torch_blocks``: blocks as torch's dense conv / linear; ``grouped``: all blocks as one grouped
+conv / batched GEMM of torch's; ``triton``: Triton kernels;
 ``reference``: plain torch, the definition) defines a ``Backend`` (``base``): its devices,
 dtypes, ``unavailable(device)`` with the reason, ``supports(pack)``, ``prepack(pack)``, its own
 layout of a pack (layers hold it as state, never save it), ``cost(pack)``, its cost model (or
@@ -18,12 +19,19 @@ run the first, ``compile`` times them all.
 import torch
 
 from ..errors import SparsekitError
-from . import cpu, cuda, reference, torch_blocks, triton
+from . import cpu, cuda, grouped, reference, torch_blocks, triton
 from .base import Backend
 
 REGISTRY: dict[str, Backend] = {
     b.name: b
-    for b in (cpu.BACKEND, torch_blocks.BACKEND, triton.BACKEND, cuda.BACKEND, reference.BACKEND)
+    for b in (
+        cpu.BACKEND,
+        torch_blocks.BACKEND,
+        triton.BACKEND,
+        cuda.BACKEND,
+        grouped.BACKEND,
+        reference.BACKEND,
+    )
 }
 
 

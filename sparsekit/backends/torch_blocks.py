@@ -66,13 +66,23 @@ def _blocks(layout, layout_ints):
         yield rows[r0:r1], run, channels[c0:c1], values[v0:v1]
 
 
-def _accumulator(shape, like: torch.Tensor, memory_format=torch.contiguous_format) -> torch.Tensor:
+def conv_dtype(input: torch.Tensor) -> torch.dtype:
+    """The dtype torch's conv2d runs ``input``'s blocks in: torch 2.13's CPU conv2d returns wrong
+    values in bf16 for some shapes (stride 2 along a width-1 output) and crashes in fp16 on
+    others (a width-1 input padded along its width: F.conv2d(x[2, 2, 5, 1], w[2, 2, 3, 1], None,
+    (3, 2), (2, 1), (1, 2)) segfaults), so on CPU half types run in fp32, where the C++ kernel
+    is the fast path anyway."""
+    half = (torch.bfloat16, torch.float16)
+    return torch.float32 if input.is_cpu and input.dtype in half else input.dtype
+
+
+def accumulator(shape, like: torch.Tensor, memory_format=torch.contiguous_format) -> torch.Tensor:
     """Zeros in fp32 for half inputs, so blocks that share rows add up at full precision."""
     dtype = torch.float32 if like.dtype in (torch.float16, torch.bfloat16) else like.dtype
     return torch.empty(shape, dtype=dtype, device=like.device, memory_format=memory_format).zero_()
 
 
-def _epilogue(acc: torch.Tensor, bias, relu: bool, dtype) -> torch.Tensor:
+def epilogue(acc: torch.Tensor, bias, relu: bool, dtype) -> torch.Tensor:
     """Bias along dim 1, ReLU, then the input's dtype (in the accumulator's memory format)."""
     if bias is not None:
         acc += bias.to(acc.dtype).view(-1, *([1] * (acc.dim() - 2)))
@@ -94,14 +104,9 @@ def block_conv2d(
     bias,
     relu,
 ):
-    # torch 2.13's CPU conv2d returns wrong values in bf16 for some shapes (stride 2 along a
-    # width-1 output) and crashes in fp16 on others (a width-1 input padded along its width:
-    # F.conv2d(x[2, 2, 5, 1], w[2, 2, 3, 1], None, (3, 2), (2, 1), (1, 2)) segfaults), so on CPU
-    # half types run in fp32, where the C++ kernel is the fast path anyway
-    half = (torch.bfloat16, torch.float16)
-    compute_dtype = torch.float32 if input.is_cpu and input.dtype in half else input.dtype
+    compute_dtype = conv_dtype(input)
     shape = block_conv2d_shape(input.shape, out_channels, kernel_size, stride, padding, dilation)
-    acc = _accumulator(shape, input, output_memory_format(input))
+    acc = accumulator(shape, input, output_memory_format(input))
     for rows, run, channels, tile in _blocks(layout, layout_ints):
         x = input.narrow(1, run, channels.numel()) if run >= 0 else input.index_select(1, channels)
         if x.shape[1] == 1:
@@ -111,17 +116,17 @@ def block_conv2d(
         tile = tile.view(rows.numel(), channels.numel(), *kernel_size)
         y = F.conv2d(x.to(compute_dtype), tile.to(compute_dtype), None, stride, padding, dilation)
         acc.index_add_(1, rows, y.to(acc.dtype))
-    return _epilogue(acc, bias, relu, input.dtype)
+    return epilogue(acc, bias, relu, input.dtype)
 
 
 def block_linear(input, layout, layout_ints, out_features, bias, relu):
     x = input.reshape(-1, input.shape[-1])
-    acc = _accumulator((x.shape[0], out_features), input)
+    acc = accumulator((x.shape[0], out_features), input)
     for rows, run, cols, tile in _blocks(layout, layout_ints):
         xb = x.narrow(1, run, cols.numel()) if run >= 0 else x.index_select(1, cols)
         y = F.linear(xb, tile.view(rows.numel(), cols.numel()))
         acc.index_add_(1, rows, y.to(acc.dtype))
-    out = _epilogue(acc, bias, relu, input.dtype)
+    out = epilogue(acc, bias, relu, input.dtype)
     return out.reshape(block_linear_shape(input.shape, out_features))
 
 
