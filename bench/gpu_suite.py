@@ -127,16 +127,27 @@ def time_case(record: dict, dense: dict, sides: dict, dtype: str) -> dict:
     """Checks every side in every format against dense (the one tolerance table), then times
     all of them; adds ms per format, the faster format's ms and ratio (and on a GPU its CUDA
     graph's), errors and the bound they were held to. ``dense``: format -> function;
-    ``sides``: name -> format -> function."""
+    ``sides``: name -> format -> function. A side of a backend timed only because it was asked for
+    (``ALSO``: not yet tested on a GPU) that raises or misses the bound is recorded as failed
+    (``<name>_failed``) and not timed; any other stops the run."""
     expected = next(iter(dense.values()))()
     record["bound"] = tolerance.bound(expected, PRECISIONS[dtype])
-    for name, by_format in sides.items():
-        error = max(tolerance.max_error(fn(), expected) for fn in by_format.values())
+    for name, by_format in list(sides.items()):
+        try:
+            error = max(tolerance.max_error(fn(), expected) for fn in by_format.values())
+        except Exception as failure:  # an untested backend's first runs
+            if name not in ALSO:
+                raise
+            record[f"{name}_failed"] = f"{type(failure).__name__}: {failure}"[:300]
+            del sides[name]
+            continue
         record[f"{name}_error"] = error
         if not error <= record["bound"]:
-            raise AssertionError(
-                f"{record['shape']} {name}: max error {error:.2e} > {record['bound']:.2e}"
-            )
+            failed = f"max error {error:.2e} > {record['bound']:.2e}"
+            if name not in ALSO:
+                raise AssertionError(f"{record['shape']} {name}: {failed}")
+            record[f"{name}_failed"] = failed
+            del sides[name]
     for name, by_format in {"dense": dense, **sides}.items():
         timers = {"": median_ms} | ({"graph_": graph_ms} if GPU and name in GRAPHED else {})
         for prefix, timer in timers.items():  # each way of timing picks its faster format
@@ -337,7 +348,7 @@ def _row(r: dict) -> str:
     ]
     for side in SIDES:
         if side + "_ms" not in r:
-            cells.append("")
+            cells.append(f"failed: {r[side + '_failed']}" if side + "_failed" in r else "")
             continue
         graph = f"; graph {r[side + '_graph_speedup']:.2f}x" if side + "_graph_speedup" in r else ""
         cells.append(f"{_ms(r, side)} ({r[side + '_speedup']:.2f}x{graph})")

@@ -3,8 +3,9 @@ that the arithmetic is negligible and what is timed is the call itself (module c
 handling, dispatch, output allocation, launch).
 
 Cases: a 3x3 conv 16 -> 16 on 1x16x8x8 and a linear 64 -> 64 on 1x64, each under a channel mask
-(half the input channels: one block) and a group mask (two diagonal blocks), on every benchmarked
-backend that runs them. Sides: the dense ``nn.Conv2d`` / ``nn.Linear`` (the baseline of every
+(half the input channels: one block) and a group mask (the diagonal halves: two blocks for the
+linear; the conv gets whatever plan the planner picks, recorded), on every benchmarked backend
+that runs them. Sides: the dense ``nn.Conv2d`` / ``nn.Linear`` (the baseline of every
 ratio), the same weight in a ``backend="dense"`` sparsekit layer, the packed layer, and the
 layer's op called directly on its layout (the floor a layer call can reach). Every side runs under
 ``torch.no_grad`` and under ``torch.inference_mode``, on one thread, timed in alternated rounds
@@ -45,7 +46,7 @@ GRAPH_CALLS = 20
 
 def mask(kind: str, rows: int, cols: int) -> torch.Tensor:
     """A ``[rows, cols]`` 0/1 mask: ``channel`` keeps the first half of the columns for every
-    row (one block), ``group`` the diagonal halves (two blocks)."""
+    row (one block), ``group`` the diagonal halves (two blocks, where the planner keeps them)."""
     kept = torch.zeros(rows, cols)
     if kind == "channel":
         kept[:, : cols // 2] = 1

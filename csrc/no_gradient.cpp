@@ -3,6 +3,7 @@
 // kept in C++ because a Python autograd kernel costs several microseconds of every call, about
 // what a small layer's whole call costs. A call that would record one runs too, and its outputs'
 // grad_fn refuses the backward pass, naming the op.
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
@@ -58,7 +59,12 @@ std::vector<at::Tensor> needing_gradient(const c10::OperatorHandle& op,
 void autograd_kernel(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
                      torch::jit::Stack* stack) {
   const std::vector<at::Tensor> inputs = needing_gradient(op, *stack);
-  op.redispatchBoxed(keys & c10::after_autograd_keyset, stack);
+  {
+    // as torch's own fallback does: the kernel below (a Python one too) records no graph of
+    // its own, which its output would otherwise keep alive
+    at::AutoDispatchBelowADInplaceOrView guard;
+    op.redispatchBoxed(keys & c10::after_autograd_keyset, stack);
+  }
   if (inputs.empty()) return;
   auto node = make_node<NoGradient>(op.schema().name());
   node->set_next_edges(torch::autograd::collect_next_edges(inputs));

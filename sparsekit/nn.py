@@ -18,9 +18,13 @@ changing the packed buffers in place, call ``ready()``.
 ``ready()`` also fixes the op's arguments once (``_fast``): an eager call whose input has the
 layer's dtype passes them to the op as they are, the whole call a few attribute reads from
 the op, while torch.compile and torch.export trace the full path, which reads the buffers by
-name so that they lift them as the module's state. Assigning a buffer drops the fixed arguments
-until the next ``ready()``; the full path reads the new one.
+name so that they lift them as the module's state. The fixed arguments serve only while the
+layer's buffers are the very tensors they were fixed from: a buffer assigned or swapped in
+(``layer.bias = t``, ``torch.func.functional_call``) sends calls down the full path, which reads
+it, until the next ``ready()``.
 """
+
+import operator
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +71,9 @@ class _SparseLayer(nn.Module):
         self._layout_names: tuple[str, ...] = ()
         self._layout_ints: list[int] = []
         self._op = None  # the backend's op, once ready()
-        self._fast = None  # (dtype, op, its arguments after the input), once ready()
+        # (dtype, op, its arguments after the input, the names of the buffers among them and those
+        # buffers), once ready()
+        self._fast = None
         self._not_ready = "its buffers were not loaded yet (load_state_dict, or sparsekit.load)"
         self.register_load_state_dict_post_hook(_ready_after_load)
 
@@ -140,15 +146,27 @@ class _SparseLayer(nn.Module):
         return self
 
     def _fast_call(self):
-        """(dtype, op, the op's arguments after the input) of an eager call, or None where the
-        layer takes its full path on every call (no layout, or input padding of its own)."""
+        """(dtype, op, the op's arguments after the input, the names of the buffers among them,
+        those buffers) of an eager call, or None where the layer takes its full path on every
+        call (no layout, or input padding of its own)."""
         layout = [getattr(self, name) for name in self._layout_names]
-        return self.values.dtype, self._op, self._op_args(layout, self._layout_ints)
+        args = self._op_args(layout, self._layout_ints)
+        names = ("bias", *self._layout_names)
+        return self.values.dtype, self._op, args, names, tuple(map(self._buffers.get, names))
 
-    def __setattr__(self, name, value):
-        super().__setattr__(name, value)
-        if name in self.__dict__.get("_buffers", ()):  # the fixed arguments may hold the old one
-            self.__dict__["_fast"] = None
+    def _fast_args(self, x: torch.Tensor):
+        """The op and its fixed arguments, if an eager call of ``x`` may take them (None if
+        not): not while compiling or exporting, for the layer's dtype, and with the buffers
+        among them as they were fixed (each still the same tensor)."""
+        fast = self._fast
+        if (
+            fast is not None
+            and x.dtype is fast[0]
+            and not is_compiling()
+            and all(map(operator.is_, map(self._buffers.get, fast[3]), fast[4]))
+        ):
+            return fast[1], fast[2]
+        return None
 
     def _backend_op(self):
         backend = backends.get(self.backend)
@@ -373,11 +391,11 @@ class SparseConv2d(_SparseLayer):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fast = self._fast
-        if fast is not None and x.dtype is fast[0] and x.dim() == 4 and not is_compiling():
+        fast = self._fast_args(x)
+        if fast is not None and x.dim() == 4:
             if self.config.get("channels_last"):
                 x = x.contiguous(memory_format=torch.channels_last)
-            return fast[1](x, *fast[2])
+            return fast[0](x, *fast[1])
         c = self.config
         if c.get("channels_last") and x.dim() == 4:  # (.get: a model saved before the key existed)
             x = x.contiguous(memory_format=torch.channels_last)
@@ -434,9 +452,9 @@ class SparseLinear(_SparseLayer):
         return layout, layout_ints, self.config["out_features"], self.bias, self.config["relu"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fast = self._fast
-        if fast is not None and x.dtype is fast[0] and not is_compiling():
-            return fast[1](x, *fast[2])
+        fast = self._fast_args(x)
+        if fast is not None:
+            return fast[0](x, *fast[1])
         if self.is_dense:
             y = F.linear(x, self.weight, self.bias)
             return F.relu(y) if self.config["relu"] else y

@@ -245,3 +245,20 @@ def test_reproduce_strict_fp32_turns_tf32_off_and_restores_it(monkeypatch):
     finally:
         torch.backends.cudnn.allow_tf32 = previous[0]
         torch.set_float32_matmul_precision(previous[1])
+
+
+def test_gpu_suite_records_an_opt_in_sides_failure_and_times_the_rest(monkeypatch):
+    from bench import gpu_suite
+
+    monkeypatch.setattr(gpu_suite, "ALSO", {"grouped"})  # asked for, not yet tested on a GPU
+    x = torch.randn(4, 4)
+    dense = {"rows": lambda: x * 2}
+    sides = {"grouped": {"rows": lambda: x * 3}, "torch": {"rows": lambda: x * 2}}
+    record = gpu_suite.time_case({"shape": [4, 4]}, dense, sides, "float32")
+    assert record["grouped_failed"].startswith("max error") and "grouped_ms" not in record
+    assert record["torch_speedup"] > 0 and record["torch_error"] == 0
+    raising = {"grouped": {"rows": lambda: 1 / 0}}
+    record = gpu_suite.time_case({"shape": [4, 4]}, dense, raising, "float32")
+    assert record["grouped_failed"].startswith("ZeroDivisionError")
+    with pytest.raises(AssertionError, match="torch: max error"):  # any other side stops the run
+        gpu_suite.time_case({"shape": [4, 4]}, dense, {"torch": {"rows": lambda: x}}, "float32")

@@ -91,7 +91,7 @@ def test_every_phase_keeps_its_results_when_later_ones_fail_overrun_or_are_skipp
     assert "| slow | 2 |" in session.with_suffix(".md").read_text()
 
 
-def test_junit_counts_read_pytests_xml(tmp_path):
+def test_junit_counts_read_pytests_xml_or_else_its_log(tmp_path):
     junit = tmp_path / "tests.xml"
     junit.write_text(
         '<testsuites><testsuite name="pytest">'
@@ -100,10 +100,15 @@ def test_junit_counts_read_pytests_xml(tmp_path):
         '<testcase classname="tests.test_b" name="off"><skipped message="no GPU"/></testcase>'
         "</testsuite></testsuites>"
     )
-    assert gpu_session.junit_counts(junit) == {
+    assert gpu_session.junit_counts(junit, []) == {
         "passed": 1,
         "failed": 1,
         "skipped": 1,
         "failures": ["tests.test_a::bad"],
     }
-    assert gpu_session.junit_counts(tmp_path / "none.xml") == {}
+    # a run stopped before pytest wrote it: the failures its log named as they happened
+    log = ["....", "FAILED tests/test_a.py::bad[x] (call)", "..."]
+    assert gpu_session.junit_counts(tmp_path / "none.xml", log) == {
+        "report": "none: pytest was stopped before writing it",
+        "failures": ["tests/test_a.py::bad[x]"],
+    }

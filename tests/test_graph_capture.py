@@ -33,11 +33,23 @@ HOST_READS = {
     "__float__",
     "__index__",
     "nonzero",
+    "masked_select",
+    "bincount",
     "unique",
     "unique_consecutive",
     "equal",
     "any",
     "all",
+}
+# these read the host only in some forms: indexing by a bool mask (an implicit nonzero), a copy to
+# the CPU, repeat_interleave without output_size
+SOMETIMES = {
+    "__getitem__": lambda args, kwargs: any(
+        isinstance(a, torch.Tensor) and a.dtype == torch.bool
+        for a in (args[1] if isinstance(args[1], tuple) else (args[1],))
+    ),
+    "to": lambda args, kwargs: any(str(a) == "cpu" for a in (*args[1:], kwargs.get("device"))),
+    "repeat_interleave": lambda args, kwargs: "output_size" not in kwargs,
 }
 
 
@@ -50,9 +62,12 @@ class HostReads(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", "")
+        kwargs = kwargs or {}
         if name in HOST_READS and not (name in ("any", "all") and not args):
             self.seen.append(name)
-        return func(*args, **(kwargs or {}))
+        elif name in SOMETIMES and SOMETIMES[name](args, kwargs):
+            self.seen.append(name)
+        return func(*args, **kwargs)
 
 
 def python_backends():
@@ -89,7 +104,9 @@ def test_graph_safe_python_ops_read_nothing_on_the_host(backend, impl, monkeypat
 def test_the_cuda_glue_calls_nothing_that_synchronises():
     sources = sorted((CSRC / "cuda").rglob("*.c*")) + [CSRC / "cpu" / "block_ops.cpp"]
     assert len(sources) >= 3
-    syncing = re.compile(r"\.item\b|\.cpu\(\)|Synchronize|cudaMemcpy\(|cudaMalloc\(|cudaFree\(")
+    syncing = re.compile(
+        r"\.item\b|\.cpu\(\)|\.to\(\s*(at::)?kCPU|Synchronize|cudaMemcpy\(|cudaMalloc\(|cudaFree\("
+    )
     found = {p.name: syncing.findall(p.read_text()) for p in sources}
     assert not any(found.values()), found
 
@@ -148,3 +165,11 @@ def test_a_compiled_model_replays_from_a_cuda_graph_and_under_reduce_overhead():
         for _ in range(3):  # recorded on the first calls, replayed from then on
             out = reduced(x)
         torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-4)
+
+
+def test_the_host_read_check_sees_the_reads_hidden_in_indexing_and_copies():
+    x = torch.randn(4)
+    with HostReads() as reads:
+        x[x > 0], x.to("cpu"), x.to(torch.float64), x[1:], x.repeat_interleave(2)
+        x.repeat_interleave(torch.tensor([1, 2, 1, 1]), output_size=5)
+    assert reads.seen == ["__getitem__", "to", "repeat_interleave"]

@@ -213,11 +213,17 @@ def test_an_eager_call_passes_arguments_fixed_once_and_an_assigned_buffer_is_rea
     assert torch.equal(layer(x), fast)
     assert_matches(fast, dense(layer.bias), torch.float32)
     layer.ready()
-    layer.bias = torch.zeros(8)  # an assigned buffer, not one changed in place
-    assert layer._fast is None
-    assert_matches(layer(x), dense(torch.zeros(8)), torch.float32)
-    assert layer.ready()._fast is not None
-    assert_matches(layer(x), dense(torch.zeros(8)), torch.float32)
+    zeros = torch.zeros(8)
+    # a buffer swapped in for one call, as torch.func does: that call reads it, the next the old
+    swapped = torch.func.functional_call(layer, {"bias": zeros}, (x,))
+    assert_matches(swapped, dense(zeros), torch.float32)
+    assert torch.equal(layer(x), fast)
+    layer.bias = zeros  # an assigned buffer, not one changed in place: read from the next call
+    assert_matches(layer(x), dense(zeros), torch.float32)
+    layer.register_buffer("bias", torch.ones(8))  # registered again under its name
+    assert_matches(layer(x), dense(torch.ones(8)), torch.float32)
+    assert layer.ready()._fast_args(x) is not None
+    assert_matches(layer(x), dense(torch.ones(8)), torch.float32)
 
 
 @pytest.mark.parametrize("strict", [False, True])

@@ -124,8 +124,10 @@ class GroupedBackend(Backend):
     name = "grouped"
     devices = ("cpu", "cuda")
     dtypes = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-    # opt-in until its tests pass on a GPU, the device it is for: auto never picks it
+    # opt-in until its tests pass on a GPU, the device it is for: auto never picks it, and the
+    # bench suites time it when asked (SPARSEKIT_BENCH_ALSO=grouped; the GPU session does)
     auto_on = ()
+    benchmarked = False
     graph_safe = True  # its indices are tensors on the device: the ops read nothing on the host
     op_prefix = "grouped_"
     unsupported_reason = TOO_UNEQUAL

@@ -62,8 +62,13 @@ def _block_linear_fake(input, layout, layout_ints, out_features, bias, relu):
 FAKES = {"block_conv2d": _block_conv2d_fake, "block_linear": _block_linear_fake}
 
 
-def _no_gradient(ctx, grad):
-    raise SparsekitError("sparsekit ops are for inference and have no gradient")
+def _no_gradient(name: str):
+    """The backward formula of ``name``: it refuses, naming the op (as the C++ kernel does)."""
+
+    def refuse(ctx, grad):
+        raise SparsekitError(f"{name}: sparsekit ops are for inference and have no gradient")
+
+    return refuse
 
 
 def _no_context(ctx, inputs, output):
@@ -79,7 +84,7 @@ def _refuse_gradient(name: str) -> None:
     try:
         from .. import _C
     except ImportError:  # a source checkout that was not built: the Python formula
-        torch.library.register_autograd(name, _no_gradient, setup_context=_no_context)
+        torch.library.register_autograd(name, _no_gradient(name), setup_context=_no_context)
     else:
         _C.refuse_gradient(name.removeprefix("sparsekit::"))
 
