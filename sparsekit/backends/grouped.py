@@ -30,7 +30,8 @@ TOO_UNEQUAL = (
 
 
 def _extent(packed) -> tuple[int, int, int, int]:
-    """(blocks, rows, input channels and taps of the largest) of a pack, on the host."""
+    """(blocks, the most rows and the most input channels a block holds, the kernel's taps) of
+    a pack, read on the host."""
     area = math.prod(packed.kernel_size) if packed.kernel_size else 1
     rows = channels = 0
     ptr = packed.block_ptr.cpu()
