@@ -305,6 +305,7 @@ def test_traces_under_torch_compile():
 def test_a_chosen_config_is_launched_directly_on_later_calls(monkeypatch):
     tuner = block_conv.tile_conv_kernel
     monkeypatch.setattr(block_conv, "_CHOSEN", {})
+    monkeypatch.setattr(block_conv, "DIRECT_LAUNCH", True)  # on a GPU too: this test clears it
     tuned, run = [], tuner.run
     monkeypatch.setattr(tuner, "run", lambda *a, **k: tuned.append(1) or run(*a, **k))
     weight = torch.randn(8, 4, 3, 3, device=DEVICE) * (torch.rand(8, 4, 3, 3, device=DEVICE) < 0.5)

@@ -396,15 +396,20 @@ def programs(work_items: int, device: torch.device) -> int:
 # its own cache has them): later calls of that key launch the kernel with it directly, past the
 # autotuner's per-call work, and never tune again, which a CUDA graph capture could not hold.
 _CHOSEN: dict[tuple, triton.Config] = {}
+# Whether later calls launch past the autotuner. Under the interpreter, where its tests ran; on a
+# GPU not until they have passed there (the GPU session runs them with it on: tests/test_triton.py
+# test_a_chosen_config_is_launched_directly_on_later_calls), as for any code `auto` reaches.
+DIRECT_LAUNCH = INTERPRETED
 
 
 def _launch(work, args: tuple, constexprs: dict, key: tuple) -> None:
     """``tile_conv_kernel`` on ``args``, with ``programs(work(BLOCK_M))`` programs: through the
-    autotuner the first time ``key`` is seen, then with the config it chose."""
-    config = _CHOSEN.get(key)
+    autotuner the first time ``key`` is seen, then (``DIRECT_LAUNCH``) with the config it chose."""
+    config = _CHOSEN.get(key) if DIRECT_LAUNCH else None
     if config is None:
         tile_conv_kernel[lambda meta: (work(meta["BLOCK_M"]),)](*args, **constexprs)
-        _CHOSEN[key] = tile_conv_kernel.best_config
+        if DIRECT_LAUNCH:
+            _CHOSEN[key] = tile_conv_kernel.best_config
         return
     grid = (work(config.kwargs["BLOCK_M"]),)
     tile_conv_kernel.fn[grid](*args, **constexprs, **config.all_kwargs())
