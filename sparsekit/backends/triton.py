@@ -34,7 +34,7 @@ class TritonBackend(Backend):
 
     def unavailable(self, device):
         if ERROR is not None:
-            return f"needs triton ({ERROR})"
+            return f"needs triton ({ERROR}): pip install triton (or sparsekit[triton])"
         if device.type == "cpu" and kernels.INTERPRETED:
             return None
         if device.type != "cuda":

@@ -1,4 +1,4 @@
-"""Stage 5 of compile: the sparse modules built from the layers' choices and put in place.
+"""Stage 6 of compile: the sparse modules built from the layers' choices and put in place.
 
 ``build_layer`` makes a ``SparseConv2d`` / ``SparseLinear`` of a Conv2d's or Linear's geometry
 (also for the candidates ``choice`` times); ``build_model`` replaces each chosen layer of a

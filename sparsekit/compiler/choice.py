@@ -1,4 +1,4 @@
-"""Stage 4 of compile: each layer's plan, dense or a packed plan on a backend, as a plain value.
+"""Stage 5 of compile: each layer's plan, dense or a packed plan on a backend, as a plain value.
 
 Candidates are every planner's plan (or the one asked for) on every competing backend that
 supports it (and whose ``max_competing_blocks`` it does not exceed). With the layer's real

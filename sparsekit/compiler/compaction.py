@@ -1,4 +1,4 @@
-"""Stage 2b of compile: exact channel dataflow compaction of the BN-folded model.
+"""Stage 3 of compile: exact channel dataflow compaction of the BN-folded model.
 
 The model is traced with torch.fx and its channels analysed (``channel_states``): forward, each
 channel of each tensor is live or a known constant; backward, each conv and linear layer keeps

@@ -109,9 +109,9 @@ def compile_choices(
     progress: bool | None = None,
 ) -> nn.Module:
     """``compile``'s pipeline with each layer's plan given by ``decide(layer, its input)``: the
-    reference (stage 1), BatchNorm folded (2), the dataflow compacted (2b, with example inputs),
-    the layers' inputs recorded (3), their choices (4), the modules built (5), the result
-    verified (6)."""
+    reference (stage 1), BatchNorm folded (2), the dataflow compacted (3, with example inputs),
+    the layers' inputs recorded (4), their choices (5), the modules built (6), the result
+    verified (7)."""
     _check_model(model)
     clock = _StageClock()
     inputs = as_input_tuple(example_inputs)

@@ -1,4 +1,4 @@
-"""Stage 3 of compile: running a model while recording what its layers see, the inputs compile
+"""Stage 4 of compile: running a model while recording what its layers see, the inputs compile
 checks and times plans on and the inputs and outputs verify compares layer by layer."""
 
 import torch

@@ -1,4 +1,4 @@
-"""Stage 6 of compile: verify(compiled, reference, example_inputs), the numerical and latency
+"""Stage 7 of compile: verify(compiled, reference, example_inputs), the numerical and latency
 check against the dense reference (also public: ``sparsekit.verify``).
 
 Per sparse layer: the reference's input to that layer is fed to the compiled layer and its
