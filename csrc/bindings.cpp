@@ -21,11 +21,12 @@ PyObject* phase_profile(PyObject*, PyObject* arg) {
   if (on < 0) return nullptr;
   const sparsekit::PhaseTotals t = sparsekit::phase_totals();
   sparsekit::set_phase_profile(on);
-  return Py_BuildValue("{s:L,s:d,s:d,s:d,s:d,s:L,s:L,s:L}", "calls", (long long)t.calls,
+  return Py_BuildValue("{s:L,s:d,s:d,s:d,s:d,s:L,s:L,s:L,s:L}", "calls", (long long)t.calls,
                        "pack_s", t.pack_ns * 1e-9, "tiles_s", t.tiles_ns * 1e-9, "micro_s",
                        t.micro_ns * 1e-9, "store_s", t.store_ns * 1e-9, "grid_positions",
                        (long long)t.grid_positions, "tap_calls", (long long)t.tap_calls,
-                       "pair_calls", (long long)t.pair_calls);
+                       "pair_calls", (long long)t.pair_calls, "window_calls",
+                       (long long)t.window_calls);
 }
 
 // refuse_gradient(op: str): sparsekit::<op>'s Autograd kernel, in C++ (see ops.h).

@@ -36,9 +36,11 @@ void refuse_gradient(const std::string& op);
 // are wall times of the call's two parallel regions; micro and store split the tiles' time
 // summed over threads; grid counts the output grid positions computed (padding included);
 // tap_calls counts the calls that ran on the exact-position kernel (the others: the planes one),
-// pair_calls those of them that multiplied bf16 column pairs (AVX512-BF16).
+// pair_calls those of them that multiplied bf16 column pairs (AVX512-BF16), window_calls the
+// planes calls that read tap-row windows.
 struct PhaseTotals {
-  int64_t calls, pack_ns, tiles_ns, micro_ns, store_ns, grid_positions, tap_calls, pair_calls;
+  int64_t calls, pack_ns, tiles_ns, micro_ns, store_ns, grid_positions, tap_calls, pair_calls,
+      window_calls;
 };
 void set_phase_profile(bool on);
 PhaseTotals phase_totals();

@@ -25,6 +25,7 @@ from .helpers import (
 )
 
 BACKEND_DTYPES = [(b, d) for b in CPU_BACKENDS for d in backend_dtypes(b)]
+THREADS = torch.get_num_threads()
 
 
 def test_every_cpu_backend_is_tested():
@@ -281,6 +282,71 @@ def test_cpu_planes_kernel_puts_a_batch_of_16_innermost():
     assert totals["calls"] == 1 and totals["tap_calls"] == 0
     assert totals["grid_positions"] == 128 * -(-4 * 5 * 16 // 128)  # stacked: 16 * 5 * 5 = 400
     assert_matches(y, expected_conv(x, packed, None, 1, 1, 1, False), torch.float32)
+
+
+def kernel_sparse_weight(out_channels, in_channels, kernel, gen):
+    """Whole kernels kept (about 30%), rows in runs of 1 to 4 sharing their kernels (blocks of 1-4
+    rows), 15% of the kept kernels' taps zero: tap rows of every shape."""
+    sizes = torch.randint(1, 5, (out_channels,), generator=gen)
+    owner = torch.repeat_interleave(torch.arange(out_channels), sizes)[:out_channels]
+    kept = (torch.rand(out_channels, in_channels, generator=gen) < 0.3)[owner]
+    taps = torch.rand(out_channels, in_channels, *kernel, generator=gen) < 0.85
+    weight = torch.randn(out_channels, in_channels, *kernel, generator=gen)
+    return weight * kept[:, :, None, None] * taps
+
+
+@pytest.mark.parametrize("batch", [16, 17, 32, 48])
+@pytest.mark.parametrize(
+    "kernel,stride,dilation",
+    [((3, 3), 1, 1), ((3, 3), 2, 1), ((3, 3), 1, 2), ((1, 3), 1, 1), ((3, 5), 1, 1)],
+    ids=["3x3", "stride2", "dilation2", "1x3", "3x5"],
+)
+@pytest.mark.parametrize("structure", ["kernel", "group"])
+def test_cpu_planes_kernel_reads_tap_row_windows_exactly(
+    batch, kernel, stride, dilation, structure
+):
+    """Kernel masks with 16 images or more load each tap row's reads once (AVX-512 CPUs): runs
+    of every shape (whole rows, taps missing, stride phases apart, dilated, too wide for a window),
+    blocks of 1-4 rows, against fp64."""
+    from sparsekit.backends import cpu
+
+    gen = torch.Generator().manual_seed(batch * 10 + kernel[1] + stride + dilation)
+    packed = pack(kernel_sparse_weight(40, 24, kernel, gen), structure=structure)
+    bias = torch.randn(40, generator=gen)
+    padding = (kernel[0] // 2 * dilation, kernel[1] // 2 * dilation)
+    fmt = torch.channels_last if batch % 2 else torch.contiguous_format
+    x = torch.randn(batch, 24, 8, 8, generator=gen).contiguous(memory_format=fmt)
+    with cpu.phase_profile() as totals:
+        y = ops.block_conv2d(x, packed, bias, stride, padding, dilation, relu=True)
+    assert totals["calls"] == 1 and totals["tap_calls"] == 0
+    if kernel[1] > 4 or not cpu_has("avx512f"):
+        assert totals["window_calls"] == 0
+    elif batch % 16 == 0 and (kernel, stride, dilation, structure) == ((3, 3), 1, 1, "kernel"):
+        assert totals["window_calls"] == 1
+    assert_matches(
+        y, expected_conv(x, packed, bias, stride, padding, dilation, True), torch.float32
+    )
+    torch.set_num_threads(1)
+    try:
+        assert torch.equal(ops.block_conv2d(x, packed, bias, stride, padding, dilation, True), y)
+    finally:
+        torch.set_num_threads(THREADS)
+
+
+def test_cpu_planes_kernel_reads_no_windows_for_lone_taps():
+    """Unstructured masks' tap rows hold one column on average: no windows (their dispatch would
+    cost more than the loads it saves)."""
+    from sparsekit.backends import cpu
+
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(40, 24, 3, 3, generator=gen) * (
+        torch.rand(40, 24, 3, 3, generator=gen) < 0.1
+    )
+    x = torch.randn(16, 24, 8, 8, generator=gen)
+    with cpu.phase_profile() as totals:
+        y = ops.block_conv2d(x, pack(weight, structure="group"), padding=1)
+    assert totals["calls"] == 1 and totals["window_calls"] == 0
+    torch.testing.assert_close(y, F.conv2d(x, weight, padding=1), atol=1e-4, rtol=1e-4)
 
 
 def tap_kernel_conv(out_channels=48, in_channels=16, gen=None):

@@ -28,7 +28,7 @@ constexpr int64_t kParallelMacs = int64_t(1) << 22;
 // threads of a call add their own.
 std::atomic<bool> profiling{false};
 std::atomic<int64_t> calls{0}, pack_ns{0}, tiles_ns{0}, micro_ns{0}, store_ns{0}, grid{0},
-    tap_calls{0}, pair_calls{0};
+    tap_calls{0}, pair_calls{0}, window_calls{0};
 
 int64_t since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() -
@@ -70,6 +70,8 @@ void run_kernel(const BlockConvParams& p, std::chrono::steady_clock::time_point 
   if constexpr (std::is_same_v<Kernel, cpu::TapConv>) {
     ++tap_calls;
     if (weights.pairs()) ++pair_calls;
+  } else if (conv.windows()) {
+    ++window_calls;
   }
 }
 
@@ -104,14 +106,15 @@ const void* checked_layout(at::TensorList layout, at::IntArrayRef layout_ints,
 void set_phase_profile(bool on) {
   if (on)
     for (auto* total :
-         {&calls, &pack_ns, &tiles_ns, &micro_ns, &store_ns, &grid, &tap_calls, &pair_calls})
+         {&calls, &pack_ns, &tiles_ns, &micro_ns, &store_ns, &grid, &tap_calls, &pair_calls,
+          &window_calls})
       *total = 0;
   profiling = on;
 }
 
 PhaseTotals phase_totals() {
   return {calls.load(), pack_ns.load(), tiles_ns.load(), micro_ns.load(), store_ns.load(),
-          grid.load(), tap_calls.load(), pair_calls.load()};
+          grid.load(), tap_calls.load(), pair_calls.load(), window_calls.load()};
 }
 
 std::tuple<std::vector<at::Tensor>, std::vector<int64_t>> prepack_cpu(

@@ -14,6 +14,11 @@
 // The layer's layout (layout.h, kind "planes") holds each row group's columns in channel order
 // with their channels, taps and fp32 weights; where each column reads in the planes, and the
 // channel chunks, depend on the call's geometry and are derived per call (PlanesGrid).
+//
+// Kernel masks keep whole kh x kw kernels: a row's columns of one channel and kernel row read
+// the same plane a pixel apart. With the batch innermost a pixel is whole vectors, so on
+// AVX-512 such a tap-row run loads the union of its reads once (a window) and each column
+// multiplies its part of it: 10 loads instead of 24 for a 3x3 kernel row of one output row.
 #pragma once
 
 #include <cstddef>
@@ -27,6 +32,10 @@ namespace sparsekit::cpu {
 
 // Output grid positions handled by one tile (eight 16-lane vectors).
 constexpr int64_t kTilePositions = 128;
+// Kernel columns a tap-row run can hold (PlanesWeights::run), and how many vectors apart its
+// first and last columns may read for one window of loads to serve them all (PlanesGrid::window).
+constexpr int64_t kRunTaps = 4;
+constexpr int kMaxWindowShift = 4;
 
 // One axis (height or width) of the planes. An output coordinate o reads, for kernel tap t,
 // plane coordinate o + shift[t] + lead in the planes of stride phase phase[t].
@@ -65,8 +74,13 @@ class PlanesWeights {
   const PlanesGroupRecord* records;
   const int32_t* channel;  // per column of the layout
   const int32_t* tap;
+  // Tap-row runs: a group's consecutive columns of one channel and one kernel row, kernel
+  // columns increasing, at most kRunTaps of them. At a run's first column, the bit mask of its
+  // kernel columns (bit kw); 0 at the others. Kernels wider than kRunTaps: one column a run.
+  const int32_t* run;
   const float* weights;
   int64_t columns;  // of all groups
+  int64_t runs;     // tap-row runs of all groups
 };
 
 // The planes of one call: their layout for its geometry (shape and input size), the channel
@@ -97,6 +111,12 @@ class PlanesGrid {
   void fill_offsets(const PlanesWeights& w, int64_t begin, int64_t end);  // columns [begin, end)
   std::vector<int32_t> tap_offsets;
   int32_t channel_floats = 0;  // between the planes of consecutive channels
+  // Per kernel-column mask of a tap-row run: its columns' reads as vector shifts from its first
+  // column's (bit s: a column reads 16 * s floats further), when they all lie in one plane on
+  // whole vectors at most kMaxWindowShift apart, so that one window of loads serves the run;
+  // else 0 (the run's columns load one by one). Empty: no windows (the images-stacked layout,
+  // whose taps read one float apart, or kernels wider than kRunTaps).
+  std::vector<int32_t> window;
 };
 
 class BlockConv {
@@ -121,6 +141,8 @@ class BlockConv {
   int64_t num_tiles() const { return grid_.num_tiles(); }
   int64_t num_parts() const { return int64_t(parts_.size()); }
   int64_t grid_positions() const { return num_tiles() * kTilePositions; }
+  // Whether the call reads tap-row windows (PlanesGrid::window).
+  bool windows() const { return !grid_.window.empty(); }
   void run_tiles(int64_t begin, int64_t end, TileTimes* times = nullptr) const;
 
  private:

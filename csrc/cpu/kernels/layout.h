@@ -41,6 +41,8 @@ struct LayoutHeader {
   int64_t pairs;                 // taps: panels of bf16 column pairs (AVX512-BF16)
   int64_t columns;               // planes: columns of all groups
   int64_t channel_at, tap_at;    // planes: int32 [columns], each column's input channel and tap
+  int64_t run_at;                // planes: int32 [columns], tap-row runs (PlanesWeights::run)
+  int64_t runs;                  // planes: how many
 };
 
 // Layout memory: whole 64-byte lines, so that the first is aligned.
