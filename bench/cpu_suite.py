@@ -1,7 +1,9 @@
 """CPU benchmark suite: sparsekit against torch dense (oneDNN) and torch BSR, in one run.
 
 Per layer: 3x3 convs (256/512 channels) with group-wise, channel-wise, kernel-wise and
-unstructured masks at several sparsities, in fp32 and bf16, and a 4096x4096 linear at 80%
+unstructured masks at several sparsities, in fp32 and bf16; ResNet-18's 3x3 convs at batch 16
+under kernel-magnitude (whole kernels, each row its own) and unstructured masks at 70/80/90/95%,
+in fp32; a 4096x4096 linear at 80%
 32x32-block sparsity (also against ``to_sparse_bsr``); end to end: ResNet-18 and VGG-16 (BN) at
 32x32 (batch 16) and ResNet-50 at 224x224 (batch 4), channels_last, compiled with measured plans
 from layer-wise L1 masks (first conv and classifier dense) at 80%, refilled and plain, and plain
@@ -14,6 +16,7 @@ positions they compute per real one; end to end, the same per layer.
 
     python -m bench.cpu_suite            # full: writes bench/results/cpu-<date>.{json,md,png}
     python -m bench.cpu_suite --quick    # seconds: tiny shapes, for CI
+    python -m bench.cpu_suite --part resnet18-layers   # one part: cpu-<date>-<part>.*
 """
 
 import datetime
@@ -42,19 +45,24 @@ SPARSITIES = {
     "kernel": (0.9,),
     "unstructured": (0.8, 0.9),
 }
+# ResNet-18's 3x3 convs (zoo, 32x32 inputs) at batch 16 under the masks most pruned models carry:
+# whole kernels ranked by magnitude, each row its own (kernel_magnitude_mask), and unstructured
+RESNET18_CONVS = [(64, 32, 16), (128, 16, 16), (256, 8, 16), (512, 4, 16)]
+MAGNITUDE_SPARSITIES = {s: (0.7, 0.8, 0.9, 0.95) for s in ("kernel-magnitude", "unstructured")}
 DTYPES = (torch.float32, torch.bfloat16)
+PARTS = ("convs", "resnet18-layers", "linear", "models")
 PROFILED_CALLS = 5  # calls of a C++ kernel profiled for its phase breakdown
 
 
-def conv_cases(shapes, quick: bool, gen):
+def conv_cases(shapes, quick: bool, gen, sparsities=SPARSITIES, dtypes=DTYPES):
     for channels, size, batch in shapes:
         x32 = torch.randn(batch, channels, size, size, generator=gen)
-        for structure, sparsities in SPARSITIES.items():
-            for sparsity in sparsities[:1] if quick else sparsities:
+        for structure, levels in sparsities.items():
+            for sparsity in levels[:1] if quick else levels:
                 weight32 = torch.randn(channels, channels, 3, 3, generator=gen)
                 weight32 *= conv_mask(structure, channels, sparsity, gen)
-                plan = "auto" if structure == "unstructured" else structure
-                for dtype in DTYPES:
+                plan = "auto" if structure == "unstructured" else structure.split("-")[0]
+                for dtype in dtypes:
                     x, weight = x32.to(dtype), weight32.to(dtype)
                     layer = sparsekit.SparseConv2d.from_weight(weight, padding=1, structure=plan)
                     dense, dense_format, _ = timing.in_faster_format(
@@ -240,16 +248,23 @@ def layer_breakdown(compiled, report, masks, x) -> list[dict]:
     return rows
 
 
-def run(quick: bool, peak_macs: float, seed: int = 0) -> list[dict]:
+def run(quick: bool, peak_macs: float, seed: int = 0, parts=PARTS) -> list[dict]:
     gen = torch.Generator().manual_seed(seed)
     min_run_time = 0.01 if quick else 0.2
     records = []
-    cases = (
-        conv_cases(QUICK_CONVS if quick else FULL_CONVS, quick, gen),
-        linear_cases(quick, gen),
-        model_cases(quick, gen),
-    )
-    for record, dense, sparse, bsr in (case for group in cases for case in group):
+    cases = {
+        "convs": lambda: conv_cases(QUICK_CONVS if quick else FULL_CONVS, quick, gen),
+        "resnet18-layers": lambda: conv_cases(
+            QUICK_CONVS if quick else RESNET18_CONVS,
+            quick,
+            gen,
+            MAGNITUDE_SPARSITIES,
+            (torch.float32,),
+        ),
+        "linear": lambda: linear_cases(quick, gen),
+        "models": lambda: model_cases(quick, gen),
+    }
+    for record, dense, sparse, bsr in (case for part in parts for case in cases[part]()):
         sides = {"dense_ms": dense, "sparse_ms": sparse} | ({"bsr_ms": bsr} if bsr else {})
         record |= timing.paired_ms(sides, min_run_time)
         record["speedup"] = record["dense_ms"] / record["sparse_ms"]
@@ -386,7 +401,13 @@ def plot(records: list[dict], path: Path) -> None:
 
 def main(argv=None) -> list[dict]:
     args, command = suite_arguments(
-        argv, __doc__.splitlines()[0], "bench.cpu_suite", "tiny shapes, seconds (for CI)"
+        argv,
+        __doc__.splitlines()[0],
+        "bench.cpu_suite",
+        "tiny shapes, seconds (for CI)",
+        lambda parser: parser.add_argument(
+            "--part", action="append", choices=PARTS, help="default: all, in this order"
+        ),
     )
     peak_macs = fp32_peak_macs()
     env = environment(command, peak_macs)
@@ -395,8 +416,9 @@ def main(argv=None) -> list[dict]:
         f"{env['fp32_peak_gmacs']:.0f} GMAC/s (`python -m bench.peak`)"
     )
     print(f"{title}\n{HEADER}")
-    records = run(args.quick, peak_macs)
-    stem = args.out / f"cpu-{env['date']}{'-quick' if args.quick else ''}"
+    records = run(args.quick, peak_macs, parts=args.part or PARTS)
+    only = "".join(f"-{part}" for part in args.part or ())
+    stem = args.out / f"cpu-{env['date']}{only}{'-quick' if args.quick else ''}"
     layers = [_layer_row(r, layer) for r in records for layer in r.get("layers", ())]
     write_results(
         stem,

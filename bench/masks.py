@@ -3,12 +3,17 @@
 import torch
 from torch import nn
 
+from sparsekit.transforms.kernel import kernel_magnitude_mask
+
 
 def conv_mask(structure: str, channels: int, sparsity: float, gen) -> torch.Tensor:
     """A [C, C, 3, 3] mask: row groups of 32 with their own columns (group), whole output
-    channels (channel), row groups of 32 sharing whole kernels (kernel) or independent weights
-    (unstructured, what magnitude pruning gives)."""
+    channels (channel), row groups of 32 sharing whole kernels (kernel), whole kernels ranked by
+    magnitude, each row its own (kernel-magnitude: what kernel pruning gives) or independent
+    weights (unstructured, what magnitude pruning gives)."""
     keep = 1 - sparsity
+    if structure == "kernel-magnitude":
+        return kernel_magnitude_mask(torch.randn(channels, channels, 3, 3, generator=gen), sparsity)
     if structure == "unstructured":
         return (torch.rand(channels, channels, 3, 3, generator=gen) < keep).float()
     if structure == "channel":

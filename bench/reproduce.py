@@ -6,12 +6,12 @@ papers' numbers and the FLOP limit (dense MACs / kept MACs of the mask).
 Masks as the papers make them, on freshly initialised weights: layer-wise L1 unstructured masks
 over every conv but the first (a global threshold would empty whole small-init layers) at each
 sparsity, then each transform (IMP-Refill, Refill+, IMP-Regroup; kernel masks rank whole kernels
-by L1 at the same sparsity), and the plain unstructured mask; for ResNet-18 also the paper's own
-regrouped ticket (``../shared/data``). BatchNorm statistics are calibrated under each mask, so
-that compile's check against the masked model can fail. Times: dense (the masked model with its
-BatchNorm folded, in its faster memory format) and compiled (channels_last), called in
-alternation after a warm-up, ``RUNS`` calls each (torch.utils.benchmark's timer), medians and
-quartiles.
+by L1 at the same sparsity), and the plain unstructured mask, both also at 70% and 95%; for
+ResNet-18 also the paper's own regrouped ticket (``tests/data``). BatchNorm statistics are
+calibrated under each mask, so that compile's check against the masked model can fail. Times:
+dense (the masked model with its BatchNorm folded, in its faster memory format) and compiled
+(channels_last), called in alternation after a warm-up, ``RUNS`` calls each
+(torch.utils.benchmark's timer), medians and quartiles.
 
 On a GPU (``--device cuda``), the papers' GPU rows: zoo ResNet-18 and VGG-16-BN at 32x32 and
 ResNet-50 at 224, batch 64, IMP-Refill, IMP-Regroup and kernel masks at 80%, in float32 and
@@ -62,6 +62,8 @@ from .ticket_layers import DEFAULT_TICKET
 MODELS = ("vgg16_bn", "resnet18", "wrn32_2", "mobilenet_v1", "resnet50")
 SPARSITIES = (0.36, 0.45, 0.58, 0.74, 0.80, 0.90)
 TRANSFORMS = ("unstructured", "refill", "refill+", "regroup", "kernel")
+# the masks most pruned models carry, also at the sparsities magnitude and kernel pruning reach
+MORE_SPARSITIES = {"unstructured": (0.70, 0.95), "kernel": (0.70, 0.95)}
 REFILL_PLUS = 0.1  # Refill+'s fillback rate: the fraction of the pruned channels added back
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 BATCHES = (1, 16)
@@ -284,7 +286,7 @@ def run_case(name, transform, sparsity, dtype_name, batch, quick, gen, device="c
     with_savings(record)
     if rate is not None:
         record["acceleration_rate"] = rate
-    if sparsity == 0.80 or transform == "ticket":  # where the time goes, per layer
+    if sparsity in (0.80, 0.90) or transform == "ticket":  # where the time goes, per layer
         record["layers"] = layer_breakdown(compiled, report, masks, x)
     return record
 
@@ -583,6 +585,14 @@ def arguments(argv) -> tuple:
     )
 
 
+def sparsities(args, chosen: dict, transform: str) -> tuple:
+    """The sparsities ``transform`` is measured at: those asked for, else the device's defaults
+    (on CPU, for unstructured and kernel masks, also ``MORE_SPARSITIES``)."""
+    if args.sparsity or args.device != "cpu":
+        return chosen["sparsity"]
+    return tuple(sorted(chosen["sparsity"] + MORE_SPARSITIES.get(transform, ())))
+
+
 def grid(args) -> list[tuple]:
     """(model, transform, sparsity, dtype, batch) of every case ``args`` ask for: the options
     given, the device's defaults for the others (the ticket on resnet18 only, at its own
@@ -596,7 +606,7 @@ def grid(args) -> list[tuple]:
         for d in chosen["dtype"]
         for b in chosen["batch"]
         for t in chosen["transform"]
-        for s in ((None,) if t == "ticket" else chosen["sparsity"])
+        for s in ((None,) if t == "ticket" else sparsities(args, chosen, t))
         if t != "ticket" or m == "resnet18"
     ]
     if args.device == "cuda":  # every model's float32 first, should a time limit stop the run:

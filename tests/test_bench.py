@@ -181,8 +181,20 @@ def test_reproduce_runs_each_devices_default_cases_unless_told_otherwise():
     def cases(*argv):
         return reproduce.grid(reproduce.arguments(list(argv))[0])
 
-    # CPU: every model, mask (the ticket on resnet18 only), sparsity, dtype and batch
-    assert len(cases()) == 5 * 2 * 2 * 5 * 6 + 2 * 2
+    # CPU: every model, mask (the ticket on resnet18 only), sparsity, dtype and batch; unstructured
+    # and kernel masks also at 70% and 95%
+    assert len(cases()) == 5 * 2 * 2 * (5 * 6 + 2 * 2) + 2 * 2
+    assert {c[2] for c in cases() if c[1] == "kernel"} == {
+        0.36,
+        0.45,
+        0.58,
+        0.7,
+        0.74,
+        0.8,
+        0.9,
+        0.95,
+    }
+    assert {c[2] for c in cases("--sparsity", "0.9") if c[1] == "kernel"} == {0.9}
     # GPU: the papers' GPU rows, every model's float32 first
     gpu = cases("--device", "cuda")
     assert len(gpu) == 3 * 3 * 2 and [c[3] for c in gpu] == ["float32"] * 9 + ["bfloat16"] * 9
