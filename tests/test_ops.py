@@ -269,8 +269,9 @@ def test_cpu_phase_profile_counts_the_calls_inside_it_only():
 
 
 def test_cpu_planes_kernel_puts_a_batch_of_16_innermost():
-    """With 16 images, each output row (4 columns x 16 images) fills half a tile: the grid is
-    the rows with their shared zero column, not the images' padded planes."""
+    """With 16 images, each output row (4 columns x 16 images) fills half a tile: a tile holds
+    two rows, skipping their zero columns, and nothing is computed but the outputs (the images'
+    padded planes would compute 400 positions)."""
     from sparsekit.backends import cpu
 
     packed = packed_conv(
@@ -280,7 +281,7 @@ def test_cpu_planes_kernel_puts_a_batch_of_16_innermost():
     with cpu.phase_profile() as totals:
         y = ops.block_conv2d(x, packed, padding=1)
     assert totals["calls"] == 1 and totals["tap_calls"] == 0
-    assert totals["grid_positions"] == 128 * -(-4 * 5 * 16 // 128)  # stacked: 16 * 5 * 5 = 400
+    assert totals["grid_positions"] == 2 * 128
     assert_matches(y, expected_conv(x, packed, None, 1, 1, 1, False), torch.float32)
 
 
@@ -301,28 +302,41 @@ def kernel_sparse_weight(out_channels, in_channels, kernel, gen):
     [((3, 3), 1, 1), ((3, 3), 2, 1), ((3, 3), 1, 2), ((1, 3), 1, 1), ((3, 5), 1, 1)],
     ids=["3x3", "stride2", "dilation2", "1x3", "3x5"],
 )
-@pytest.mark.parametrize("structure", ["kernel", "group"])
+@pytest.mark.parametrize("structure", ["kernel", "group", "unstructured"])
+@pytest.mark.parametrize("size", [(8, 8), (5, 4)], ids=["8x8", "5x4"])
 def test_cpu_planes_kernel_reads_tap_row_windows_exactly(
-    batch, kernel, stride, dilation, structure
+    batch, kernel, stride, dilation, structure, size
 ):
     """Kernel masks with 16 images or more load each tap row's reads once (AVX-512 CPUs): runs
     of every shape (whole rows, taps missing, stride phases apart, dilated, too wide for a window),
-    blocks of 1-4 rows, against fp64."""
+    blocks of 1-4 rows; output rows of half a tile (4 pixels of 16 images, 2 of 32), a tile
+    holding two of them (an odd number of rows leaves the last tile half empty); against fp64."""
     from sparsekit.backends import cpu
 
-    gen = torch.Generator().manual_seed(batch * 10 + kernel[1] + stride + dilation)
-    packed = pack(kernel_sparse_weight(40, 24, kernel, gen), structure=structure)
+    gen = torch.Generator().manual_seed(batch * 10 + kernel[1] + stride + dilation + size[0])
+    weight = kernel_sparse_weight(40, 24, kernel, gen)
+    if structure == "unstructured":
+        weight *= torch.rand(weight.shape, generator=gen) < 0.4
+    packed = pack(weight, structure="group" if structure == "unstructured" else structure)
     bias = torch.randn(40, generator=gen)
     padding = (kernel[0] // 2 * dilation, kernel[1] // 2 * dilation)
     fmt = torch.channels_last if batch % 2 else torch.contiguous_format
-    x = torch.randn(batch, 24, 8, 8, generator=gen).contiguous(memory_format=fmt)
+    x = torch.randn(batch, 24, *size, generator=gen).contiguous(memory_format=fmt)
     with cpu.phase_profile() as totals:
         y = ops.block_conv2d(x, packed, bias, stride, padding, dilation, relu=True)
     assert totals["calls"] == 1 and totals["tap_calls"] == 0
     if kernel[1] > 4 or not cpu_has("avx512f"):
         assert totals["window_calls"] == 0
-    elif batch % 16 == 0 and (kernel, stride, dilation, structure) == ((3, 3), 1, 1, "kernel"):
+    elif batch % 16 == 0 and (kernel, stride, dilation, structure, size) == (
+        (3, 3),
+        1,
+        1,
+        "kernel",
+        (8, 8),
+    ):
         assert totals["window_calls"] == 1
+    if batch == 16 and size == (5, 4) and stride == 1:  # 3 tiles of two rows, none wasted
+        assert totals["grid_positions"] == 3 * 128
     assert_matches(
         y, expected_conv(x, packed, bias, stride, padding, dilation, True), torch.float32
     )

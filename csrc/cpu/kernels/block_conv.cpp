@@ -28,12 +28,14 @@ constexpr int64_t kWindowChunkFloats = 65536;
 
 // ---- register-blocked micro-kernel: acc[rows[r]][0:TP] += sum_k w[k][r] * x[offset[k] + 0:TP],
 // over `count` columns of one group in one channel chunk: column k reads the planes at
-// offsets[k] and has the weights w[k * R + r] of the group's R rows (from row m) ----
+// offsets[k] and has the weights w[k * R + r] of the group's R rows (from row m). The tile's
+// second half lies `gap` vectors further (PlanesGrid::half_gap) ----
 
 template <int M>
 inline __attribute__((always_inline)) void micro(const int32_t* rows, const int32_t* offsets,
                                                  const float* w, int64_t count, int64_t m,
-                                                 int64_t R, const float* x, float* acc) {
+                                                 int64_t R, const float* x, int64_t gap,
+                                                 float* acc) {
   vec16 c[M][kVectors];
   for (int r = 0; r < M; ++r)
     for (int j = 0; j < kVectors; ++j)
@@ -41,7 +43,7 @@ inline __attribute__((always_inline)) void micro(const int32_t* rows, const int3
   for (int64_t k = 0; k < count; ++k) {
     const vec16* v = reinterpret_cast<const vec16*>(x + offsets[k]);
     vec16 a[kVectors];
-    for (int j = 0; j < kVectors; ++j) a[j] = v[j];
+    for (int j = 0; j < kVectors; ++j) a[j] = v[j + (j < kVectors / 2 ? 0 : gap)];
     const float* wk = w + k * R + m;
     for (int r = 0; r < M; ++r) {
       const float b = wk[r];
@@ -61,14 +63,16 @@ inline __attribute__((always_inline)) void micro(const int32_t* rows, const int3
 #define SPARSEKIT_AVX512 __attribute__((target("arch=x86-64-v4")))
 
 // Columns reading at vector shifts S (bit s: 16 * s floats past x), their weights w[i * R + r].
-template <int M, int S>
+// HALVES: the tile's second half lies `gap` vectors further, in a window of its own.
+template <int M, int S, bool HALVES>
 SPARSEKIT_AVX512 inline __attribute__((always_inline)) void window_run(
-    const float* x, const float* w, int64_t R, vec16 (&c)[M][kVectors]) {
-  constexpr int span = 31 - __builtin_clz(S);
+    const float* x, int64_t gap, const float* w, int64_t R, vec16 (&c)[M][kVectors]) {
+  constexpr int span = 31 - __builtin_clz(S), half = kVectors / 2;
+  constexpr int size = HALVES ? 2 * (half + span) : kVectors + span;
   const vec16* v = reinterpret_cast<const vec16*>(x);
-  vec16 a[kVectors + span];
-  for (int j = 0; j < kVectors + span; ++j) {
-    a[j] = v[j];
+  vec16 a[size];  // HALVES: [0, half + span) the first half's, then the second's
+  for (int j = 0; j < size; ++j) {
+    a[j] = HALVES && j >= half + span ? v[j - span + gap] : v[j];
     asm("" : "+v"(a[j]));  // held in a register: the compiler would load it again for each tap
   }
   int i = 0;
@@ -76,16 +80,18 @@ SPARSEKIT_AVX512 inline __attribute__((always_inline)) void window_run(
     if (!((S >> shift) & 1)) continue;
     for (int r = 0; r < M; ++r) {
       const float b = w[i * R + r];
-      for (int j = 0; j < kVectors; ++j) c[r][j] += b * a[j + shift];
+      for (int j = 0; j < kVectors; ++j)
+        c[r][j] += b * a[j + shift + (HALVES && j >= half ? span : 0)];
     }
     ++i;
   }
 }
 
-template <int M>
+template <int M, bool HALVES>
 SPARSEKIT_AVX512 inline __attribute__((always_inline)) void micro_runs(
     const int32_t* rows, const int32_t* offsets, const int32_t* run, const int32_t* window,
-    const float* w, int64_t count, int64_t m, int64_t R, const float* x, float* acc) {
+    const float* w, int64_t count, int64_t m, int64_t R, const float* x, int64_t gap,
+    float* acc) {
   static_assert(kMaxWindowShift == 4, "the cases below list the windows of shifts 0-4");
   vec16 c[M][kVectors];
   for (int r = 0; r < M; ++r)
@@ -98,7 +104,7 @@ SPARSEKIT_AVX512 inline __attribute__((always_inline)) void micro_runs(
     switch (window[taps]) {
 #define SPARSEKIT_WINDOW(S)              \
   case S:                                \
-    window_run<M, S>(xk, wk, R, c);      \
+    window_run<M, S, HALVES>(xk, gap, wk, R, c); \
     k += __builtin_popcount(S);          \
     break;
       SPARSEKIT_WINDOW(1) SPARSEKIT_WINDOW(3) SPARSEKIT_WINDOW(5) SPARSEKIT_WINDOW(7)
@@ -108,7 +114,7 @@ SPARSEKIT_AVX512 inline __attribute__((always_inline)) void micro_runs(
 #undef SPARSEKIT_WINDOW
       default:  // no common window: the run's columns one by one
         for (int n = __builtin_popcount(taps); n > 0; --n, ++k)
-          window_run<M, 1>(x + offsets[k], w + k * R + m, R, c);
+          window_run<M, 1, HALVES>(x + offsets[k], gap, w + k * R + m, R, c);
     }
   }
   for (int r = 0; r < M; ++r)
@@ -120,30 +126,33 @@ SPARSEKIT_AVX512 inline __attribute__((always_inline)) void micro_runs(
 // machines without AVX-512).
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void group_tile(std::span<const int32_t> group_rows, const int32_t* offsets, const float* w,
-                int64_t count, const float* x, float* acc) {
+                int64_t count, const float* x, int64_t gap, float* acc) {
   const int64_t R = int64_t(group_rows.size());
   const int32_t* rows = group_rows.data();
   int64_t m = 0;
-  for (; m + kRows <= R; m += kRows) micro<kRows>(rows + m, offsets, w, count, m, R, x, acc);
+  for (; m + kRows <= R; m += kRows) micro<kRows>(rows + m, offsets, w, count, m, R, x, gap, acc);
   if (m + 2 <= R) {
-    micro<2>(rows + m, offsets, w, count, m, R, x, acc);
+    micro<2>(rows + m, offsets, w, count, m, R, x, gap, acc);
     m += 2;
   }
-  if (m < R) micro<1>(rows + m, offsets, w, count, m, R, x, acc);
+  if (m < R) micro<1>(rows + m, offsets, w, count, m, R, x, gap, acc);
 }
 
 // group_tile with the rows left over from the triples on tap-row runs (window: indexed by run
 // masks). AVX-512 only: the windows are held in registers.
+template <bool HALVES>
 SPARSEKIT_AVX512 void group_tile_windows(std::span<const int32_t> group_rows,
                                          const int32_t* offsets, const int32_t* run,
                                          const int32_t* window, const float* w, int64_t count,
-                                         const float* x, float* acc) {
+                                         const float* x, int64_t gap, float* acc) {
   const int64_t R = int64_t(group_rows.size());
   const int32_t* rows = group_rows.data();
   int64_t m = 0;
-  for (; m + kRows <= R; m += kRows) micro<kRows>(rows + m, offsets, w, count, m, R, x, acc);
-  if (m + 2 <= R) micro_runs<2>(rows + m, offsets, run, window, w, count, m, R, x, acc);
-  else if (m < R) micro_runs<1>(rows + m, offsets, run, window, w, count, m, R, x, acc);
+  for (; m + kRows <= R; m += kRows) micro<kRows>(rows + m, offsets, w, count, m, R, x, gap, acc);
+  if (m + 2 <= R)
+    micro_runs<2, HALVES>(rows + m, offsets, run, window, w, count, m, R, x, gap, acc);
+  else if (m < R)
+    micro_runs<1, HALVES>(rows + m, offsets, run, window, w, count, m, R, x, gap, acc);
 }
 
 int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
@@ -262,11 +271,16 @@ PlanesGrid::PlanesGrid(const BlockConvParams& p, const PlanesWeights& weights) {
   image = h.extent * w.extent;
   const int64_t padded = round_up(s.N, 16), row = s.OW * padded;
   const int64_t whole_rows = row % TP == 0 ? row / TP : 0;
-  const int64_t inner = whole_rows ? s.OH * row : round_up(s.OH * w.extent * padded, TP);
+  half_rows = 2 * row == TP;
+  const int64_t inner = whole_rows ? s.OH * row
+                        : half_rows ? (s.OH + 1) / 2 * TP
+                                    : round_up(s.OH * w.extent * padded, TP);
   batch_inner = inner < round_up(s.N * image, TP);
   int64_t unit = 1;  // floats between grid points
+  half_rows = half_rows && batch_inner;
   if (batch_inner) {
     batch = unit = padded, row_tiles = whole_rows;
+    half_gap = half_rows ? w.extent * batch - row : 0;
     positions = s.OH * w.extent * batch;
     // Reads reach h.lead rows before the data and, from the zero columns, one row past it; the
     // last tile's positions past the grid read at most a tile and a row past the last plane.
@@ -339,14 +353,17 @@ PlanesGrid::PlanesGrid(const BlockConvParams& p, const PlanesWeights& weights) {
     chunk_channels = std::clamp<int64_t>(std::max(budget / footprint, wide), 1, s.C);
   }
   chunks = (s.C + chunk_channels - 1) / chunk_channels;
-  // Each group's columns are in channel order: a chunk is a run of them, found by bisection.
+  // Each group's columns are in channel order: a chunk is a run of them, found in one pass (a
+  // bisection per chunk cost more, for the many small groups of unstructured masks).
   cuts.resize(G * (chunks + 1));
   for (int64_t g = 0; g < G; ++g) {
     const PlanesGroupRecord& r = weights.records[g];
     const int32_t* channel = weights.channel + r.first_column;
-    for (int64_t j = 0; j <= chunks; ++j)
-      cuts[g * (chunks + 1) + j] =
-          std::lower_bound(channel, channel + r.num_columns, j * chunk_channels) - channel;
+    int64_t k = 0;
+    for (int64_t j = 0; j <= chunks; ++j) {
+      while (k < r.num_columns && channel[k] < j * chunk_channels) ++k;
+      cuts[g * (chunks + 1) + j] = k;
+    }
   }
 }
 
@@ -356,10 +373,13 @@ void PlanesGrid::fill_offsets(const PlanesWeights& w, int64_t begin, int64_t end
 }
 
 int64_t PlanesGrid::num_tiles() const {
-  return row_tiles ? (positions / (w.extent * batch)) * row_tiles : (positions + TP - 1) / TP;
+  const int64_t rows = positions / (w.extent * batch);  // batch innermost: output rows
+  if (half_rows) return (rows + 1) / 2;
+  return row_tiles ? rows * row_tiles : (positions + TP - 1) / TP;
 }
 
 int64_t PlanesGrid::tile_base(int64_t tile) const {
+  if (half_rows) return 2 * tile * w.extent * batch;
   if (!row_tiles) return tile * TP;
   return (tile / row_tiles) * w.extent * batch + (tile % row_tiles) * TP;
 }
@@ -462,7 +482,8 @@ void BlockConv::store_tile(int64_t tile, const RowSet& part, const float* acc) c
   int64_t count = 0, lane[TP], out_base[TP];
   const int64_t q0 = grid_.tile_base(tile);
   for (int64_t i = 0; i < TP; ++i) {
-    const int64_t q = q0 + i, point = grid_.batch_inner ? q / grid_.batch : q % grid_.image;
+    const int64_t q = q0 + i + (i < TP / 2 ? 0 : grid_.half_gap);
+    const int64_t point = grid_.batch_inner ? q / grid_.batch : q % grid_.image;
     const int64_t n = grid_.batch_inner ? q % grid_.batch : q / grid_.image;
     const int64_t oh = point / grid_.w.extent, ow = point % grid_.w.extent;
     if (n >= s.N || oh >= s.OH || ow >= s.OW) continue;  // zeros between rows and images
@@ -518,17 +539,23 @@ void BlockConv::run_tiles(int64_t begin, int64_t end, TileTimes* times) const {
     const auto start = times ? clock::now() : clock::time_point();
     for (int32_t k : part.rows) std::fill_n(acc + k * TP, TP, 0.f);
     const float* x = planes_ + grid_.tile_base(tile);
+    const int32_t* window = grid_.window.data();
+    const int64_t gap = grid_.half_gap / 16;
     for (int64_t chunk = 0; chunk < grid_.chunks; ++chunk)
       for (size_t g : part.groups) {
         const PlanesGroupRecord& r = w_.records[g];
         const int64_t first = grid_.cut(int64_t(g), chunk), count = grid_.cut(int64_t(g), chunk + 1) - first;
-        if (count > 0 && windows())
-          group_tile_windows(w_.groups[g].rows, grid_.offsets + r.first_column + first,
-                             w_.run + r.first_column + first, grid_.window.data(),
-                             w_.weights + r.weights_at + first * r.num_rows, count, x, acc);
-        else if (count > 0)
-          group_tile(w_.groups[g].rows, grid_.offsets + r.first_column + first,
-                     w_.weights + r.weights_at + first * r.num_rows, count, x, acc);
+        if (count == 0) continue;
+        const int32_t* offsets = grid_.offsets + r.first_column + first;
+        const int32_t* run = w_.run + r.first_column + first;
+        const float* weights = w_.weights + r.weights_at + first * r.num_rows;
+        const auto rows = w_.groups[g].rows;
+        if (!windows())
+          group_tile(rows, offsets, weights, count, x, gap, acc);
+        else if (grid_.half_rows)
+          group_tile_windows<true>(rows, offsets, run, window, weights, count, x, gap, acc);
+        else
+          group_tile_windows<false>(rows, offsets, run, window, weights, count, x, gap, acc);
       }
     const auto computed = times ? clock::now() : clock::time_point();
     switch (p_.dtype) {

@@ -100,6 +100,10 @@ class PlanesGrid {
   int64_t image = 0;         // images stacked: grid positions per image, h.extent * w.extent
   int64_t positions = 0;     // grid positions
   int64_t row_tiles = 0;     // tiles per output row when tiles skip the zero columns, else 0
+  // Output rows of half a tile (4 pixels of 16 images): a tile holds two rows, its second half
+  // half_gap floats past the first's end (the zero columns skipped).
+  bool half_rows = false;
+  int64_t half_gap = 0;
   int64_t plane = 0;         // floats per plane: the grid and the zeros wrapped reads reach
   int64_t tail = 0;          // zeros after the last plane, which the last tile's reads reach
   int64_t chunks = 1;        // channel chunks tiles sweep
