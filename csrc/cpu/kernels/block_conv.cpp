@@ -20,6 +20,7 @@ constexpr int kVectors = TP / 16;
 constexpr int kRows = 3;  // 3 rows x 8 vectors = 24 of the 32 AVX-512 registers
 constexpr int64_t kPackChannels = 16;   // channels packed together: one cache line of channels_last
 constexpr int64_t kOffsetColumns = 16384;  // columns whose offsets one pack unit computes
+constexpr int64_t kCutGroups = 64;         // groups whose chunk cuts one pack unit finds
 constexpr int64_t kChunkColumns = 16;
 constexpr int64_t kChunkFloats = 8192;  // 32 KiB of input reads per tile and chunk: L1's size
 // With tap-row windows, a chunk's reads may fill 256 KiB of L2: measured faster than L1 chunks
@@ -338,7 +339,7 @@ PlanesGrid::PlanesGrid(const BlockConvParams& p, const PlanesWeights& weights) {
   // kChunkColumns columns in a chunk on average, as each group's accumulators are loaded and
   // stored once per chunk.
   const int64_t G = int64_t(weights.groups.size());
-  int64_t chunk_channels = s.C;
+  chunk_channels = s.C;
   if (G > 0 && weights.columns > 0) {
     std::vector<int64_t> starts = tap_offset;
     std::sort(starts.begin(), starts.end());
@@ -353,10 +354,13 @@ PlanesGrid::PlanesGrid(const BlockConvParams& p, const PlanesWeights& weights) {
     chunk_channels = std::clamp<int64_t>(std::max(budget / footprint, wide), 1, s.C);
   }
   chunks = (s.C + chunk_channels - 1) / chunk_channels;
-  // Each group's columns are in channel order: a chunk is a run of them, found in one pass (a
-  // bisection per chunk cost more, for the many small groups of unstructured masks).
-  cuts.resize(G * (chunks + 1));
-  for (int64_t g = 0; g < G; ++g) {
+  cuts.resize(G * (chunks + 1));  // filled by fill_cuts
+}
+
+// Each group's columns are in channel order: a chunk is a run of them, found in one pass (a
+// bisection per chunk cost more, for the many small groups of unstructured masks).
+void PlanesGrid::fill_cuts(const PlanesWeights& weights, int64_t begin, int64_t end) {
+  for (int64_t g = begin; g < end; ++g) {
     const PlanesGroupRecord& r = weights.records[g];
     const int32_t* channel = weights.channel + r.first_column;
     int64_t k = 0;
@@ -394,6 +398,10 @@ BlockConv::BlockConv(const BlockConvParams& p, const PlanesWeights& w)
   planes_ = buffer.data() + (-reinterpret_cast<uintptr_t>(buffer.data()) / sizeof(float)) % 16;
   std::fill_n(planes_ + planes, grid_.tail, 0.f);
   parts_ = one_row_set(w.groups, p.shape.K);  // split only when asked: no grouping work per call
+  // fp32 channels-last input of whole 16-image and 16-channel blocks, batch innermost: packed
+  // by input rows, each point's channels read in one sweep (pack_rows)
+  by_rows_ = grid_.batch_inner && grid_.batch == p.shape.N && p.dtype == DType::Float32 &&
+             p.in_stride[1] == 1 && p.shape.C % kPackChannels == 0 && has_transpose16();
   bias_ = bias_floats(p);
 }
 
@@ -404,8 +412,17 @@ int64_t BlockConv::split_rows(int64_t parts) {
 
 int64_t BlockConv::channel_units() const { return (p_.shape.C + kPackChannels - 1) / kPackChannels; }
 
+int64_t BlockConv::row_units() const {
+  return by_rows_ ? grid_.h.stride * grid_.w.stride * grid_.h.data : 0;
+}
+
+int64_t BlockConv::offset_units() const {
+  return (w_.columns + kOffsetColumns - 1) / kOffsetColumns;
+}
+
 int64_t BlockConv::pack_units() const {
-  return channel_units() + (w_.columns + kOffsetColumns - 1) / kOffsetColumns;
+  const int64_t groups = int64_t(w_.groups.size());
+  return channel_units() + row_units() + offset_units() + (groups + kCutGroups - 1) / kCutGroups;
 }
 
 // Every float of the planes of channel blocks [begin, end): plane (c, phase_h, phase_w) holds
@@ -424,9 +441,9 @@ void BlockConv::pack_channels(int64_t begin, int64_t end) {
     for (int64_t rh = 0; rh < sh; ++rh)
       for (int64_t rw = 0; rw < sw; ++rw) {
         float* planes = planes_ + (c0 * sh + rh) * sw * grid_.plane + rw * grid_.plane;
-        for (int64_t c = 0; c < channels; ++c) std::fill_n(planes + c * channel_stride, grid_.plane, 0.f);
         const int64_t rows = std::min(grid_.h.data, (s.H - rh + sh - 1) / sh);
         const int64_t cols = std::min(grid_.w.data, (s.W - rw + sw - 1) / sw);
+        for (int64_t c = 0; c < channels; ++c) zero_padding(planes + c * channel_stride, rows, cols);
         // `count` points that are consecutive in the planes (images with the batch innermost,
         // else columns), from image n, row a, column b on: 16 channels of 16 fp32 channels-last
         // points at a time are one transpose.
@@ -457,17 +474,79 @@ void BlockConv::pack_channels(int64_t begin, int64_t end) {
   }
 }
 
-void BlockConv::pack(int64_t begin, int64_t end) {
-  const int64_t channels = channel_units();
-  if (begin < channels) {
-    switch (p_.dtype) {
-      case DType::Float32: pack_channels<float>(begin, std::min(end, channels)); break;
-      case DType::BFloat16: pack_channels<uint16_t>(begin, std::min(end, channels)); break;
-      case DType::Float16: pack_channels<_Float16>(begin, std::min(end, channels)); break;
+void BlockConv::zero_padding(float* plane, int64_t rows, int64_t cols) const {
+  if (!grid_.batch_inner || grid_.batch != p_.shape.N) {  // images or padded batches: all of it
+    std::fill_n(plane, grid_.plane, 0.f);
+    return;
+  }
+  // Batch innermost, every image copied: the points outside the data rows and columns only, so
+  // that each float is written once.
+  const int64_t point = grid_.batch, row = grid_.w.extent * point;
+  const int64_t first = grid_.h.lead * row, last = (grid_.h.lead + rows) * row;
+  std::fill_n(plane, first, 0.f);
+  for (int64_t at = first; at < last; at += row) {
+    std::fill_n(plane + at, grid_.w.lead * point, 0.f);
+    std::fill_n(plane + at + (grid_.w.lead + cols) * point,
+                (grid_.w.extent - grid_.w.lead - cols) * point, 0.f);
+  }
+  std::fill_n(plane + last, grid_.plane - last, 0.f);
+}
+
+// Input rows [begin, end) of the units of all phases (phase-major), every channel of each point
+// one transpose of 16 channels x 16 images after another: a point's channels are read in one
+// sweep of the channels-last input.
+void BlockConv::pack_rows(int64_t begin, int64_t end) {
+  const ConvShape& s = p_.shape;
+  const float* x = static_cast<const float*>(p_.input);
+  const int64_t sh = grid_.h.stride, sw = grid_.w.stride, width = grid_.w.extent;
+  const int64_t channel_stride = sh * sw * grid_.plane;
+  for (int64_t unit = begin; unit < end; ++unit) {
+    const int64_t phase = unit / grid_.h.data, a = unit % grid_.h.data;
+    const int64_t rh = phase / sw, rw = phase % sw;
+    const int64_t rows = std::min(grid_.h.data, (s.H - rh + sh - 1) / sh);
+    const int64_t cols = std::min(grid_.w.data, (s.W - rw + sw - 1) / sw);
+    if (a >= rows) continue;
+    float* planes = planes_ + (rh * sw + rw) * grid_.plane +
+                    ((a + grid_.h.lead) * width + grid_.w.lead) * grid_.batch;
+    for (int64_t b = 0; b < cols; ++b) {
+      const float* src = x + (a * sh + rh) * p_.in_stride[2] + (b * sw + rw) * p_.in_stride[3];
+      for (int64_t c0 = 0; c0 < s.C; c0 += kPackChannels)
+        for (int64_t n0 = 0; n0 < s.N; n0 += 16)
+          transpose16(src + n0 * p_.in_stride[0] + c0, p_.in_stride[0],
+                      planes + c0 * channel_stride + b * grid_.batch + n0, channel_stride);
     }
   }
-  for (int64_t unit = std::max(begin, channels) - channels; unit < end - channels; ++unit)
-    grid_.fill_offsets(w_, unit * kOffsetColumns, std::min(w_.columns, (unit + 1) * kOffsetColumns));
+}
+
+void BlockConv::pack(int64_t begin, int64_t end) {
+  const int64_t channels = channel_units(), rows = row_units();
+  if (begin < channels) {
+    if (by_rows_) {  // the channel units only zero the planes' padding; the row units copy
+      const int64_t sh = grid_.h.stride, sw = grid_.w.stride;
+      for (int64_t c = begin * kPackChannels; c < std::min(end * kPackChannels, p_.shape.C); ++c)
+        for (int64_t rh = 0; rh < sh; ++rh)
+          for (int64_t rw = 0; rw < sw; ++rw)
+            zero_padding(planes_ + ((c * sh + rh) * sw + rw) * grid_.plane,
+                         std::min(grid_.h.data, (p_.shape.H - rh + sh - 1) / sh),
+                         std::min(grid_.w.data, (p_.shape.W - rw + sw - 1) / sw));
+    } else {
+      switch (p_.dtype) {
+        case DType::Float32: pack_channels<float>(begin, std::min(end, channels)); break;
+        case DType::BFloat16: pack_channels<uint16_t>(begin, std::min(end, channels)); break;
+        case DType::Float16: pack_channels<_Float16>(begin, std::min(end, channels)); break;
+      }
+    }
+  }
+  if (end > channels && begin < channels + rows)
+    pack_rows(std::max(begin, channels) - channels, std::min(end, channels + rows) - channels);
+  const int64_t offsets = channels + rows + offset_units();
+  for (int64_t unit = std::max(begin, channels + rows); unit < std::min(end, offsets); ++unit) {
+    const int64_t first = (unit - channels - rows) * kOffsetColumns;
+    grid_.fill_offsets(w_, first, std::min(w_.columns, first + kOffsetColumns));
+  }
+  const int64_t groups = int64_t(w_.groups.size());
+  for (int64_t unit = std::max(begin, offsets); unit < end; ++unit)
+    grid_.fill_cuts(w_, (unit - offsets) * kCutGroups, std::min(groups, (unit - offsets + 1) * kCutGroups));
 }
 
 // Bias, ReLU and the output, written once per element for the tile's positions, in the

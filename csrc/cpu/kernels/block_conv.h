@@ -107,7 +107,9 @@ class PlanesGrid {
   int64_t plane = 0;         // floats per plane: the grid and the zeros wrapped reads reach
   int64_t tail = 0;          // zeros after the last plane, which the last tile's reads reach
   int64_t chunks = 1;        // channel chunks tiles sweep
-  std::vector<int64_t> cuts;
+  int64_t chunk_channels = 1;
+  std::vector<int64_t> cuts;  // written by fill_cuts (BlockConv's pack units)
+  void fill_cuts(const PlanesWeights& w, int64_t begin, int64_t end);  // of groups [begin, end)
   // Per column of the layout w: where it reads in the planes, offsets[k] = w.channel[k] *
   // channel_floats + tap_offsets[w.tap[k]], written by fill_offsets (BlockConv's pack units),
   // in a buffer of the constructing thread, valid until its next call.
@@ -130,7 +132,9 @@ class BlockConv {
   BlockConv(const BlockConvParams& p, const PlanesWeights& w);
 
   // Fills the planes and the columns' offsets: units [begin, end) of pack_units(), blocks of 16
-  // input channels and then of 16384 columns (any thread split).
+  // input channels (their padding only when packed by rows), the input rows of every phase
+  // when packed by rows, blocks of 16384 columns (their offsets), then blocks of 64 row groups
+  // (their channel chunks), in any thread split.
   int64_t pack_units() const;
   void pack(int64_t begin, int64_t end);
 
@@ -153,6 +157,11 @@ class BlockConv {
   int64_t channel_units() const;
   template <typename T>
   void pack_channels(int64_t begin, int64_t end);
+  // Zeros where the copy of `rows` x `cols` input points will not write, in one plane.
+  void zero_padding(float* plane, int64_t rows, int64_t cols) const;
+  int64_t row_units() const;
+  int64_t offset_units() const;
+  void pack_rows(int64_t begin, int64_t end);
   template <typename T>
   void store_tile(int64_t tile, const RowSet& part, const float* acc) const;
 
@@ -160,6 +169,7 @@ class BlockConv {
   const PlanesWeights& w_;
   PlanesGrid grid_;
   float* planes_ = nullptr;
+  bool by_rows_ = false;  // pack units: padding per channel block, data per input row
   std::vector<RowSet> parts_;
   std::vector<float> bias_;  // fp32, zeros without bias
 };
