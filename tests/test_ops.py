@@ -304,24 +304,28 @@ def kernel_sparse_weight(out_channels, in_channels, kernel, gen):
 )
 @pytest.mark.parametrize("structure", ["kernel", "group", "unstructured"])
 @pytest.mark.parametrize("size", [(8, 8), (5, 4)], ids=["8x8", "5x4"])
+@pytest.mark.parametrize("channels", [24, 32])
 def test_cpu_planes_kernel_reads_tap_row_windows_exactly(
-    batch, kernel, stride, dilation, structure, size
+    batch, kernel, stride, dilation, structure, size, channels
 ):
     """Kernel masks with 16 images or more load each tap row's reads once (AVX-512 CPUs): runs
     of every shape (whole rows, taps missing, stride phases apart, dilated, too wide for a window),
     blocks of 1-4 rows; output rows of half a tile (4 pixels of 16 images, 2 of 32), a tile
-    holding two of them (an odd number of rows leaves the last tile half empty); against fp64."""
+    holding two of them (an odd number of rows leaves the last tile half empty); 32 channels of
+    16 or 32 channels-last images are packed by input rows; against fp64."""
     from sparsekit.backends import cpu
 
     gen = torch.Generator().manual_seed(batch * 10 + kernel[1] + stride + dilation + size[0])
-    weight = kernel_sparse_weight(40, 24, kernel, gen)
+    weight = kernel_sparse_weight(40, channels, kernel, gen)
     if structure == "unstructured":
         weight *= torch.rand(weight.shape, generator=gen) < 0.4
     packed = pack(weight, structure="group" if structure == "unstructured" else structure)
     bias = torch.randn(40, generator=gen)
     padding = (kernel[0] // 2 * dilation, kernel[1] // 2 * dilation)
     fmt = torch.channels_last if batch % 2 else torch.contiguous_format
-    x = torch.randn(batch, 24, *size, generator=gen).contiguous(memory_format=fmt)
+    if channels == 32:
+        fmt = torch.channels_last
+    x = torch.randn(batch, channels, *size, generator=gen).contiguous(memory_format=fmt)
     with cpu.phase_profile() as totals:
         y = ops.block_conv2d(x, packed, bias, stride, padding, dilation, relu=True)
     assert totals["calls"] == 1 and totals["tap_calls"] == 0
