@@ -286,8 +286,7 @@ def run_case(name, transform, sparsity, dtype_name, batch, quick, gen, device="c
     with_savings(record)
     if rate is not None:
         record["acceleration_rate"] = rate
-    if sparsity in (0.80, 0.90) or transform == "ticket":  # where the time goes, per layer
-        record["layers"] = layer_breakdown(compiled, report, masks, x)
+    record["layers"] = layer_breakdown(compiled, report, masks, x)  # where the time goes
     return record
 
 
