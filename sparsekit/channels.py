@@ -31,7 +31,7 @@ def _index_select(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     if rows is None:
         return x.index_select(1, index)
     n, _, h, w = x.shape
-    return rows.index_select(1, index).view(n, h, w, -1).permute(0, 3, 1, 2)
+    return rows.index_select(1, index).view(n, h, w, len(index)).permute(0, 3, 1, 2)
 
 
 def _index_add(out: torch.Tensor, index: torch.Tensor, source: torch.Tensor) -> torch.Tensor:

@@ -178,9 +178,8 @@ class _SparseLayer(nn.Module):
 
     def __setstate__(self, state):
         super().__setstate__(state)
-        if self._layout_names:
-            self._op = self._backend_op()
-            self._fast = self._fast_call()
+        if self._layout_names:  # laid out again: a pickled layout may be another version's
+            self.ready()
 
     def _drop_layout(self) -> None:
         for name in self._layout_names:

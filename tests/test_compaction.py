@@ -456,3 +456,5 @@ def test_channel_joins_compute_the_same_in_either_memory_format(covers, select):
     for fmt in (torch.contiguous_format, torch.channels_last):
         torch.testing.assert_close(widen(x.contiguous(memory_format=fmt)), mapped)
         torch.testing.assert_close(gathered(x.contiguous(memory_format=fmt)), x[:, [4, 0, 2]])
+        empty = x[:0].contiguous(memory_format=fmt)  # an empty batch keeps its shape
+        assert widen(empty).shape == (0, 6, 3, 3) and gathered(empty).shape == (0, 3, 3, 3)

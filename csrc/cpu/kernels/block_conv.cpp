@@ -310,8 +310,10 @@ PlanesGrid::PlanesGrid(const BlockConvParams& p, const PlanesWeights& weights) {
   // one stride phase read one window (taps of one row differ by their phase and shift only).
   // Used where runs hold two columns or more on average (kernel masks, not unstructured ones,
   // whose lone columns would pay the dispatch for nothing), on CPUs with AVX-512.
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  if (batch_inner && s.KW <= kRunTaps && 2 * weights.runs <= weights.columns && avx512) {
+  // Only where a whole kernel row has a window (not stride 2, whose taps alternate phases), and
+  // on CPUs with all of x86-64-v4, for which the windowed code is compiled.
+  static const bool v4 = __builtin_cpu_supports("x86-64-v4");
+  if (batch_inner && s.KW <= kRunTaps && 2 * weights.runs <= weights.columns && v4) {
     window.assign(size_t(1) << s.KW, 0);
     for (int64_t taps = 1; taps < int64_t(window.size()); ++taps) {
       const int64_t first = __builtin_ctzll(uint64_t(taps));
@@ -327,6 +329,7 @@ PlanesGrid::PlanesGrid(const BlockConvParams& p, const PlanesWeights& weights) {
       }
       window[taps] = shifts;
     }
+    if (window.back() == 0) window.clear();
   }
   // The offsets live in a buffer of the constructing thread, reused by its next call (no
   // allocation, no zeroing: fill_offsets writes every one).

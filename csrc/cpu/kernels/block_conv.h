@@ -121,7 +121,8 @@ class PlanesGrid {
   // column's (bit s: a column reads 16 * s floats further), when they all lie in one plane on
   // whole vectors at most kMaxWindowShift apart, so that one window of loads serves the run;
   // else 0 (the run's columns load one by one). Empty: no windows (the images-stacked layout,
-  // whose taps read one float apart, or kernels wider than kRunTaps).
+  // whose taps read one float apart, kernels wider than kRunTaps, a whole kernel row without a
+  // window, or runs of fewer than two columns on average).
   std::vector<int32_t> window;
 };
 

@@ -32,7 +32,7 @@ LayoutBytes build_layout(const BlockConvParams& p, const ParallelFor& parallel) 
 
 const char* check_layout(const void* layout, int64_t bytes, const ConvShape& s, DType dtype) {
   if (bytes < int64_t(sizeof(LayoutHeader)) || layout_header(layout).magic != kLayoutMagic)
-    return "the layout is not a CPU layout made by sparsekit::prepack";
+    return "the layout is not a CPU layout made by this version's sparsekit::prepack";
   const LayoutHeader& h = layout_header(layout);
   if (h.bytes != bytes || (h.kind != LayoutKind::Taps && h.kind != LayoutKind::Planes))
     return "the layout is damaged (its size or kind is not the one it was built with)";

@@ -22,7 +22,8 @@
 namespace sparsekit::cpu {
 
 constexpr int64_t kLayoutAlign = 64;
-constexpr int64_t kLayoutMagic = 0x314b505350;  // "PSPK1": a sparsekit CPU layout, version 1
+// "PSPK2": a sparsekit CPU layout, version 2 (version 1 had no tap-row runs)
+constexpr int64_t kLayoutMagic = 0x324b505350;
 
 enum class LayoutKind : int64_t { Taps = 1, Planes = 2 };
 
