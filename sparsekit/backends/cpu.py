@@ -45,7 +45,7 @@ def phase_profile():
     exit with their totals: ``calls``, and ``tap_calls`` of them on the exact-position kernel
     (packs of many-row blocks; the others ran on the planes kernel), ``pair_calls`` of those
     multiplying bf16 column pairs (AVX512-BF16), ``window_calls`` of the planes kernel's reading
-    tap-row windows (kernel masks, batches of 16 and more, AVX-512); ``pack_s`` and ``tiles_s``,
+    tap-row windows (kernel masks, batches of 16 and more, x86-64-v4); ``pack_s`` and ``tiles_s``,
     the wall time of copying the input (and, the first time a pack is seen, its weights) into
     the kernel's layout and of the tiles; ``micro_s`` and ``store_s``, the tiles' time summed
     over threads, split between the register-blocked passes and the rest (position tables,

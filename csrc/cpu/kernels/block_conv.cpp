@@ -59,14 +59,15 @@ inline __attribute__((always_inline)) void micro(const int32_t* rows, const int3
 // ---- the same over tap-row runs (PlanesWeights::run): a run whose columns read one plane on
 // whole vectors a few apart loads the union of their reads once, so a 3x3 kernel row costs 10
 // loads for 24 multiply-adds a row instead of 24. M <= 2 rows: the window and 2 x 8
-// accumulators fit the 32 registers ----
+// accumulators fit the 32 registers (but for half-row tiles with windows over 2 vectors wide,
+// 32 images or dilation 2 on 4x4 maps, which spill a few) ----
 
-#define SPARSEKIT_AVX512 __attribute__((target("arch=x86-64-v4")))
+#define SPARSEKIT_V4 __attribute__((target("arch=x86-64-v4")))
 
 // Columns reading at vector shifts S (bit s: 16 * s floats past x), their weights w[i * R + r].
 // HALVES: the tile's second half lies `gap` vectors further, in a window of its own.
 template <int M, int S, bool HALVES>
-SPARSEKIT_AVX512 inline __attribute__((always_inline)) void window_run(
+SPARSEKIT_V4 inline __attribute__((always_inline)) void window_run(
     const float* x, int64_t gap, const float* w, int64_t R, vec16 (&c)[M][kVectors]) {
   constexpr int span = 31 - __builtin_clz(S), half = kVectors / 2;
   constexpr int size = HALVES ? 2 * (half + span) : kVectors + span;
@@ -89,7 +90,7 @@ SPARSEKIT_AVX512 inline __attribute__((always_inline)) void window_run(
 }
 
 template <int M, bool HALVES>
-SPARSEKIT_AVX512 inline __attribute__((always_inline)) void micro_runs(
+SPARSEKIT_V4 inline __attribute__((always_inline)) void micro_runs(
     const int32_t* rows, const int32_t* offsets, const int32_t* run, const int32_t* window,
     const float* w, int64_t count, int64_t m, int64_t R, const float* x, int64_t gap,
     float* acc) {
@@ -140,9 +141,9 @@ void group_tile(std::span<const int32_t> group_rows, const int32_t* offsets, con
 }
 
 // group_tile with the rows left over from the triples on tap-row runs (window: indexed by run
-// masks). AVX-512 only: the windows are held in registers.
+// masks). x86-64-v4 only: the windows are held in AVX-512 registers.
 template <bool HALVES>
-SPARSEKIT_AVX512 void group_tile_windows(std::span<const int32_t> group_rows,
+SPARSEKIT_V4 void group_tile_windows(std::span<const int32_t> group_rows,
                                          const int32_t* offsets, const int32_t* run,
                                          const int32_t* window, const float* w, int64_t count,
                                          const float* x, int64_t gap, float* acc) {
@@ -309,9 +310,9 @@ PlanesGrid::PlanesGrid(const BlockConvParams& p, const PlanesWeights& weights) {
   // With the batch innermost every read starts on a whole vector: a tap-row run's columns of
   // one stride phase read one window (taps of one row differ by their phase and shift only).
   // Used where runs hold two columns or more on average (kernel masks, not unstructured ones,
-  // whose lone columns would pay the dispatch for nothing), on CPUs with AVX-512.
-  // Only where a whole kernel row has a window (not stride 2, whose taps alternate phases), and
-  // on CPUs with all of x86-64-v4, for which the windowed code is compiled.
+  // whose lone columns would pay the dispatch for nothing), where a whole kernel row has a
+  // window (not stride 2, whose taps alternate phases), and on CPUs with all of x86-64-v4, for
+  // which the windowed code is compiled.
   static const bool v4 = __builtin_cpu_supports("x86-64-v4");
   if (batch_inner && s.KW <= kRunTaps && 2 * weights.runs <= weights.columns && v4) {
     window.assign(size_t(1) << s.KW, 0);

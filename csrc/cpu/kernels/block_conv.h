@@ -17,7 +17,7 @@
 //
 // Kernel masks keep whole kh x kw kernels: a row's columns of one channel and kernel row read
 // the same plane a pixel apart. With the batch innermost a pixel is whole vectors, so on
-// AVX-512 such a tap-row run loads the union of its reads once (a window) and each column
+// x86-64-v4 CPUs such a tap-row run loads the union of its reads once (a window) and each column
 // multiplies its part of it: 10 loads instead of 24 for a 3x3 kernel row of one output row.
 #pragma once
 
