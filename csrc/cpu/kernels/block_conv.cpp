@@ -320,8 +320,8 @@ PlanesGrid::PlanesGrid(const BlockConvParams& p, const PlanesWeights& weights) {
       const int64_t first = __builtin_ctzll(uint64_t(taps));
       int32_t shifts = 0;
       for (int64_t kw = first; kw < s.KW; ++kw) {
-        const int64_t apart = (w.shift[kw] - w.shift[first]) * unit / 16;  // unit: whole vectors
         if (!((taps >> kw) & 1)) continue;
+        const int64_t apart = (w.shift[kw] - w.shift[first]) * unit / 16;  // unit: whole vectors
         if (w.phase[kw] != w.phase[first] || apart > kMaxWindowShift) {
           shifts = 0;
           break;
