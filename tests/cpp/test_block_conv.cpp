@@ -48,6 +48,12 @@ std::vector<uint16_t> to_bf16(std::vector<float>& values) {
   return bits;
 }
 
+// What the planes kernel's cases covered: calls sweeping the layout's chunks in several sweeps,
+// and sweeps of several chunks, the last of them short.
+struct SweepCoverage {
+  int several_sweeps = 0, merged_chunks = 0, short_last_sweep = 0;
+} sweep_coverage;
+
 // Kernel on a random case in fp32 or bf16 (T: uint16_t), against a direct convolution in
 // double of the same (rounded) operands; bf16 outputs are allowed their rounding.
 template <typename Kernel, typename T = float>
@@ -94,6 +100,12 @@ int run_case(const char* kernel, const Case& c, unsigned seed) {
   }
   const WeightsOf<Kernel> weights(layout.data());
   auto conv = std::make_unique<Kernel>(p, weights);
+  if constexpr (std::is_same_v<Kernel, cpu::BlockConv>) {
+    const cpu::PlanesGrid grid(p, weights);
+    sweep_coverage.several_sweeps += grid.sweeps > 1;
+    sweep_coverage.merged_chunks += grid.merged > 1 && grid.sweeps > 1;
+    sweep_coverage.short_last_sweep += weights.chunks % grid.merged != 0 && grid.sweeps > 1;
+  }
   bool pairs = false;  // whether the AVX512-BF16 micro-kernel ran
   if constexpr (std::is_same_v<Kernel, cpu::TapConv>) pairs = weights.pairs();
   const int64_t units = conv->pack_units(), tiles = conv->num_tiles();
@@ -209,6 +221,7 @@ int main() {
       // Batches of 16 and more: the planes kernel puts the batch innermost, sweeping channel chunks.
       {16, 40, 4, 4, 24, 3, 3, 1, 1, 1, 1, true, true, true},    // tiles across rows, 4 chunks
       {32, 24, 8, 8, 20, 3, 3, 1, 1, 1, 1, false, true, false},  // two tiles per row, 3 chunks
+      {16, 48, 4, 4, 12, 3, 3, 1, 1, 1, 1, false, true, true},   // sweeps of several chunks
       {24, 5, 7, 7, 10, 3, 3, 2, 1, 1, 1, true, false, true},    // batch padded to 32, stride 2
       {16, 6, 6, 6, 8, 3, 3, 1, 2, 2, 1, false, true, true},     // dilation 2: reads past rows
       // Channels-last fp32 rows of 16+ points and 16+ output rows: the planes kernel transposes.
@@ -223,6 +236,15 @@ int main() {
     failures += run_case<cpu::TapConv, uint16_t>("taps  ", c, seed++);  // bf16 pairs, where the CPU has them
     runs += 3;
   }
+  if (sweep_coverage.several_sweeps == 0 || sweep_coverage.merged_chunks == 0 ||
+      sweep_coverage.short_last_sweep == 0) {
+    std::printf("FAIL: the planes cases do not cover several sweeps (%d), sweeps of several "
+                "chunks (%d) and a short last sweep (%d)\n",
+                sweep_coverage.several_sweeps, sweep_coverage.merged_chunks,
+                sweep_coverage.short_last_sweep);
+    ++failures;
+  }
+  ++runs;
   std::printf("%d passed, %d failed\n", runs - failures, failures);
   return failures == 0 ? 0 : 1;
 }

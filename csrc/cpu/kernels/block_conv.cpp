@@ -2,6 +2,7 @@
 #include "block_conv.h"
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <climits>
 #include <cstring>
@@ -19,56 +20,73 @@ constexpr int64_t TP = kTilePositions;
 constexpr int kVectors = TP / 16;
 constexpr int kRows = 3;  // 3 rows x 8 vectors = 24 of the 32 AVX-512 registers
 constexpr int64_t kPackChannels = 16;   // channels packed together: one cache line of channels_last
-constexpr int64_t kOffsetColumns = 16384;  // columns whose offsets one pack unit computes
-constexpr int64_t kCutGroups = 64;         // groups whose chunk cuts one pack unit finds
-constexpr int64_t kChunkColumns = 16;
-constexpr int64_t kChunkFloats = 8192;  // 32 KiB of input reads per tile and chunk: L1's size
-// With tap-row windows, a chunk's reads may fill 256 KiB of L2: measured faster than L1 chunks
+// The layout's chunks hold this many columns per group on average: each group's accumulators
+// are loaded and stored once per sweep. 32 measured 2-7% faster than 16 on unstructured 80-90%
+// masks of 64-512 channels (the sweeps' reads then outgrow L1 at 90%, to no measured loss).
+constexpr int64_t kChunkColumns = 32;
+constexpr int64_t kChunkFloats = 8192;  // 32 KiB of input reads per tile and sweep: L1's size
+// With tap-row windows, a sweep's reads may fill 256 KiB of L2: measured faster than L1 sweeps
 // (zoo ResNet-18 3x3 layers, 90% kernel masks), as a group's runs then come in long sweeps.
 constexpr int64_t kWindowChunkFloats = 65536;
 
-// ---- register-blocked micro-kernel: acc[rows[r]][0:TP] += sum_k w[k][r] * x[offset[k] + 0:TP],
-// over `count` columns of one group in one channel chunk: column k reads the planes at
-// offsets[k] and has the weights w[k * R + r] of the group's R rows (from row m). The tile's
-// second half lies `gap` vectors further (PlanesGrid::half_gap) ----
+// The records one group has in the chunks a tile sweeps together: `count` ranges of the
+// stream, range i its words [starts[i * step], starts[i * step + 1]).
+struct Ranges {
+  const int32_t* stream;
+  const int64_t* starts;
+  int64_t step, count;
+
+  bool empty() const {
+    for (int64_t i = 0; i < count; ++i)
+      if (starts[i * step] != starts[i * step + 1]) return false;
+    return true;
+  }
+  const int32_t* begin(int64_t i) const { return stream + starts[i * step]; }
+  const int32_t* end(int64_t i) const { return stream + starts[i * step + 1]; }
+};
+
+// ---- register-blocked micro-kernel: acc[rows[r]][0:TP] += sum_k w[k][r] * x[offset[k] + 0:TP]
+// over the group's records in `ranges` (R + 1 words each: the column's code, then its weights
+// of the group's R rows, of which rows m to m + M - 1 here); offsets maps codes to where they
+// read in the planes. The tile's second half lies `gap` vectors further (PlanesGrid::half_gap) ----
 
 template <int M>
-inline __attribute__((always_inline)) void micro(const int32_t* rows, const int32_t* offsets,
-                                                 const float* w, int64_t count, int64_t m,
-                                                 int64_t R, const float* x, int64_t gap,
-                                                 float* acc) {
+inline __attribute__((always_inline)) void micro(const int32_t* rows, const Ranges& ranges,
+                                                 int64_t m, int64_t R, const int32_t* offsets,
+                                                 const float* x, int64_t gap, float* acc) {
   vec16 c[M][kVectors];
   for (int r = 0; r < M; ++r)
     for (int j = 0; j < kVectors; ++j)
       c[r][j] = *reinterpret_cast<const vec16*>(acc + rows[r] * TP + 16 * j);
-  for (int64_t k = 0; k < count; ++k) {
-    const vec16* v = reinterpret_cast<const vec16*>(x + offsets[k]);
-    vec16 a[kVectors];
-    for (int j = 0; j < kVectors; ++j) a[j] = v[j + (j < kVectors / 2 ? 0 : gap)];
-    const float* wk = w + k * R + m;
-    for (int r = 0; r < M; ++r) {
-      const float b = wk[r];
-      for (int j = 0; j < kVectors; ++j) c[r][j] += b * a[j];
+  for (int64_t i = 0; i < ranges.count; ++i)
+    for (const int32_t *rec = ranges.begin(i), *end = ranges.end(i); rec < end; rec += R + 1) {
+      const vec16* v = reinterpret_cast<const vec16*>(x + offsets[rec[0] & kCodeMask]);
+      vec16 a[kVectors];
+      for (int j = 0; j < kVectors; ++j) a[j] = v[j + (j < kVectors / 2 ? 0 : gap)];
+      for (int r = 0; r < M; ++r) {
+        const float b = std::bit_cast<float>(rec[1 + m + r]);
+        for (int j = 0; j < kVectors; ++j) c[r][j] += b * a[j];
+      }
     }
-  }
   for (int r = 0; r < M; ++r)
     for (int j = 0; j < kVectors; ++j)
       *reinterpret_cast<vec16*>(acc + rows[r] * TP + 16 * j) = c[r][j];
 }
 
-// ---- the same over tap-row runs (PlanesWeights::run): a run whose columns read one plane on
-// whole vectors a few apart loads the union of their reads once, so a 3x3 kernel row costs 10
-// loads for 24 multiply-adds a row instead of 24. M <= 2 rows: the window and 2 x 8
-// accumulators fit the 32 registers (but for half-row tiles with windows over 2 vectors wide,
-// 32 images or dilation 2 on 4x4 maps, which spill a few) ----
+// ---- the same over tap-row runs (a record's code, kCodeBits): a run whose columns read one plane on whole
+// vectors a few apart loads the union of their reads once, so a 3x3 kernel row costs 10 loads
+// for 24 multiply-adds a row instead of 24. M <= 2 rows: the window and 2 x 8 accumulators fit
+// the 32 registers (but for half-row tiles with windows over 2 vectors wide, 32 images or
+// dilation 2 on 4x4 maps, which spill a few) ----
 
 #define SPARSEKIT_V4 __attribute__((target("arch=x86-64-v4")))
 
-// Columns reading at vector shifts S (bit s: 16 * s floats past x), their weights w[i * R + r].
-// HALVES: the tile's second half lies `gap` vectors further, in a window of its own.
+// Columns reading at vector shifts S (bit s: 16 * s floats past x), column i's weights the fp32
+// bits w[i * step + r]. HALVES: the tile's second half lies `gap` vectors further, in a window
+// of its own.
 template <int M, int S, bool HALVES>
 SPARSEKIT_V4 inline __attribute__((always_inline)) void window_run(
-    const float* x, int64_t gap, const float* w, int64_t R, vec16 (&c)[M][kVectors]) {
+    const float* x, int64_t gap, const int32_t* w, int64_t step, vec16 (&c)[M][kVectors]) {
   constexpr int span = 31 - __builtin_clz(S), half = kVectors / 2;
   constexpr int size = HALVES ? 2 * (half + span) : kVectors + span;
   const vec16* v = reinterpret_cast<const vec16*>(x);
@@ -81,7 +99,7 @@ SPARSEKIT_V4 inline __attribute__((always_inline)) void window_run(
   for (int shift = 0; shift <= span; ++shift) {
     if (!((S >> shift) & 1)) continue;
     for (int r = 0; r < M; ++r) {
-      const float b = w[i * R + r];
+      const float b = std::bit_cast<float>(w[i * step + r]);
       for (int j = 0; j < kVectors; ++j)
         c[r][j] += b * a[j + shift + (HALVES && j >= half ? span : 0)];
     }
@@ -91,34 +109,35 @@ SPARSEKIT_V4 inline __attribute__((always_inline)) void window_run(
 
 template <int M, bool HALVES>
 SPARSEKIT_V4 inline __attribute__((always_inline)) void micro_runs(
-    const int32_t* rows, const int32_t* offsets, const int32_t* run, const int32_t* window,
-    const float* w, int64_t count, int64_t m, int64_t R, const float* x, int64_t gap,
-    float* acc) {
+    const int32_t* rows, const Ranges& ranges, int64_t m, int64_t R, const int32_t* offsets,
+    const int32_t* window, const float* x, int64_t gap, float* acc) {
   static_assert(kMaxWindowShift == 4, "the cases below list the windows of shifts 0-4");
   vec16 c[M][kVectors];
   for (int r = 0; r < M; ++r)
     for (int j = 0; j < kVectors; ++j)
       c[r][j] = *reinterpret_cast<const vec16*>(acc + rows[r] * TP + 16 * j);
-  for (int64_t k = 0; k < count;) {
-    const int32_t taps = run[k];
-    const float* wk = w + k * R + m;
-    const float* xk = x + offsets[k];
-    switch (window[taps]) {
-#define SPARSEKIT_WINDOW(S)              \
-  case S:                                \
-    window_run<M, S, HALVES>(xk, gap, wk, R, c); \
-    k += __builtin_popcount(S);          \
+  const int64_t step = R + 1;
+  // Chunks split runs never (a run's columns share a channel): each range starts with a run.
+  for (int64_t i = 0; i < ranges.count; ++i)
+    for (const int32_t *rec = ranges.begin(i), *end = ranges.end(i); rec < end;) {
+      const int32_t taps = rec[0] >> kCodeBits;
+      const float* xk = x + offsets[rec[0] & kCodeMask];
+      switch (window[taps]) {
+#define SPARSEKIT_WINDOW(S)                                           \
+  case S:                                                             \
+    window_run<M, S, HALVES>(xk, gap, rec + 1 + m, step, c);          \
+    rec += __builtin_popcount(S) * step;                              \
     break;
-      SPARSEKIT_WINDOW(1) SPARSEKIT_WINDOW(3) SPARSEKIT_WINDOW(5) SPARSEKIT_WINDOW(7)
-      SPARSEKIT_WINDOW(9) SPARSEKIT_WINDOW(11) SPARSEKIT_WINDOW(13) SPARSEKIT_WINDOW(15)
-      SPARSEKIT_WINDOW(17) SPARSEKIT_WINDOW(19) SPARSEKIT_WINDOW(21) SPARSEKIT_WINDOW(23)
-      SPARSEKIT_WINDOW(25) SPARSEKIT_WINDOW(27) SPARSEKIT_WINDOW(29) SPARSEKIT_WINDOW(31)
+        SPARSEKIT_WINDOW(1) SPARSEKIT_WINDOW(3) SPARSEKIT_WINDOW(5) SPARSEKIT_WINDOW(7)
+        SPARSEKIT_WINDOW(9) SPARSEKIT_WINDOW(11) SPARSEKIT_WINDOW(13) SPARSEKIT_WINDOW(15)
+        SPARSEKIT_WINDOW(17) SPARSEKIT_WINDOW(19) SPARSEKIT_WINDOW(21) SPARSEKIT_WINDOW(23)
+        SPARSEKIT_WINDOW(25) SPARSEKIT_WINDOW(27) SPARSEKIT_WINDOW(29) SPARSEKIT_WINDOW(31)
 #undef SPARSEKIT_WINDOW
-      default:  // no common window: the run's columns one by one
-        for (int n = __builtin_popcount(taps); n > 0; --n, ++k)
-          window_run<M, 1, HALVES>(x + offsets[k], gap, w + k * R + m, R, c);
+        default:  // no common window: the run's columns one by one
+          for (int n = __builtin_popcount(taps); n > 0; --n, rec += step)
+            window_run<M, 1, HALVES>(x + offsets[rec[0] & kCodeMask], gap, rec + 1 + m, step, c);
+      }
     }
-  }
   for (int r = 0; r < M; ++r)
     for (int j = 0; j < kVectors; ++j)
       *reinterpret_cast<vec16*>(acc + rows[r] * TP + 16 * j) = c[r][j];
@@ -127,34 +146,33 @@ SPARSEKIT_V4 inline __attribute__((always_inline)) void micro_runs(
 // One clone per ISA, picked at load time by the CPU's features (no illegal instruction on
 // machines without AVX-512).
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void group_tile(std::span<const int32_t> group_rows, const int32_t* offsets, const float* w,
-                int64_t count, const float* x, int64_t gap, float* acc) {
+void group_tile(std::span<const int32_t> group_rows, const Ranges& ranges, const int32_t* offsets,
+                const float* x, int64_t gap, float* acc) {
   const int64_t R = int64_t(group_rows.size());
   const int32_t* rows = group_rows.data();
   int64_t m = 0;
-  for (; m + kRows <= R; m += kRows) micro<kRows>(rows + m, offsets, w, count, m, R, x, gap, acc);
+  for (; m + kRows <= R; m += kRows) micro<kRows>(rows + m, ranges, m, R, offsets, x, gap, acc);
   if (m + 2 <= R) {
-    micro<2>(rows + m, offsets, w, count, m, R, x, gap, acc);
+    micro<2>(rows + m, ranges, m, R, offsets, x, gap, acc);
     m += 2;
   }
-  if (m < R) micro<1>(rows + m, offsets, w, count, m, R, x, gap, acc);
+  if (m < R) micro<1>(rows + m, ranges, m, R, offsets, x, gap, acc);
 }
 
 // group_tile with the rows left over from the triples on tap-row runs (window: indexed by run
 // masks). x86-64-v4 only: the windows are held in AVX-512 registers.
 template <bool HALVES>
-SPARSEKIT_V4 void group_tile_windows(std::span<const int32_t> group_rows,
-                                         const int32_t* offsets, const int32_t* run,
-                                         const int32_t* window, const float* w, int64_t count,
-                                         const float* x, int64_t gap, float* acc) {
+SPARSEKIT_V4 void group_tile_windows(std::span<const int32_t> group_rows, const Ranges& ranges,
+                                     const int32_t* offsets, const int32_t* window,
+                                     const float* x, int64_t gap, float* acc) {
   const int64_t R = int64_t(group_rows.size());
   const int32_t* rows = group_rows.data();
   int64_t m = 0;
-  for (; m + kRows <= R; m += kRows) micro<kRows>(rows + m, offsets, w, count, m, R, x, gap, acc);
+  for (; m + kRows <= R; m += kRows) micro<kRows>(rows + m, ranges, m, R, offsets, x, gap, acc);
   if (m + 2 <= R)
-    micro_runs<2, HALVES>(rows + m, offsets, run, window, w, count, m, R, x, gap, acc);
+    micro_runs<2, HALVES>(rows + m, ranges, m, R, offsets, window, x, gap, acc);
   else if (m < R)
-    micro_runs<1, HALVES>(rows + m, offsets, run, window, w, count, m, R, x, gap, acc);
+    micro_runs<1, HALVES>(rows + m, ranges, m, R, offsets, window, x, gap, acc);
 }
 
 int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
@@ -191,57 +209,78 @@ LayoutBytes build_planes_layout(const BlockConvParams& p) {
   const BlockIndex& b = p.blocks;
   const int64_t kernel_area = s.KH * s.KW, channels_per_group = s.C / s.groups;
   const int64_t rows_per_group = s.K / s.groups;
+  if (s.C * kernel_area > int64_t(kCodeMask) + 1)
+    throw std::length_error("sparsekit: the planes kernel codes at most 2**27 channel taps");
   const std::vector<RowGroup> groups = group_blocks(b);
-  // Each group's columns in channel order (stable: a block's own order within a channel), so
-  // that a channel chunk is one run of them whatever the call's chunks.
-  std::vector<int32_t> channel, tap, run;
-  std::vector<float> weights;
+  const int64_t G = int64_t(groups.size());
+  // Each group's columns in channel order (stable: a block's own order within a channel), with
+  // the masks of their tap-row runs.
+  struct Column {
+    int64_t channel, tap, block, j;
+    int32_t run;
+  };
+  std::vector<std::vector<Column>> columns(G);
   std::vector<PlanesGroupRecord> records;
   LayoutWriter out;
-  for (const RowGroup& g : groups) {
-    struct Column {
-      int64_t channel, tap, block, j;
-    };
-    std::vector<Column> cols;
-    for (const Segment& seg : g.segments) {
+  int64_t all_columns = 0, runs = 0;
+  for (int64_t g = 0; g < G; ++g) {
+    std::vector<Column>& cols = columns[g];
+    for (const Segment& seg : groups[g].segments) {
       const int64_t channel0 = (b.row_idx[b.row_ptr[seg.block]] / rows_per_group) * channels_per_group;
       for (int64_t j = seg.first_column; j < seg.first_column + seg.columns; ++j)
         cols.push_back({channel0 + b.col_idx[j] / kernel_area, b.col_idx[j] % kernel_area, seg.block,
-                        j - b.col_ptr[seg.block]});
+                        j - b.col_ptr[seg.block], 0});
     }
     std::stable_sort(cols.begin(), cols.end(),
                      [](const Column& x, const Column& y) { return x.channel < y.channel; });
-    const int64_t R = int64_t(g.rows.size());
-    records.push_back({out.add(g.rows), R, int64_t(channel.size()), int64_t(cols.size()),
-                       int64_t(weights.size())});
-    int64_t head = 0;  // the current run's first column, in this group
+    int64_t head = 0;  // the current run's first column
     for (int64_t i = 0; i < int64_t(cols.size()); ++i) {
       const Column& c = cols[i];
-      const Column& first = cols[head];
-      const bool joins = s.KW <= kRunTaps && i > 0 && c.channel == first.channel &&
-                         c.tap / s.KW == first.tap / s.KW && c.tap > cols[i - 1].tap;
-      if (!joins) head = i;
-      run.push_back(s.KW <= kRunTaps ? 0 : 1);
-      if (s.KW <= kRunTaps) run[run.size() - 1 - (i - head)] |= int32_t(1) << (c.tap % s.KW);
+      const bool joins = s.KW <= kRunTaps && i > 0 && c.channel == cols[head].channel &&
+                         c.tap / s.KW == cols[head].tap / s.KW && c.tap > cols[i - 1].tap;
+      if (!joins) head = i, ++runs;
+      cols[head].run |= s.KW <= kRunTaps ? int32_t(1) << (c.tap % s.KW) : 1;
     }
-    for (const Column& c : cols) {
-      channel.push_back(int32_t(c.channel));
-      tap.push_back(int32_t(c.tap));
-      const int64_t width = b.col_ptr[c.block + 1] - b.col_ptr[c.block];
-      for (int64_t r = 0; r < R; ++r)
-        weights.push_back(element(p.values, p.dtype, b.val_ptr[c.block] + r * width + c.j));
-    }
+    records.push_back({out.add(groups[g].rows), int64_t(groups[g].rows.size()), int64_t(cols.size())});
+    all_columns += int64_t(cols.size());
   }
+  // Chunks of kChunkColumns columns per group on average (a group's columns per channel: all
+  // columns over G * C). A call sweeps whole chunks; its planes' reads decide how many at once.
+  const int64_t chunk_channels =
+      G > 0 && all_columns > 0
+          ? std::clamp<int64_t>(kChunkColumns * G * s.C / all_columns, 1, s.C)
+          : std::max<int64_t>(s.C, 1);
+  const int64_t chunks = (s.C + chunk_channels - 1) / chunk_channels;
+  // The stream: records by chunk, then group, then channel.
+  std::vector<int64_t> starts;
+  std::vector<int32_t> stream;
+  stream.reserve(all_columns + b.val_ptr[b.num_blocks]);
+  std::vector<size_t> next(G, 0);  // per group: its first column not yet in the stream
+  for (int64_t chunk = 0; chunk < chunks; ++chunk)
+    for (int64_t g = 0; g < G; ++g) {
+      starts.push_back(int64_t(stream.size()));
+      const int64_t R = records[g].num_rows;
+      for (size_t& i = next[g]; i < columns[g].size(); ++i) {
+        const Column& c = columns[g][i];
+        if (c.channel >= (chunk + 1) * chunk_channels) break;
+        stream.push_back(int32_t(c.channel * kernel_area + c.tap) | (c.run << kCodeBits));
+        const int64_t width = b.col_ptr[c.block + 1] - b.col_ptr[c.block];
+        for (int64_t r = 0; r < R; ++r)
+          stream.push_back(
+              std::bit_cast<int32_t>(element(p.values, p.dtype, b.val_ptr[c.block] + r * width + c.j)));
+      }
+    }
+  starts.push_back(int64_t(stream.size()));
   LayoutHeader header{};
   header.kind = LayoutKind::Planes;
-  header.num_groups = int64_t(groups.size());
+  header.num_groups = G;
   header.groups_at = out.add(records);
-  header.columns = int64_t(channel.size());
-  header.channel_at = out.add(channel);
-  header.tap_at = out.add(tap);
-  header.run_at = out.add(run);
-  header.runs = std::count_if(run.begin(), run.end(), [](int32_t r) { return r != 0; });
-  header.data_at = out.add(weights);
+  header.columns = all_columns;
+  header.chunk_channels = chunk_channels;
+  header.chunks = chunks;
+  header.starts_at = out.add(starts);
+  header.runs = runs;
+  header.data_at = out.add(stream);
   return out.finish(p, header);
 }
 
@@ -253,10 +292,10 @@ PlanesWeights::PlanesWeights(const void* layout) {
     groups.push_back({{layout_array<int32_t>(layout, r.rows_at), size_t(r.num_rows)},
                       r.num_rows * r.num_columns});
   }
-  channel = layout_array<int32_t>(layout, h.channel_at);
-  tap = layout_array<int32_t>(layout, h.tap_at);
-  run = layout_array<int32_t>(layout, h.run_at);
-  weights = layout_array<float>(layout, h.data_at);
+  starts = layout_array<int64_t>(layout, h.starts_at);
+  stream = layout_array<int32_t>(layout, h.data_at);
+  chunk_channels = h.chunk_channels;
+  chunks = h.chunks;
   columns = h.columns;
   runs = h.runs;
 }
@@ -305,8 +344,11 @@ PlanesGrid::PlanesGrid(const BlockConvParams& p, const PlanesWeights& weights) {
     for (int64_t kw = 0; kw < s.KW; ++kw)
       tap_offset[kh * s.KW + kw] = (h.phase[kh] * w.stride + w.phase[kw]) * plane +
                                    ((h.shift[kh] + h.lead) * w.extent + w.shift[kw] + w.lead) * unit;
-  tap_offsets.assign(tap_offset.begin(), tap_offset.end());  // below 2**31: checked above
-  channel_floats = int32_t(phases * plane);
+  // Every code's read, below 2**31 (checked above).
+  const int64_t area = s.KH * s.KW;
+  offsets.resize(s.C * area);
+  for (int64_t c = 0; c < s.C; ++c)
+    for (int64_t t = 0; t < area; ++t) offsets[c * area + t] = int32_t(c * phases * plane + tap_offset[t]);
   // With the batch innermost every read starts on a whole vector: a tap-row run's columns of
   // one stride phase read one window (taps of one row differ by their phase and shift only).
   // Used where runs hold two columns or more on average (kernel masks, not unstructured ones,
@@ -332,52 +374,20 @@ PlanesGrid::PlanesGrid(const BlockConvParams& p, const PlanesWeights& weights) {
     }
     if (window.back() == 0) window.clear();
   }
-  // The offsets live in a buffer of the constructing thread, reused by its next call (no
-  // allocation, no zeroing: fill_offsets writes every one).
-  static thread_local std::vector<int32_t> offset_buffer;
-  if (int64_t(offset_buffer.size()) < weights.columns) offset_buffer.resize(weights.columns);
-  offsets = offset_buffer.data();
 
-  // Channel chunks whose reads by one tile fit kChunkFloats (the union over the taps of
-  // [offset, offset + TP), for one channel), or wider where a group would have fewer than
-  // kChunkColumns columns in a chunk on average, as each group's accumulators are loaded and
-  // stored once per chunk.
-  const int64_t G = int64_t(weights.groups.size());
-  chunk_channels = s.C;
-  if (G > 0 && weights.columns > 0) {
-    std::vector<int64_t> starts = tap_offset;
-    std::sort(starts.begin(), starts.end());
-    int64_t footprint = 0, reached = INT64_MIN;
-    for (int64_t a : starts) {
-      footprint += std::min(TP, a + TP - std::max(a, reached));
-      reached = a + TP;
-    }
-    // All columns over G * C: a group's columns per channel, on average.
-    const int64_t wide = kChunkColumns * G * s.C / weights.columns;
-    const int64_t budget = window.empty() ? kChunkFloats : kWindowChunkFloats;
-    chunk_channels = std::clamp<int64_t>(std::max(budget / footprint, wide), 1, s.C);
+  // As many of the layout's chunks at once as keep one tile's reads of their channels within
+  // kChunkFloats (the union over the taps of [offset, offset + TP), for one channel), or
+  // kWindowChunkFloats with windows.
+  std::vector<int64_t> starts = tap_offset;
+  std::sort(starts.begin(), starts.end());
+  int64_t footprint = 0, reached = INT64_MIN;
+  for (int64_t a : starts) {
+    footprint += std::min(TP, a + TP - std::max(a, reached));
+    reached = a + TP;
   }
-  chunks = (s.C + chunk_channels - 1) / chunk_channels;
-  cuts.resize(G * (chunks + 1));  // filled by fill_cuts
-}
-
-// Each group's columns are in channel order: a chunk is a run of them, found in one pass (a
-// bisection per chunk cost more, for the many small groups of unstructured masks).
-void PlanesGrid::fill_cuts(const PlanesWeights& weights, int64_t begin, int64_t end) {
-  for (int64_t g = begin; g < end; ++g) {
-    const PlanesGroupRecord& r = weights.records[g];
-    const int32_t* channel = weights.channel + r.first_column;
-    int64_t k = 0;
-    for (int64_t j = 0; j <= chunks; ++j) {
-      while (k < r.num_columns && channel[k] < j * chunk_channels) ++k;
-      cuts[g * (chunks + 1) + j] = k;
-    }
-  }
-}
-
-void PlanesGrid::fill_offsets(const PlanesWeights& w, int64_t begin, int64_t end) {
-  const int32_t* taps = tap_offsets.data();
-  for (int64_t k = begin; k < end; ++k) offsets[k] = w.channel[k] * channel_floats + taps[w.tap[k]];
+  const int64_t budget = window.empty() ? kChunkFloats : kWindowChunkFloats;
+  merged = std::max<int64_t>(1, budget / footprint / weights.chunk_channels);
+  sweeps = (weights.chunks + merged - 1) / merged;
 }
 
 int64_t PlanesGrid::num_tiles() const {
@@ -402,10 +412,6 @@ BlockConv::BlockConv(const BlockConvParams& p, const PlanesWeights& w)
   planes_ = buffer.data() + (-reinterpret_cast<uintptr_t>(buffer.data()) / sizeof(float)) % 16;
   std::fill_n(planes_ + planes, grid_.tail, 0.f);
   parts_ = one_row_set(w.groups, p.shape.K);  // split only when asked: no grouping work per call
-  // fp32 channels-last input of whole 16-image and 16-channel blocks, batch innermost: packed
-  // by input rows, each point's channels read in one sweep (pack_rows)
-  by_rows_ = grid_.batch_inner && grid_.batch == p.shape.N && p.dtype == DType::Float32 &&
-             p.in_stride[1] == 1 && p.shape.C % kPackChannels == 0 && has_transpose16();
   bias_ = bias_floats(p);
 }
 
@@ -414,20 +420,7 @@ int64_t BlockConv::split_rows(int64_t parts) {
   return num_parts();
 }
 
-int64_t BlockConv::channel_units() const { return (p_.shape.C + kPackChannels - 1) / kPackChannels; }
-
-int64_t BlockConv::row_units() const {
-  return by_rows_ ? grid_.h.stride * grid_.w.stride * grid_.h.data : 0;
-}
-
-int64_t BlockConv::offset_units() const {
-  return (w_.columns + kOffsetColumns - 1) / kOffsetColumns;
-}
-
-int64_t BlockConv::pack_units() const {
-  const int64_t groups = int64_t(w_.groups.size());
-  return channel_units() + row_units() + offset_units() + (groups + kCutGroups - 1) / kCutGroups;
-}
+int64_t BlockConv::pack_units() const { return (p_.shape.C + kPackChannels - 1) / kPackChannels; }
 
 // Every float of the planes of channel blocks [begin, end): plane (c, phase_h, phase_w) holds
 // input rows phase_h, phase_h + stride_h, ... and columns likewise, between zeros. The channels
@@ -496,61 +489,12 @@ void BlockConv::zero_padding(float* plane, int64_t rows, int64_t cols) const {
   std::fill_n(plane + last, grid_.plane - last, 0.f);
 }
 
-// Input rows [begin, end) of the units of all phases (phase-major), every channel of each point
-// one transpose of 16 channels x 16 images after another: a point's channels are read in one
-// sweep of the channels-last input.
-void BlockConv::pack_rows(int64_t begin, int64_t end) {
-  const ConvShape& s = p_.shape;
-  const float* x = static_cast<const float*>(p_.input);
-  const int64_t sh = grid_.h.stride, sw = grid_.w.stride, width = grid_.w.extent;
-  const int64_t channel_stride = sh * sw * grid_.plane;
-  for (int64_t unit = begin; unit < end; ++unit) {
-    const int64_t phase = unit / grid_.h.data, a = unit % grid_.h.data;
-    const int64_t rh = phase / sw, rw = phase % sw;
-    const int64_t rows = std::min(grid_.h.data, (s.H - rh + sh - 1) / sh);
-    const int64_t cols = std::min(grid_.w.data, (s.W - rw + sw - 1) / sw);
-    if (a >= rows) continue;
-    float* planes = planes_ + (rh * sw + rw) * grid_.plane +
-                    ((a + grid_.h.lead) * width + grid_.w.lead) * grid_.batch;
-    for (int64_t b = 0; b < cols; ++b) {
-      const float* src = x + (a * sh + rh) * p_.in_stride[2] + (b * sw + rw) * p_.in_stride[3];
-      for (int64_t c0 = 0; c0 < s.C; c0 += kPackChannels)
-        for (int64_t n0 = 0; n0 < s.N; n0 += 16)
-          transpose16(src + n0 * p_.in_stride[0] + c0, p_.in_stride[0],
-                      planes + c0 * channel_stride + b * grid_.batch + n0, channel_stride);
-    }
-  }
-}
-
 void BlockConv::pack(int64_t begin, int64_t end) {
-  const int64_t channels = channel_units(), rows = row_units();
-  if (begin < channels) {
-    if (by_rows_) {  // the channel units only zero the planes' padding; the row units copy
-      const int64_t sh = grid_.h.stride, sw = grid_.w.stride;
-      for (int64_t c = begin * kPackChannels; c < std::min(end * kPackChannels, p_.shape.C); ++c)
-        for (int64_t rh = 0; rh < sh; ++rh)
-          for (int64_t rw = 0; rw < sw; ++rw)
-            zero_padding(planes_ + ((c * sh + rh) * sw + rw) * grid_.plane,
-                         std::min(grid_.h.data, (p_.shape.H - rh + sh - 1) / sh),
-                         std::min(grid_.w.data, (p_.shape.W - rw + sw - 1) / sw));
-    } else {
-      switch (p_.dtype) {
-        case DType::Float32: pack_channels<float>(begin, std::min(end, channels)); break;
-        case DType::BFloat16: pack_channels<uint16_t>(begin, std::min(end, channels)); break;
-        case DType::Float16: pack_channels<_Float16>(begin, std::min(end, channels)); break;
-      }
-    }
+  switch (p_.dtype) {
+    case DType::Float32: return pack_channels<float>(begin, end);
+    case DType::BFloat16: return pack_channels<uint16_t>(begin, end);
+    case DType::Float16: return pack_channels<_Float16>(begin, end);
   }
-  if (end > channels && begin < channels + rows)
-    pack_rows(std::max(begin, channels) - channels, std::min(end, channels + rows) - channels);
-  const int64_t offsets = channels + rows + offset_units();
-  for (int64_t unit = std::max(begin, channels + rows); unit < std::min(end, offsets); ++unit) {
-    const int64_t first = (unit - channels - rows) * kOffsetColumns;
-    grid_.fill_offsets(w_, first, std::min(w_.columns, first + kOffsetColumns));
-  }
-  const int64_t groups = int64_t(w_.groups.size());
-  for (int64_t unit = std::max(begin, offsets); unit < end; ++unit)
-    grid_.fill_cuts(w_, (unit - offsets) * kCutGroups, std::min(groups, (unit - offsets + 1) * kCutGroups));
 }
 
 // Bias, ReLU and the output, written once per element for the tile's positions, in the
@@ -616,6 +560,7 @@ void BlockConv::run_tiles(int64_t begin, int64_t end, TileTimes* times) const {
   };
   std::vector<float> buffer(p_.shape.K * TP + 15);  // the accumulators, 64-byte aligned
   float* acc = buffer.data() + (-reinterpret_cast<uintptr_t>(buffer.data()) / sizeof(float)) % 16;
+  const int64_t groups = int64_t(w_.groups.size());
   for (int64_t item = begin; item < end; ++item) {
     const int64_t tile = item / num_parts();
     const RowSet& part = parts_[item % num_parts()];
@@ -624,22 +569,21 @@ void BlockConv::run_tiles(int64_t begin, int64_t end, TileTimes* times) const {
     const float* x = planes_ + grid_.tile_base(tile);
     const int32_t* window = grid_.window.data();
     const int64_t gap = grid_.half_gap / 16;
-    for (int64_t chunk = 0; chunk < grid_.chunks; ++chunk)
+    const int32_t* offsets = grid_.offsets.data();
+    for (int64_t sweep = 0; sweep < grid_.sweeps; ++sweep) {
+      const int64_t first = sweep * grid_.merged, count = std::min(grid_.merged, w_.chunks - first);
       for (size_t g : part.groups) {
-        const PlanesGroupRecord& r = w_.records[g];
-        const int64_t first = grid_.cut(int64_t(g), chunk), count = grid_.cut(int64_t(g), chunk + 1) - first;
-        if (count == 0) continue;
-        const int32_t* offsets = grid_.offsets + r.first_column + first;
-        const int32_t* run = w_.run + r.first_column + first;
-        const float* weights = w_.weights + r.weights_at + first * r.num_rows;
+        const Ranges ranges{w_.stream, w_.starts + first * groups + int64_t(g), groups, count};
+        if (ranges.empty()) continue;
         const auto rows = w_.groups[g].rows;
         if (!windows())
-          group_tile(rows, offsets, weights, count, x, gap, acc);
+          group_tile(rows, ranges, offsets, x, gap, acc);
         else if (grid_.half_rows)
-          group_tile_windows<true>(rows, offsets, run, window, weights, count, x, gap, acc);
+          group_tile_windows<true>(rows, ranges, offsets, window, x, gap, acc);
         else
-          group_tile_windows<false>(rows, offsets, run, window, weights, count, x, gap, acc);
+          group_tile_windows<false>(rows, ranges, offsets, window, x, gap, acc);
       }
+    }
     const auto computed = times ? clock::now() : clock::time_point();
     switch (p_.dtype) {
       case DType::Float32: store_tile<float>(tile, part, acc); break;

@@ -11,9 +11,13 @@
 // Tiles sweep the input channels in chunks whose reads stay in the L1 cache, accumulating in a
 // per-tile buffer: lone rows (unstructured masks) then load from L1, not from L2.
 //
-// The layer's layout (layout.h, kind "planes") holds each row group's columns in channel order
-// with their channels, taps and fp32 weights; where each column reads in the planes, and the
-// channel chunks, depend on the call's geometry and are derived per call (PlanesGrid).
+// The layer's layout (layout.h, kind "planes") holds the columns as one stream of records, a
+// column's channel and tap (its code) and then its weights for the group's rows, ordered by
+// channel chunk, then row group, then channel: a tile's sweep reads it front to back, which the
+// hardware prefetchers follow (a stream per group, as a layout in group order gives, is too many
+// for them: 512 lone rows at 4x4, batch 64, spent 15-25% longer in the micro-kernel). The chunks are fixed by the layout, fine enough for
+// any call; a call sweeps as many of them together as its planes' reads allow, and maps codes to
+// plane offsets with a table of its own (PlanesGrid): nothing per column is derived per call.
 //
 // Kernel masks keep whole kh x kw kernels: a row's columns of one channel and kernel row read
 // the same plane a pixel apart. With the batch innermost a pixel is whole vectors, so on
@@ -32,8 +36,8 @@ namespace sparsekit::cpu {
 
 // Output grid positions handled by one tile (eight 16-lane vectors).
 constexpr int64_t kTilePositions = 128;
-// Kernel columns a tap-row run can hold (PlanesWeights::run), and how many vectors apart its
-// first and last columns may read for one window of loads to serve them all (PlanesGrid::window).
+// Kernel columns a tap-row run can hold (kCodeBits), and how many vectors apart its first and
+// last columns may read for one window of loads to serve them all (PlanesGrid::window).
 constexpr int64_t kRunTaps = 4;
 constexpr int kMaxWindowShift = 4;
 
@@ -53,13 +57,20 @@ struct TileTimes {
   int64_t store_ns = 0;  // bias, ReLU and the output writes
 };
 
-// Where a row group's columns lie in a planes layout: columns [first_column, first_column +
-// num_columns) of the layout's channel and tap arrays, in channel order, and their weights, a
-// column's for the group's rows together, at floats [weights_at, + num_columns * num_rows) of
-// the layout's data.
+// A planes layout's row group: its rows (num_rows int32 at rows_at) and how many columns it has.
 struct PlanesGroupRecord {
-  int64_t rows_at, num_rows, first_column, num_columns, weights_at;
+  int64_t rows_at, num_rows, num_columns;
 };
+
+// A column's record in a planes layout's stream: one int32 word, its code, then its weights for
+// the group's rows as fp32 bits. The code's low kCodeBits bits are channel * KH * KW + tap; the
+// bits above, at a tap-row run's first column, are the bit mask of the run's kernel columns
+// (bit kw), at its other columns 0. Runs: a group's consecutive columns of one channel and one
+// kernel row, kernel columns increasing, at most kRunTaps of them; kernels wider than kRunTaps
+// make each column a run of its own (mask 1).
+constexpr int kCodeBits = 27;
+constexpr int32_t kCodeMask = (int32_t(1) << kCodeBits) - 1;
+static_assert(kRunTaps + kCodeBits <= 31, "a run's mask fits above the code, in an int32");
 
 // The layout of the planes kernel (kind "planes") of p's blocks and values: it depends only on
 // the blocks, their values and the kernel's geometry, not on the input.
@@ -72,27 +83,24 @@ class PlanesWeights {
 
   std::vector<GroupRows> groups;
   const PlanesGroupRecord* records;
-  const int32_t* channel;  // per column of the layout
-  const int32_t* tap;
-  // Tap-row runs: a group's consecutive columns of one channel and one kernel row, kernel
-  // columns increasing, at most kRunTaps of them. At a run's first column, the bit mask of its
-  // kernel columns (bit kw); 0 at the others. Kernels wider than kRunTaps: one column a run.
-  const int32_t* run;
-  const float* weights;
+  // The records of chunk j's group g: words [starts[j * G + g], starts[j * G + g + 1]) of the
+  // stream, G groups (a chunk's last group ends where the next chunk's first starts).
+  const int64_t* starts;
+  const int32_t* stream;
+  int64_t chunk_channels;  // input channels per chunk of the stream (the last may have fewer)
+  int64_t chunks;
   int64_t columns;  // of all groups
   int64_t runs;     // tap-row runs of all groups
 };
 
-// The planes of one call: their layout for its geometry (shape and input size), the channel
-// chunks tiles sweep, and each column's input offset in the planes.
+// The planes of one call: their layout for its geometry (shape and input size), how many of the
+// layout's channel chunks a tile sweeps together, and where each code reads in the planes.
 class PlanesGrid {
  public:
   PlanesGrid(const BlockConvParams& p, const PlanesWeights& w);
 
   int64_t tile_base(int64_t tile) const;  // grid position of the tile's first
   int64_t num_tiles() const;
-  // Group g's columns in chunk j: [cut[g * (chunks + 1) + j], cut[... + j + 1]) of its own.
-  int64_t cut(int64_t g, int64_t j) const { return cuts[g * (chunks + 1) + j]; }
 
   PlaneAxis h, w;
   bool batch_inner = false;  // the layout: batch innermost, else images stacked along the height
@@ -106,17 +114,12 @@ class PlanesGrid {
   int64_t half_gap = 0;
   int64_t plane = 0;         // floats per plane: the grid and the zeros wrapped reads reach
   int64_t tail = 0;          // zeros after the last plane, which the last tile's reads reach
-  int64_t chunks = 1;        // channel chunks tiles sweep
-  int64_t chunk_channels = 1;
-  std::vector<int64_t> cuts;  // written by fill_cuts (BlockConv's pack units)
-  void fill_cuts(const PlanesWeights& w, int64_t begin, int64_t end);  // of groups [begin, end)
-  // Per column of the layout w: where it reads in the planes, offsets[k] = w.channel[k] *
-  // channel_floats + tap_offsets[w.tap[k]], written by fill_offsets (BlockConv's pack units),
-  // in a buffer of the constructing thread, valid until its next call.
-  int32_t* offsets = nullptr;
-  void fill_offsets(const PlanesWeights& w, int64_t begin, int64_t end);  // columns [begin, end)
-  std::vector<int32_t> tap_offsets;
-  int32_t channel_floats = 0;  // between the planes of consecutive channels
+  // A tile sweeps the layout's chunks `merged` at a time: sweeps of (chunks + merged - 1) /
+  // merged, each a group's records in up to `merged` ranges.
+  int64_t merged = 1;
+  int64_t sweeps = 1;
+  // Per code (channel * KH * KW + tap): where the column reads in the planes.
+  std::vector<int32_t> offsets;
   // Per kernel-column mask of a tap-row run: its columns' reads as vector shifts from its first
   // column's (bit s: a column reads 16 * s floats further), when they all lie in one plane on
   // whole vectors at most kMaxWindowShift apart, so that one window of loads serves the run;
@@ -132,10 +135,8 @@ class BlockConv {
   // the constructing thread, reused by its next call.
   BlockConv(const BlockConvParams& p, const PlanesWeights& w);
 
-  // Fills the planes and the columns' offsets: units [begin, end) of pack_units(), blocks of 16
-  // input channels (their padding only when packed by rows), the input rows of every phase
-  // when packed by rows, blocks of 16384 columns (their offsets), then blocks of 64 row groups
-  // (their channel chunks), in any thread split.
+  // Fills the planes: units [begin, end) of pack_units(), blocks of 16 input channels, in any
+  // thread split.
   int64_t pack_units() const;
   void pack(int64_t begin, int64_t end);
 
@@ -155,14 +156,10 @@ class BlockConv {
   void run_tiles(int64_t begin, int64_t end, TileTimes* times = nullptr) const;
 
  private:
-  int64_t channel_units() const;
   template <typename T>
   void pack_channels(int64_t begin, int64_t end);
   // Zeros where the copy of `rows` x `cols` input points will not write, in one plane.
   void zero_padding(float* plane, int64_t rows, int64_t cols) const;
-  int64_t row_units() const;
-  int64_t offset_units() const;
-  void pack_rows(int64_t begin, int64_t end);
   template <typename T>
   void store_tile(int64_t tile, const RowSet& part, const float* acc) const;
 
@@ -170,7 +167,6 @@ class BlockConv {
   const PlanesWeights& w_;
   PlanesGrid grid_;
   float* planes_ = nullptr;
-  bool by_rows_ = false;  // pack units: padding per channel block, data per input row
   std::vector<RowSet> parts_;
   std::vector<float> bias_;  // fp32, zeros without bias
 };

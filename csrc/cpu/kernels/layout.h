@@ -8,7 +8,8 @@
 // Two kinds, one per kernel (TapConv::suits picks): "taps" holds the exact-position kernel's
 // row groups, columns sorted by tap and weights in 16-row panels (tap_conv.h); "planes" holds
 // the planes kernel's row groups with their columns in channel order and fp32 weights
-// (block_conv.h), whose input offsets depend on the call's geometry and are derived per call.
+// (block_conv.h) in one stream of records by channel chunk, each column's channel and tap coded
+// (a call maps the codes to its planes' offsets).
 #pragma once
 
 #include <cstdint>
@@ -22,8 +23,9 @@
 namespace sparsekit::cpu {
 
 constexpr int64_t kLayoutAlign = 64;
-// "PSPK2": a sparsekit CPU layout, version 2 (version 1 had no tap-row runs)
-constexpr int64_t kLayoutMagic = 0x324b505350;
+// "PSPK3": a sparsekit CPU layout, version 3 (version 1 had no tap-row runs, version 2 held the
+// planes kernel's columns in group order)
+constexpr int64_t kLayoutMagic = 0x334b505350;
 
 enum class LayoutKind : int64_t { Taps = 1, Planes = 2 };
 
@@ -38,12 +40,13 @@ struct LayoutHeader {
   int64_t num_groups;            // row groups
   int64_t groups_at;             // their records (TapGroupRecord or PlanesGroupRecord)
   int64_t owners_at;             // int32 [K]: how many groups own each output row
-  int64_t data_at;               // taps: the panels; planes: the fp32 weights
+  int64_t data_at;               // taps: the panels; planes: the stream of column records
   int64_t pairs;                 // taps: panels of bf16 column pairs (AVX512-BF16)
   int64_t columns;               // planes: columns of all groups
-  int64_t channel_at, tap_at;    // planes: int32 [columns], each column's input channel and tap
-  int64_t run_at;                // planes: int32 [columns], tap-row runs (PlanesWeights::run)
-  int64_t runs;                  // planes: how many
+  int64_t chunk_channels;        // planes: input channels per chunk of the stream
+  int64_t chunks;                // planes: how many
+  int64_t starts_at;             // planes: int64 [chunks * num_groups + 1], PlanesWeights::start
+  int64_t runs;                  // planes: tap-row runs of all groups
 };
 
 // Layout memory: whole 64-byte lines, so that the first is aligned.
