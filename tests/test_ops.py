@@ -322,7 +322,7 @@ def test_cpu_planes_kernel_reads_tap_row_windows_exactly(
     bias = torch.randn(40, generator=gen)
     padding = (kernel[0] // 2 * dilation, kernel[1] // 2 * dilation)
     fmt = torch.channels_last if batch % 2 else torch.contiguous_format
-    if channels == 32:
+    if channels == 32:  # whole 16-channel blocks of channels-last points: packed by transposes
         fmt = torch.channels_last
     x = torch.randn(batch, channels, *size, generator=gen).contiguous(memory_format=fmt)
     with cpu.phase_profile() as totals:

@@ -46,11 +46,11 @@ def phase_profile():
     (packs of many-row blocks; the others ran on the planes kernel), ``pair_calls`` of those
     multiplying bf16 column pairs (AVX512-BF16), ``window_calls`` of the planes kernel's reading
     tap-row windows (kernel masks, batches of 16 and more, x86-64-v4); ``pack_s`` and ``tiles_s``,
-    the wall time of copying the input (and, the first time a pack is seen, its weights) into
-    the kernel's layout and of the tiles; ``micro_s`` and ``store_s``, the tiles' time summed
-    over threads, split between the register-blocked passes and the rest (position tables,
-    bias, ReLU, output writes); ``grid_positions``, the output positions computed (for the
-    planes kernel the padding between rows and images included)."""
+    the wall time of the call's set-up and input copy (planes, or padded rows) and of the
+    tiles; ``micro_s`` and ``store_s``, the tiles' time summed over threads, split between the
+    register-blocked passes and the rest (position tables, bias, ReLU, output writes);
+    ``grid_positions``, the output positions computed (for the planes kernel the padding between
+    rows and images included)."""
     if MISSING:
         raise SparsekitError(f"phase_profile: {MISSING}")
     totals = {}

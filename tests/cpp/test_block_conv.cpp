@@ -4,6 +4,7 @@
 #include <cstring>
 #include <memory>
 #include <random>
+#include <stdexcept>
 #include <type_traits>
 #include <vector>
 
@@ -49,15 +50,43 @@ std::vector<uint16_t> to_bf16(std::vector<float>& values) {
 }
 
 // What the planes kernel's cases covered: calls sweeping the layout's chunks in several sweeps,
-// and sweeps of several chunks, the last of them short.
+// sweeps of several chunks, the last of them short, and several sweeps reading tap-row windows
+// (x86-64-v4 CPUs only: elsewhere no call reads windows).
 struct SweepCoverage {
-  int several_sweeps = 0, merged_chunks = 0, short_last_sweep = 0;
+  int several_sweeps = 0, merged_chunks = 0, short_last_sweep = 0, windowed_sweeps = 0;
 } sweep_coverage;
+
+// Why the planes layout w of p's pack breaks its stream's invariants (nullptr: it keeps them):
+// starts never decrease and end after every group's records; each record's channel lies in its
+// chunk; each chunk's group range starts with a tap-row run and holds whole runs.
+const char* stream_problem(const BlockConvParams& p, const cpu::PlanesWeights& w) {
+  const int64_t G = int64_t(w.groups.size()), area = p.shape.KH * p.shape.KW;
+  int64_t words = 0;
+  for (const cpu::GroupRows& g : w.groups) words += g.work + g.work / int64_t(g.rows.size());
+  if (w.starts[0] != 0 || w.starts[w.chunks * G] != words) return "starts miss records";
+  for (int64_t j = 0; j < w.chunks; ++j)
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t step = int64_t(w.groups[g].rows.size()) + 1;
+      const int64_t begin = w.starts[j * G + g], end = w.starts[j * G + g + 1];
+      if (end < begin || (end - begin) % step != 0) return "a range is not whole records";
+      int64_t records = 0, run_columns = 0;
+      for (int64_t at = begin; at < end; at += step, ++records) {
+        const int32_t code = w.stream[at], run = code >> cpu::kCodeBits;
+        const int64_t channel = (code & cpu::kCodeMask) / area;
+        if (channel < j * w.chunk_channels || channel >= (j + 1) * w.chunk_channels)
+          return "a record lies outside its chunk";
+        if (at == begin && run == 0) return "a range starts inside a tap-row run";
+        run_columns += __builtin_popcount(run);
+      }
+      if (run_columns != records) return "a range's runs do not cover its records";
+    }
+  return nullptr;
+}
 
 // Kernel on a random case in fp32 or bf16 (T: uint16_t), against a direct convolution in
 // double of the same (rounded) operands; bf16 outputs are allowed their rounding.
 template <typename Kernel, typename T = float>
-int run_case(const char* kernel, const Case& c, unsigned seed) {
+int run_case(const char* kernel, const Case& c, unsigned seed, bool whole_kernels = false) {
   constexpr bool bf16 = std::is_same_v<T, uint16_t>;
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> u(-1.f, 1.f);
@@ -65,7 +94,7 @@ int run_case(const char* kernel, const Case& c, unsigned seed) {
   std::vector<float> x(c.N * c.C * c.H * c.W), bias(c.K), y(c.N * c.K * OH * OW, NAN);
   for (float& v : x) v = u(rng);
   for (float& v : bias) v = u(rng);
-  Packed pk = random_blocks(c, rng);
+  Packed pk = random_blocks(c, rng, whole_kernels);
   const int64_t nb = num_blocks(pk);
   constexpr uint16_t kNan = 0x7fc0;  // bf16: outputs never written stay NaN
   std::vector<uint16_t> x_bits, bias_bits, value_bits, y_bits(bf16 ? y.size() : 0, kNan);
@@ -101,10 +130,15 @@ int run_case(const char* kernel, const Case& c, unsigned seed) {
   const WeightsOf<Kernel> weights(layout.data());
   auto conv = std::make_unique<Kernel>(p, weights);
   if constexpr (std::is_same_v<Kernel, cpu::BlockConv>) {
+    if (const char* problem = stream_problem(p, weights)) {
+      std::printf("FAIL: planes layout: %s\n", problem);
+      return 1;
+    }
     const cpu::PlanesGrid grid(p, weights);
     sweep_coverage.several_sweeps += grid.sweeps > 1;
     sweep_coverage.merged_chunks += grid.merged > 1 && grid.sweeps > 1;
     sweep_coverage.short_last_sweep += weights.chunks % grid.merged != 0 && grid.sweeps > 1;
+    sweep_coverage.windowed_sweeps += !grid.window.empty() && grid.sweeps > 1;
   }
   bool pairs = false;  // whether the AVX512-BF16 micro-kernel ran
   if constexpr (std::is_same_v<Kernel, cpu::TapConv>) pairs = weights.pairs();
@@ -203,6 +237,24 @@ int check_rejects_wrong_layout() {
   return 0;
 }
 
+// A layer whose channels times taps outgrow a column's code is refused when laid out, before
+// its blocks are read.
+int check_refuses_too_many_channel_taps() {
+  BlockConvParams p{};
+  p.shape.N = p.shape.H = p.shape.W = p.shape.K = p.shape.OH = p.shape.OW = p.shape.groups = 1;
+  p.shape.KH = p.shape.KW = 3;
+  p.shape.stride_h = p.shape.stride_w = p.shape.dil_h = p.shape.dil_w = 1;
+  p.shape.C = int64_t(1) << 24;  // 9 * 2**24 channel taps > 2**27
+  try {
+    cpu::build_planes_layout(p);
+  } catch (const std::length_error&) {
+    std::printf("ok   a layer of over 2**27 channel taps refused\n");
+    return 0;
+  }
+  std::printf("FAIL: a layer of over 2**27 channel taps was laid out\n");
+  return 1;
+}
+
 }  // namespace
 
 int main() {
@@ -219,16 +271,21 @@ int main() {
       {3, 10, 5, 6, 150, 3, 3, 1, 1, 1, 1, true, true, true},    // panels in chunks of 4, 3 + 2
       {2, 12, 4, 4, 140, 3, 3, 1, 1, 1, 2, false, true, false},  // 70 rows a group: 3 + 2
       // Batches of 16 and more: the planes kernel puts the batch innermost, sweeping channel chunks.
-      {16, 40, 4, 4, 24, 3, 3, 1, 1, 1, 1, true, true, true},    // tiles across rows, 4 chunks
-      {32, 24, 8, 8, 20, 3, 3, 1, 1, 1, 1, false, true, false},  // two tiles per row, 3 chunks
-      {16, 48, 4, 4, 12, 3, 3, 1, 1, 1, 1, false, true, true},   // sweeps of several chunks
+      {16, 40, 4, 4, 24, 3, 3, 1, 1, 1, 1, true, true, true},    // tiles across rows, 2 sweeps
+      {32, 24, 8, 8, 20, 3, 3, 1, 1, 1, 1, false, true, false},  // two tiles per row, 2 sweeps
+      {16, 48, 4, 4, 12, 3, 3, 1, 1, 1, 1, false, true, true},   // 48 channels: sweeps of 17
+      // 3x1 kernels on 2-wide images: a tile reads a third of what the layout's chunks assume, so
+      // it sweeps several of them together
+      {2, 100, 6, 2, 8, 3, 1, 1, 1, 1, 1, true, true, false},
       {24, 5, 7, 7, 10, 3, 3, 2, 1, 1, 1, true, false, true},    // batch padded to 32, stride 2
       {16, 6, 6, 6, 8, 3, 3, 1, 2, 2, 1, false, true, true},     // dilation 2: reads past rows
       // Channels-last fp32 rows of 16+ points and 16+ output rows: the planes kernel transposes.
       {2, 20, 5, 19, 18, 3, 3, 1, 1, 1, 1, true, true, true},
       {1, 32, 6, 37, 17, 3, 3, 2, 1, 1, 1, false, true, true},   // every other column
   };
-  int failures = check_rejects_bad_index() + check_rejects_wrong_layout(), runs = 2;
+  int failures = check_rejects_bad_index() + check_rejects_wrong_layout() +
+                 check_refuses_too_many_channel_taps(),
+      runs = 3;
   unsigned seed = 1;
   for (const Case& c : cases) {
     failures += run_case<cpu::BlockConv>("planes", c, seed);
@@ -236,12 +293,17 @@ int main() {
     failures += run_case<cpu::TapConv, uint16_t>("taps  ", c, seed++);  // bf16 pairs, where the CPU has them
     runs += 3;
   }
+  // Whole kernels of 288 channels at batch 16: tap-row windows (on x86-64-v4), in two sweeps.
+  failures += run_case<cpu::BlockConv>("planes", {16, 288, 4, 4, 4, 3, 3, 1, 1, 1, 1, true, true, true},
+                                       seed, true);
+  ++runs;
+  const bool v4 = __builtin_cpu_supports("x86-64-v4");
   if (sweep_coverage.several_sweeps == 0 || sweep_coverage.merged_chunks == 0 ||
-      sweep_coverage.short_last_sweep == 0) {
+      sweep_coverage.short_last_sweep == 0 || (v4 && sweep_coverage.windowed_sweeps == 0)) {
     std::printf("FAIL: the planes cases do not cover several sweeps (%d), sweeps of several "
-                "chunks (%d) and a short last sweep (%d)\n",
+                "chunks (%d), a short last sweep (%d) and several sweeps with windows (%d)\n",
                 sweep_coverage.several_sweeps, sweep_coverage.merged_chunks,
-                sweep_coverage.short_last_sweep);
+                sweep_coverage.short_last_sweep, sweep_coverage.windowed_sweeps);
     ++failures;
   }
   ++runs;

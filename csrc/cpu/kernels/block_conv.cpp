@@ -20,29 +20,33 @@ constexpr int64_t TP = kTilePositions;
 constexpr int kVectors = TP / 16;
 constexpr int kRows = 3;  // 3 rows x 8 vectors = 24 of the 32 AVX-512 registers
 constexpr int64_t kPackChannels = 16;   // channels packed together: one cache line of channels_last
-// The layout's chunks hold this many columns per group on average: each group's accumulators
-// are loaded and stored once per sweep. 32 measured 2-7% faster than 16 on unstructured 80-90%
-// masks of 64-512 channels (the sweeps' reads then outgrow L1 at 90%, to no measured loss).
-constexpr int64_t kChunkColumns = 32;
+// Packing by input rows measured faster than by channel blocks up to 128 channels (ResNet-18's
+// 64@32x32 and 128@16x16 at batch 16: 0.21 / 0.13 ms against 0.25 / 0.14), slower above
+// (256@8x8, 512@4x4 at batch 16 and 64: 0.13-0.30 ms against 0.08-0.25).
+constexpr int64_t kRowPackChannels = 128;
+// The layout's chunks hold at least this many columns per group on average: each group's
+// accumulators are loaded and stored once per sweep.
+constexpr int64_t kChunkColumns = 16;
 constexpr int64_t kChunkFloats = 8192;  // 32 KiB of input reads per tile and sweep: L1's size
 // With tap-row windows, a sweep's reads may fill 256 KiB of L2: measured faster than L1 sweeps
 // (zoo ResNet-18 3x3 layers, 90% kernel masks), as a group's runs then come in long sweeps.
 constexpr int64_t kWindowChunkFloats = 65536;
 
 // The records one group has in the chunks a tile sweeps together: `count` ranges of the
-// stream, range i its words [starts[i * step], starts[i * step + 1]).
+// stream, range i its words [starts[i * groups], starts[i * groups + 1]) (PlanesWeights::starts
+// from the group's entry in the sweep's first chunk: consecutive chunks lie `groups` apart).
 struct Ranges {
   const int32_t* stream;
   const int64_t* starts;
-  int64_t step, count;
+  int64_t groups, count;
 
   bool empty() const {
     for (int64_t i = 0; i < count; ++i)
-      if (starts[i * step] != starts[i * step + 1]) return false;
+      if (starts[i * groups] != starts[i * groups + 1]) return false;
     return true;
   }
-  const int32_t* begin(int64_t i) const { return stream + starts[i * step]; }
-  const int32_t* end(int64_t i) const { return stream + starts[i * step + 1]; }
+  const int32_t* begin(int64_t i) const { return stream + starts[i * groups]; }
+  const int32_t* end(int64_t i) const { return stream + starts[i * groups + 1]; }
 };
 
 // ---- register-blocked micro-kernel: acc[rows[r]][0:TP] += sum_k w[k][r] * x[offset[k] + 0:TP]
@@ -73,11 +77,11 @@ inline __attribute__((always_inline)) void micro(const int32_t* rows, const Rang
       *reinterpret_cast<vec16*>(acc + rows[r] * TP + 16 * j) = c[r][j];
 }
 
-// ---- the same over tap-row runs (a record's code, kCodeBits): a run whose columns read one plane on whole
-// vectors a few apart loads the union of their reads once, so a 3x3 kernel row costs 10 loads
-// for 24 multiply-adds a row instead of 24. M <= 2 rows: the window and 2 x 8 accumulators fit
-// the 32 registers (but for half-row tiles with windows over 2 vectors wide, 32 images or
-// dilation 2 on 4x4 maps, which spill a few) ----
+// ---- the same over tap-row runs (marked in a record's code, kCodeBits): a run whose columns
+// read one plane on whole vectors a few apart loads the union of their reads once, so a 3x3
+// kernel row costs 10 loads for 24 multiply-adds a row instead of 24. M <= 2 rows: the window
+// and 2 x 8 accumulators fit the 32 registers (but for half-row tiles with windows over 2
+// vectors wide, 32 images or dilation 2 on 4x4 maps, which spill a few) ----
 
 #define SPARSEKIT_V4 __attribute__((target("arch=x86-64-v4")))
 
@@ -133,8 +137,8 @@ SPARSEKIT_V4 inline __attribute__((always_inline)) void micro_runs(
         SPARSEKIT_WINDOW(17) SPARSEKIT_WINDOW(19) SPARSEKIT_WINDOW(21) SPARSEKIT_WINDOW(23)
         SPARSEKIT_WINDOW(25) SPARSEKIT_WINDOW(27) SPARSEKIT_WINDOW(29) SPARSEKIT_WINDOW(31)
 #undef SPARSEKIT_WINDOW
-        default:  // no common window: the run's columns one by one
-          for (int n = __builtin_popcount(taps); n > 0; --n, rec += step)
+        default:  // no common window: the run's columns one by one (at least one record)
+          for (int n = std::max(1, __builtin_popcount(taps)); n > 0; --n, rec += step)
             window_run<M, 1, HALVES>(x + offsets[rec[0] & kCodeMask], gap, rec + 1 + m, step, c);
       }
     }
@@ -241,14 +245,22 @@ LayoutBytes build_planes_layout(const BlockConvParams& p) {
       if (!joins) head = i, ++runs;
       cols[head].run |= s.KW <= kRunTaps ? int32_t(1) << (c.tap % s.KW) : 1;
     }
-    records.push_back({out.add(groups[g].rows), int64_t(groups[g].rows.size()), int64_t(cols.size())});
+    records.push_back(
+        {out.add(groups[g].rows), int64_t(groups[g].rows.size()), int64_t(cols.size())});
     all_columns += int64_t(cols.size());
   }
-  // Chunks of kChunkColumns columns per group on average (a group's columns per channel: all
-  // columns over G * C). A call sweeps whole chunks; its planes' reads decide how many at once.
+  // Chunks as wide as the typical call sweeps: the channels whose reads by one tile fit
+  // kChunkFloats (kWindowChunkFloats where tap-row windows may run), for 16 images a point (a
+  // kernel row reads a tile and KW - 1 pixels more), or wider where a group would have fewer
+  // than kChunkColumns columns in a chunk on average (a group's columns per channel: all columns
+  // over G * C). A call sweeps whole chunks, as many at once as its own reads fit: each of them
+  // is a range the tile's loops restart on.
+  const bool windows = s.KW <= kRunTaps && 2 * runs <= all_columns;
+  const int64_t typical = (windows ? kWindowChunkFloats : kChunkFloats) /
+                          (s.KH * (TP + (s.KW - 1) * 16));
   const int64_t chunk_channels =
       G > 0 && all_columns > 0
-          ? std::clamp<int64_t>(kChunkColumns * G * s.C / all_columns, 1, s.C)
+          ? std::clamp<int64_t>(std::max(typical, kChunkColumns * G * s.C / all_columns), 1, s.C)
           : std::max<int64_t>(s.C, 1);
   const int64_t chunks = (s.C + chunk_channels - 1) / chunk_channels;
   // The stream: records by chunk, then group, then channel.
@@ -265,9 +277,10 @@ LayoutBytes build_planes_layout(const BlockConvParams& p) {
         if (c.channel >= (chunk + 1) * chunk_channels) break;
         stream.push_back(int32_t(c.channel * kernel_area + c.tap) | (c.run << kCodeBits));
         const int64_t width = b.col_ptr[c.block + 1] - b.col_ptr[c.block];
-        for (int64_t r = 0; r < R; ++r)
-          stream.push_back(
-              std::bit_cast<int32_t>(element(p.values, p.dtype, b.val_ptr[c.block] + r * width + c.j)));
+        for (int64_t r = 0; r < R; ++r) {
+          const float weight = element(p.values, p.dtype, b.val_ptr[c.block] + r * width + c.j);
+          stream.push_back(std::bit_cast<int32_t>(weight));
+        }
       }
     }
   starts.push_back(int64_t(stream.size()));
@@ -286,7 +299,7 @@ LayoutBytes build_planes_layout(const BlockConvParams& p) {
 
 PlanesWeights::PlanesWeights(const void* layout) {
   const LayoutHeader& h = layout_header(layout);
-  records = layout_array<PlanesGroupRecord>(layout, h.groups_at);
+  const auto* records = layout_array<PlanesGroupRecord>(layout, h.groups_at);
   for (int64_t g = 0; g < h.num_groups; ++g) {
     const PlanesGroupRecord& r = records[g];
     groups.push_back({{layout_array<int32_t>(layout, r.rows_at), size_t(r.num_rows)},
@@ -344,11 +357,13 @@ PlanesGrid::PlanesGrid(const BlockConvParams& p, const PlanesWeights& weights) {
     for (int64_t kw = 0; kw < s.KW; ++kw)
       tap_offset[kh * s.KW + kw] = (h.phase[kh] * w.stride + w.phase[kw]) * plane +
                                    ((h.shift[kh] + h.lead) * w.extent + w.shift[kw] + w.lead) * unit;
-  // Every code's read, below 2**31 (checked above).
+  // Every code's read, below 2**31 (checked above): C x KH x KW entries, a few KiB for the
+  // layers of a CNN, made per call (the column records are the layout's).
   const int64_t area = s.KH * s.KW;
   offsets.resize(s.C * area);
   for (int64_t c = 0; c < s.C; ++c)
-    for (int64_t t = 0; t < area; ++t) offsets[c * area + t] = int32_t(c * phases * plane + tap_offset[t]);
+    for (int64_t t = 0; t < area; ++t)
+      offsets[c * area + t] = int32_t(c * phases * plane + tap_offset[t]);
   // With the batch innermost every read starts on a whole vector: a tap-row run's columns of
   // one stride phase read one window (taps of one row differ by their phase and shift only).
   // Used where runs hold two columns or more on average (kernel masks, not unstructured ones,
@@ -375,18 +390,19 @@ PlanesGrid::PlanesGrid(const BlockConvParams& p, const PlanesWeights& weights) {
     if (window.back() == 0) window.clear();
   }
 
-  // As many of the layout's chunks at once as keep one tile's reads of their channels within
+  // As many of the layout's chunks at once as keep one tile's reads of their channels nearest
   // kChunkFloats (the union over the taps of [offset, offset + TP), for one channel), or
-  // kWindowChunkFloats with windows.
-  std::vector<int64_t> starts = tap_offset;
-  std::sort(starts.begin(), starts.end());
+  // kWindowChunkFloats with windows; at least one, whatever its reads.
+  std::vector<int64_t> sorted = tap_offset;
+  std::sort(sorted.begin(), sorted.end());
   int64_t footprint = 0, reached = INT64_MIN;
-  for (int64_t a : starts) {
+  for (int64_t a : sorted) {
     footprint += std::min(TP, a + TP - std::max(a, reached));
     reached = a + TP;
   }
   const int64_t budget = window.empty() ? kChunkFloats : kWindowChunkFloats;
-  merged = std::max<int64_t>(1, budget / footprint / weights.chunk_channels);
+  const int64_t fits = budget / footprint;  // channels
+  merged = std::max<int64_t>(1, (fits + weights.chunk_channels / 2) / weights.chunk_channels);
   sweeps = (weights.chunks + merged - 1) / merged;
 }
 
@@ -412,6 +428,12 @@ BlockConv::BlockConv(const BlockConvParams& p, const PlanesWeights& w)
   planes_ = buffer.data() + (-reinterpret_cast<uintptr_t>(buffer.data()) / sizeof(float)) % 16;
   std::fill_n(planes_ + planes, grid_.tail, 0.f);
   parts_ = one_row_set(w.groups, p.shape.K);  // split only when asked: no grouping work per call
+  // fp32 channels-last input of whole 16-image and 16-channel blocks, batch innermost, up to
+  // kRowPackChannels channels: packed by input rows, each point's channels read in one sweep
+  // (pack_rows)
+  by_rows_ = grid_.batch_inner && grid_.batch == p.shape.N && p.dtype == DType::Float32 &&
+             p.in_stride[1] == 1 && p.shape.C % kPackChannels == 0 &&
+             p.shape.C <= kRowPackChannels && has_transpose16();
   bias_ = bias_floats(p);
 }
 
@@ -420,7 +442,13 @@ int64_t BlockConv::split_rows(int64_t parts) {
   return num_parts();
 }
 
-int64_t BlockConv::pack_units() const { return (p_.shape.C + kPackChannels - 1) / kPackChannels; }
+int64_t BlockConv::channel_units() const { return (p_.shape.C + kPackChannels - 1) / kPackChannels; }
+
+int64_t BlockConv::row_units() const {
+  return by_rows_ ? grid_.h.stride * grid_.w.stride * grid_.h.data : 0;
+}
+
+int64_t BlockConv::pack_units() const { return channel_units() + row_units(); }
 
 // Every float of the planes of channel blocks [begin, end): plane (c, phase_h, phase_w) holds
 // input rows phase_h, phase_h + stride_h, ... and columns likewise, between zeros. The channels
@@ -489,12 +517,53 @@ void BlockConv::zero_padding(float* plane, int64_t rows, int64_t cols) const {
   std::fill_n(plane + last, grid_.plane - last, 0.f);
 }
 
-void BlockConv::pack(int64_t begin, int64_t end) {
-  switch (p_.dtype) {
-    case DType::Float32: return pack_channels<float>(begin, end);
-    case DType::BFloat16: return pack_channels<uint16_t>(begin, end);
-    case DType::Float16: return pack_channels<_Float16>(begin, end);
+// Input rows [begin, end) of the units of all phases (phase-major), every channel of each point
+// one transpose of 16 channels x 16 images after another: a point's channels are read in one
+// sweep of the channels-last input.
+void BlockConv::pack_rows(int64_t begin, int64_t end) {
+  const ConvShape& s = p_.shape;
+  const float* x = static_cast<const float*>(p_.input);
+  const int64_t sh = grid_.h.stride, sw = grid_.w.stride, width = grid_.w.extent;
+  const int64_t channel_stride = sh * sw * grid_.plane;
+  for (int64_t unit = begin; unit < end; ++unit) {
+    const int64_t phase = unit / grid_.h.data, a = unit % grid_.h.data;
+    const int64_t rh = phase / sw, rw = phase % sw;
+    const int64_t rows = std::min(grid_.h.data, (s.H - rh + sh - 1) / sh);
+    const int64_t cols = std::min(grid_.w.data, (s.W - rw + sw - 1) / sw);
+    if (a >= rows) continue;
+    float* planes = planes_ + (rh * sw + rw) * grid_.plane +
+                    ((a + grid_.h.lead) * width + grid_.w.lead) * grid_.batch;
+    for (int64_t b = 0; b < cols; ++b) {
+      const float* src = x + (a * sh + rh) * p_.in_stride[2] + (b * sw + rw) * p_.in_stride[3];
+      for (int64_t c0 = 0; c0 < s.C; c0 += kPackChannels)
+        for (int64_t n0 = 0; n0 < s.N; n0 += 16)
+          transpose16(src + n0 * p_.in_stride[0] + c0, p_.in_stride[0],
+                      planes + c0 * channel_stride + b * grid_.batch + n0, channel_stride);
+    }
   }
+}
+
+void BlockConv::pack(int64_t begin, int64_t end) {
+  const int64_t channels = channel_units(), rows = row_units();
+  if (begin < channels) {
+    if (by_rows_) {  // the channel units only zero the planes' padding; the row units copy
+      const int64_t sh = grid_.h.stride, sw = grid_.w.stride;
+      for (int64_t c = begin * kPackChannels; c < std::min(end * kPackChannels, p_.shape.C); ++c)
+        for (int64_t rh = 0; rh < sh; ++rh)
+          for (int64_t rw = 0; rw < sw; ++rw)
+            zero_padding(planes_ + ((c * sh + rh) * sw + rw) * grid_.plane,
+                         std::min(grid_.h.data, (p_.shape.H - rh + sh - 1) / sh),
+                         std::min(grid_.w.data, (p_.shape.W - rw + sw - 1) / sw));
+    } else {
+      switch (p_.dtype) {
+        case DType::Float32: pack_channels<float>(begin, std::min(end, channels)); break;
+        case DType::BFloat16: pack_channels<uint16_t>(begin, std::min(end, channels)); break;
+        case DType::Float16: pack_channels<_Float16>(begin, std::min(end, channels)); break;
+      }
+    }
+  }
+  if (end > channels && begin < channels + rows)
+    pack_rows(std::max(begin, channels) - channels, std::min(end, channels + rows) - channels);
 }
 
 // Bias, ReLU and the output, written once per element for the tile's positions, in the

@@ -8,16 +8,18 @@
 // positions: the images stacked along the height with the width innermost (any batch; the zeros
 // shared between rows and between images are computed and dropped), or the batch innermost,
 // padded to 16 (batches of 16 and more: when an output row fills whole tiles, nothing is wasted).
-// Tiles sweep the input channels in chunks whose reads stay in the L1 cache, accumulating in a
-// per-tile buffer: lone rows (unstructured masks) then load from L1, not from L2.
+// Tiles sweep the input channels a few at a time, where one tile's reads fit the L1 cache,
+// accumulating in a per-tile buffer: lone rows (unstructured masks) then load from L1, not L2.
 //
 // The layer's layout (layout.h, kind "planes") holds the columns as one stream of records, a
 // column's channel and tap (its code) and then its weights for the group's rows, ordered by
-// channel chunk, then row group, then channel: a tile's sweep reads it front to back, which the
-// hardware prefetchers follow (a stream per group, as a layout in group order gives, is too many
-// for them: 512 lone rows at 4x4, batch 64, spent 15-25% longer in the micro-kernel). The chunks are fixed by the layout, fine enough for
-// any call; a call sweeps as many of them together as its planes' reads allow, and maps codes to
-// plane offsets with a table of its own (PlanesGrid): nothing per column is derived per call.
+// channel chunk, then row group, then channel. The chunks, fixed by the layout, are as wide as a
+// typical call's sweep; a tile sweeps one chunk or several together (as many as its reads fit),
+// and reads one stream, or one per chunk of the sweep, front to back, which the hardware
+// prefetchers follow. A stream per group, as a layout in group order gives, is too many for
+// them: 512 lone rows at 4x4, batch 64, spent 15-25% longer in the micro-kernel. A call maps
+// codes to plane offsets with a table of its own (PlanesGrid): nothing per column is derived
+// per call.
 //
 // Kernel masks keep whole kh x kw kernels: a row's columns of one channel and kernel row read
 // the same plane a pixel apart. With the batch innermost a pixel is whole vectors, so on
@@ -82,7 +84,6 @@ class PlanesWeights {
   explicit PlanesWeights(const void* layout);
 
   std::vector<GroupRows> groups;
-  const PlanesGroupRecord* records;
   // The records of chunk j's group g: words [starts[j * G + g], starts[j * G + g + 1]) of the
   // stream, G groups (a chunk's last group ends where the next chunk's first starts).
   const int64_t* starts;
@@ -135,8 +136,9 @@ class BlockConv {
   // the constructing thread, reused by its next call.
   BlockConv(const BlockConvParams& p, const PlanesWeights& w);
 
-  // Fills the planes: units [begin, end) of pack_units(), blocks of 16 input channels, in any
-  // thread split.
+  // Fills the planes: units [begin, end) of pack_units(), blocks of 16 input channels (their
+  // padding only when packed by rows), then the input rows of every phase when packed by rows,
+  // in any thread split.
   int64_t pack_units() const;
   void pack(int64_t begin, int64_t end);
 
@@ -156,10 +158,13 @@ class BlockConv {
   void run_tiles(int64_t begin, int64_t end, TileTimes* times = nullptr) const;
 
  private:
+  int64_t channel_units() const;
   template <typename T>
   void pack_channels(int64_t begin, int64_t end);
   // Zeros where the copy of `rows` x `cols` input points will not write, in one plane.
   void zero_padding(float* plane, int64_t rows, int64_t cols) const;
+  int64_t row_units() const;
+  void pack_rows(int64_t begin, int64_t end);
   template <typename T>
   void store_tile(int64_t tile, const RowSet& part, const float* acc) const;
 
@@ -167,6 +172,7 @@ class BlockConv {
   const PlanesWeights& w_;
   PlanesGrid grid_;
   float* planes_ = nullptr;
+  bool by_rows_ = false;  // pack units: padding per channel block, data per input row
   std::vector<RowSet> parts_;
   std::vector<float> bias_;  // fp32, zeros without bias
 };

@@ -45,7 +45,7 @@ struct LayoutHeader {
   int64_t columns;               // planes: columns of all groups
   int64_t chunk_channels;        // planes: input channels per chunk of the stream
   int64_t chunks;                // planes: how many
-  int64_t starts_at;             // planes: int64 [chunks * num_groups + 1], PlanesWeights::start
+  int64_t starts_at;             // planes: int64 [chunks * num_groups + 1], PlanesWeights::starts
   int64_t runs;                  // planes: tap-row runs of all groups
 };
 
