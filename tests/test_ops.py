@@ -311,7 +311,8 @@ def test_cpu_planes_kernel_reads_tap_row_windows_exactly(
     """Kernel masks with 16 images or more load each tap row's reads once (AVX-512 CPUs): runs
     of every shape (whole rows, taps missing, stride phases apart, dilated, too wide for a window),
     blocks of 1-4 rows; output rows of half a tile (4 pixels of 16 images, 2 of 32), a tile
-    holding two of them (an odd number of rows leaves the last tile half empty); against fp64."""
+    holding two of them (an odd number of rows leaves the last tile half empty); 32 channels of
+    16, 32 or 48 channels-last images are packed by input rows; against fp64."""
     from sparsekit.backends import cpu
 
     gen = torch.Generator().manual_seed(batch * 10 + kernel[1] + stride + dilation + size[0])
@@ -322,7 +323,7 @@ def test_cpu_planes_kernel_reads_tap_row_windows_exactly(
     bias = torch.randn(40, generator=gen)
     padding = (kernel[0] // 2 * dilation, kernel[1] // 2 * dilation)
     fmt = torch.channels_last if batch % 2 else torch.contiguous_format
-    if channels == 32:  # whole 16-channel blocks of channels-last points: packed by transposes
+    if channels == 32:  # whole 16-channel blocks of channels-last points: packed by input rows
         fmt = torch.channels_last
     x = torch.randn(batch, channels, *size, generator=gen).contiguous(memory_format=fmt)
     with cpu.phase_profile() as totals:
@@ -353,8 +354,8 @@ def test_cpu_planes_kernel_reads_tap_row_windows_exactly(
 
 def test_cpu_planes_kernel_splits_rows_among_threads_with_windows_and_half_rows():
     """Two tiles of two half rows (4x4 maps, 16 images) and enough work to run in parallel: each
-    tile's rows are split among the threads (windows, channels_last), with the same result on one
-    thread as on two, against fp64."""
+    tile's rows are split among the threads (windows, row packing, channels_last), with the same
+    result on one thread as on two, against fp64."""
     from sparsekit.backends import cpu
 
     gen = torch.Generator().manual_seed(0)

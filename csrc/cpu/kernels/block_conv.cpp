@@ -20,9 +20,10 @@ constexpr int64_t TP = kTilePositions;
 constexpr int kVectors = TP / 16;
 constexpr int kRows = 3;  // 3 rows x 8 vectors = 24 of the 32 AVX-512 registers
 constexpr int64_t kPackChannels = 16;   // channels packed together: one cache line of channels_last
-// Packing by input rows measured faster than by channel blocks up to 128 channels (ResNet-18's
-// 64@32x32 and 128@16x16 at batch 16: 0.21 / 0.13 ms against 0.25 / 0.14), slower above
-// (256@8x8, 512@4x4 at batch 16 and 64: 0.13-0.30 ms against 0.08-0.25).
+// Packing by input rows measured faster than by channel blocks at 64 channels and about equal at
+// 128 (ResNet-18's 64@32x32 and 128@16x16 at batch 16: 0.21 / 0.13 ms against 0.25 / 0.14),
+// slower above (256@8x8, 512@4x4 at batch 16 and 64: 0.13-0.37 ms against 0.08-0.32); fp32
+// channels-last inputs, 2 threads, one session, the pack phase of phase_profile.
 constexpr int64_t kRowPackChannels = 128;
 // The layout's chunks hold at least this many columns per group on average: each group's
 // accumulators are loaded and stored once per sweep.
@@ -179,6 +180,12 @@ SPARSEKIT_V4 void group_tile_windows(std::span<const int32_t> group_rows, const 
     micro_runs<1, HALVES>(rows + m, ranges, m, R, offsets, window, x, gap, acc);
 }
 
+// Whether the CPU runs the windowed code (compiled for all of x86-64-v4).
+bool has_window_isa() {
+  static const bool v4 = __builtin_cpu_supports("x86-64-v4");
+  return v4;
+}
+
 int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
 int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
@@ -251,11 +258,13 @@ LayoutBytes build_planes_layout(const BlockConvParams& p) {
   }
   // Chunks as wide as the typical call sweeps: the channels whose reads by one tile fit
   // kChunkFloats (kWindowChunkFloats where tap-row windows may run), for 16 images a point (a
-  // kernel row reads a tile and KW - 1 pixels more), or wider where a group would have fewer
-  // than kChunkColumns columns in a chunk on average (a group's columns per channel: all columns
-  // over G * C). A call sweeps whole chunks, as many at once as its own reads fit: each of them
-  // is a range the tile's loops restart on.
-  const bool windows = s.KW <= kRunTaps && 2 * runs <= all_columns;
+  // kernel row reads a tile and KW - 1 pixels more; rows are not assumed to overlap, as they do
+  // on maps narrower than a tile), or wider where a group would have fewer than kChunkColumns
+  // columns in a chunk on average (a group's columns per channel: all columns over G * C). A call
+  // sweeps whole chunks, as many at once as its own reads fit, each a range the tile's loops
+  // restart on; it never splits one, so calls without windows on a layout sized for them (stride
+  // 2, fewer than 16 images) sweep more than their L1 budget.
+  const bool windows = s.KW <= kRunTaps && 2 * runs <= all_columns && has_window_isa();
   const int64_t typical = (windows ? kWindowChunkFloats : kChunkFloats) /
                           (s.KH * (TP + (s.KW - 1) * 16));
   const int64_t chunk_channels =
@@ -370,10 +379,9 @@ PlanesGrid::PlanesGrid(const BlockConvParams& p, const PlanesWeights& weights) {
   // whose lone columns would pay the dispatch for nothing), where a whole kernel row has a
   // window (not stride 2, whose taps alternate phases), and on CPUs with all of x86-64-v4, for
   // which the windowed code is compiled.
-  static const bool v4 = __builtin_cpu_supports("x86-64-v4");
-  if (batch_inner && s.KW <= kRunTaps && 2 * weights.runs <= weights.columns && v4) {
-    window.assign(size_t(1) << s.KW, 0);
-    for (int64_t taps = 1; taps < int64_t(window.size()); ++taps) {
+  if (batch_inner && s.KW <= kRunTaps && 2 * weights.runs <= weights.columns && has_window_isa()) {
+    window.assign(size_t(1) << kRunTaps, 0);  // every mask a code holds: masks past KW stay 0
+    for (int64_t taps = 1; taps < int64_t(1) << s.KW; ++taps) {
       const int64_t first = __builtin_ctzll(uint64_t(taps));
       int32_t shifts = 0;
       for (int64_t kw = first; kw < s.KW; ++kw) {
@@ -387,7 +395,7 @@ PlanesGrid::PlanesGrid(const BlockConvParams& p, const PlanesWeights& weights) {
       }
       window[taps] = shifts;
     }
-    if (window.back() == 0) window.clear();
+    if (window[(size_t(1) << s.KW) - 1] == 0) window.clear();
   }
 
   // As many of the layout's chunks at once as keep one tile's reads of their channels nearest

@@ -8,8 +8,9 @@
 // positions: the images stacked along the height with the width innermost (any batch; the zeros
 // shared between rows and between images are computed and dropped), or the batch innermost,
 // padded to 16 (batches of 16 and more: when an output row fills whole tiles, nothing is wasted).
-// Tiles sweep the input channels a few at a time, where one tile's reads fit the L1 cache,
-// accumulating in a per-tile buffer: lone rows (unstructured masks) then load from L1, not L2.
+// Tiles sweep the input channels a few at a time, sized for one tile's reads to fit the L1
+// cache, accumulating in a per-tile buffer: lone rows (unstructured masks) then load mostly from
+// L1, not L2.
 //
 // The layer's layout (layout.h, kind "planes") holds the columns as one stream of records, a
 // column's channel and tap (its code) and then its weights for the group's rows, ordered by
@@ -17,7 +18,8 @@
 // typical call's sweep; a tile sweeps one chunk or several together (as many as its reads fit),
 // and reads one stream, or one per chunk of the sweep, front to back, which the hardware
 // prefetchers follow. A stream per group, as a layout in group order gives, is too many for
-// them: 512 lone rows at 4x4, batch 64, spent 15-25% longer in the micro-kernel. A call maps
+// them: 512 lone rows at 4x4, batch 64, spent 15-25% longer in the micro-kernel than with a
+// per-call copy of the same columns in chunk order (2 threads, one session). A call maps
 // codes to plane offsets with a table of its own (PlanesGrid): nothing per column is derived
 // per call.
 //
@@ -121,7 +123,7 @@ class PlanesGrid {
   int64_t sweeps = 1;
   // Per code (channel * KH * KW + tap): where the column reads in the planes.
   std::vector<int32_t> offsets;
-  // Per kernel-column mask of a tap-row run: its columns' reads as vector shifts from its first
+  // Per kernel-column mask of a tap-row run (all 1 << kRunTaps of them): its columns' reads as vector shifts from its first
   // column's (bit s: a column reads 16 * s floats further), when they all lie in one plane on
   // whole vectors at most kMaxWindowShift apart, so that one window of loads serves the run;
   // else 0 (the run's columns load one by one). Empty: no windows (the images-stacked layout,
