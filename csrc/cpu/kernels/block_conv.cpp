@@ -22,7 +22,7 @@ constexpr int kRows = 3;  // 3 rows x 8 vectors = 24 of the 32 AVX-512 registers
 constexpr int64_t kPackChannels = 16;   // channels packed together: one cache line of channels_last
 // Packing by input rows measured faster than by channel blocks at 64 channels and about equal at
 // 128 (ResNet-18's 64@32x32 and 128@16x16 at batch 16: 0.21 / 0.13 ms against 0.25 / 0.14),
-// slower above (256@8x8, 512@4x4 at batch 16 and 64: 0.13-0.37 ms against 0.08-0.32); fp32
+// slower above (256@8x8, 512@4x4 at batch 16 and 64: 0.13-0.38 ms against 0.07-0.32); fp32
 // channels-last inputs, 2 threads, one session, the pack phase of phase_profile.
 constexpr int64_t kRowPackChannels = 128;
 // The layout's chunks hold at least this many columns per group on average: each group's
