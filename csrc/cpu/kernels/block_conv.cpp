@@ -180,10 +180,14 @@ SPARSEKIT_V4 void group_tile_windows(std::span<const int32_t> group_rows, const 
     micro_runs<1, HALVES>(rows + m, ranges, m, R, offsets, window, x, gap, acc);
 }
 
-// Whether the CPU runs the windowed code (compiled for all of x86-64-v4).
-bool has_window_isa() {
+// Whether tap-row windows may run on a layout of kernel width KW with `runs` tap-row runs over
+// `columns` columns: runs of two columns or more on average (kernel masks, not unstructured
+// ones, whose lone columns would pay the dispatch for nothing), kernels no wider than a run, and
+// a CPU with all of x86-64-v4, for which the windowed code is compiled. The layout sizes its
+// chunks by it and a call needs it (with a geometry that has windows).
+bool windows_may_run(int64_t KW, int64_t runs, int64_t columns) {
   static const bool v4 = __builtin_cpu_supports("x86-64-v4");
-  return v4;
+  return KW <= kRunTaps && 2 * runs <= columns && v4;
 }
 
 int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
@@ -264,8 +268,8 @@ LayoutBytes build_planes_layout(const BlockConvParams& p) {
   // sweeps whole chunks, as many at once as its own reads fit, each a range the tile's loops
   // restart on; it never splits one, so calls without windows on a layout sized for them (stride
   // 2, fewer than 16 images) sweep more than their L1 budget.
-  const bool windows = s.KW <= kRunTaps && 2 * runs <= all_columns && has_window_isa();
-  const int64_t typical = (windows ? kWindowChunkFloats : kChunkFloats) /
+  const int64_t typical = (windows_may_run(s.KW, runs, all_columns) ? kWindowChunkFloats
+                                                                     : kChunkFloats) /
                           (s.KH * (TP + (s.KW - 1) * 16));
   const int64_t chunk_channels =
       G > 0 && all_columns > 0
@@ -375,11 +379,9 @@ PlanesGrid::PlanesGrid(const BlockConvParams& p, const PlanesWeights& weights) {
       offsets[c * area + t] = int32_t(c * phases * plane + tap_offset[t]);
   // With the batch innermost every read starts on a whole vector: a tap-row run's columns of
   // one stride phase read one window (taps of one row differ by their phase and shift only).
-  // Used where runs hold two columns or more on average (kernel masks, not unstructured ones,
-  // whose lone columns would pay the dispatch for nothing), where a whole kernel row has a
-  // window (not stride 2, whose taps alternate phases), and on CPUs with all of x86-64-v4, for
-  // which the windowed code is compiled.
-  if (batch_inner && s.KW <= kRunTaps && 2 * weights.runs <= weights.columns && has_window_isa()) {
+  // Used where windows may run on the layout and a whole kernel row has a window (not stride 2,
+  // whose taps alternate phases).
+  if (batch_inner && windows_may_run(s.KW, weights.runs, weights.columns)) {
     window.assign(size_t(1) << kRunTaps, 0);  // every mask a code holds: masks past KW stay 0
     for (int64_t taps = 1; taps < int64_t(1) << s.KW; ++taps) {
       const int64_t first = __builtin_ctzll(uint64_t(taps));
